@@ -1,0 +1,299 @@
+"""One search step at a time: the documented Python API behind the trainer and the benchmarks.
+
+>>> engine = SearchEngine(SearchConfig(layers=5, init_channels=8, batch_size=4).resolved(), num_classes=10)
+>>> batch = Batch(views=(images_view1, images_view2))          # two augmented views for SimCLR
+>>> engine.weight_step(batch, warmup=False, skip_drop_prob=0.2, pool_drop_prob=0.0)
+>>> engine.arch_step(arch_batch)
+
+A **weight step** samples a path (spec §5.2), runs exactly one op per edge (the sampled op, or the argmax op
+of a frozen cell), and takes an SGD step; candidate ops that did not run have no gradient and so get no
+weight decay or momentum that step. An **arch step** samples a path, measures the gate gradients of the
+sampled ops of every non-frozen cell on that batch alone (spec §5.5, ProxylessNAS intent), and applies
+closed-form alpha gradients → Adam (β1 = 0) → pair rescale. Nothing is computed that cannot change a result:
+no inactive op in weight steps, no weight gradients in arch steps, no autograd below the lowest non-frozen
+cell. ``reference_quirks=True`` instead accumulates gate gradients over every pass since the start, as the
+reference does (§16.1), which needs the inactive op in weight steps too.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .arch_update import ArchAdam, ArchAdamConfig, alpha_grad_full, alpha_grad_two, rescale_pair
+from .config import IMAGENET_LIKE, SearchConfig
+from .losses import byol_loss, info_nce, info_nce_topk, topk_accuracy
+from .ops import NUM_CANDIDATES
+from .sampling import sample_paths
+from .supernet import EDGES_PER_CELL, ExecutionPlan, SearchNetwork
+
+
+@dataclass
+class Batch:
+    """One batch of model inputs: one view (supervised) or two views (SimCLR, BYOL) of ``[B, 3, S, S]``."""
+
+    views: tuple[torch.Tensor, ...]
+    labels: torch.Tensor | None = None
+
+
+@dataclass
+class StepResult:
+    """Detached device tensors (no host synchronisation): the loss, top-1/top-5 in percent, rows counted."""
+
+    loss: torch.Tensor
+    top1: torch.Tensor
+    top5: torch.Tensor
+    rows: int
+
+
+class BYOLHeads(nn.Module):
+    """BYOL projector and predictor on the pooled super-network features (spec §12, done correctly)."""
+
+    def __init__(self, feature_dim: int, hidden: int = 4096, out: int = 256):
+        super().__init__()
+
+        def mlp(d_in: int) -> nn.Sequential:
+            return nn.Sequential(nn.Linear(d_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, out))
+
+        self.projector = mlp(feature_dim)
+        self.predictor = mlp(out)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; anything else is passed to :class:`torch.device`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class SearchEngine:
+    """The super-network, both optimizers and the architecture state of one search."""
+
+    def __init__(self, config: SearchConfig, num_classes: int, device: torch.device | str = "cpu"):
+        self.config = config
+        self.device = torch.device(device)
+        self.two = config.net_mode == "two"
+        self.quirks = config.reference_quirks
+        self.net = SearchNetwork(config.init_channels, num_classes, config.layers, config.data_mode,
+                                 config.affine, imagenet=config.dataset in IMAGENET_LIKE).to(self.device)
+        weights = self.net.weight_parameters()
+        self.byol: BYOLHeads | None = None
+        if config.data_mode == "byol":
+            self.byol = BYOLHeads(self.net.feature_dim).to(self.device)
+            weights += list(self.byol.parameters())
+            self.target_net = copy.deepcopy(self.net).requires_grad_(False)
+            self.target_projector = copy.deepcopy(self.byol.projector).requires_grad_(False)
+        self.weight_params = weights
+        if config.weight_optm == "sgd":
+            self.weight_optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                weights, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        else:
+            self.weight_optimizer = torch.optim.Adam(weights, lr=config.lr, weight_decay=config.weight_decay)
+        self.arch_optimizer = ArchAdam(config.layers * EDGES_PER_CELL, self.device, ArchAdamConfig(
+            lr=config.arch_lr, beta1=config.arch_adam_beta1, beta2=config.arch_adam_beta2,
+            weight_decay=config.arch_weight_decay))
+        self.generator = torch.Generator(self.device).manual_seed(config.seed)
+        self.gate_grad_sum = torch.zeros_like(self.net.arch_alpha) if self.quirks else None
+
+    # ---- architecture state --------------------------------------------------------------------------
+
+    @property
+    def frozen(self) -> torch.Tensor:
+        return self.net.arch_frozen
+
+    def frozen_cells(self) -> list[int]:
+        return [i for i, f in enumerate(self.frozen.tolist()) if f]
+
+    @torch.no_grad()
+    def freeze(self, cells: list[int] | tuple[int, ...]) -> None:
+        """Fix every edge of ``cells`` to its argmax op (spec §5.7); their alphas stop moving."""
+        for c in cells:
+            self.net.arch_frozen[c] = True
+            self.net.arch_gates[c] = F.one_hot(self.net.arch_alpha[c].argmax(-1), NUM_CANDIDATES).float()
+            if self.gate_grad_sum is not None:
+                self.gate_grad_sum[c] = 0
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.weight_optimizer.param_groups:
+            group["lr"] = lr
+
+    def sample(self, *, skip_drop_prob: float, pool_drop_prob: float,
+               warmup: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sampled ``[cells, 14]`` active (and, mode two, inactive) ops; frozen cells take their argmax."""
+        alpha = self.net.arch_alpha.detach()
+        active, inactive = sample_paths(alpha, mode=self.config.net_mode, skip_drop_prob=skip_drop_prob,
+                                        pool_drop_prob=pool_drop_prob, warmup=warmup, generator=self.generator)
+        frozen = self.frozen[:, None]
+        active = torch.where(frozen, alpha.argmax(-1), active)
+        self.net.arch_gates.copy_(F.one_hot(active, NUM_CANDIDATES).float())
+        return active, inactive
+
+    def _plan(self, active: torch.Tensor, inactive: torch.Tensor | None, probe: bool) -> ExecutionPlan:
+        """Host-side plan: one transfer of the path; probing plans list the extra ops of non-frozen cells."""
+        active_list = active.tolist()
+        if not probe:
+            return ExecutionPlan(active_list)
+        probed = [not f for f in self.frozen.tolist()]
+        if self.two:
+            inactive_list = inactive.tolist()
+            others = [[[b] for b in row] for row in inactive_list]
+        else:
+            others = [[[k for k in range(NUM_CANDIDATES) if k != a] for a in row] for row in active_list]
+        gates = F.one_hot(active, NUM_CANDIDATES).float().requires_grad_(True)
+        first = probed.index(True) if any(probed) else len(probed)
+        return ExecutionPlan(active_list, probed, others, gates, no_grad_cells=first)
+
+    # ---- objectives ------------------------------------------------------------------------------------
+
+    def _loss(self, batch: Batch, plan: ExecutionPlan) -> StepResult:
+        mode = self.config.data_mode
+        if mode == "SimCLR":
+            x = torch.cat(batch.views, dim=0)
+            features = self.net(x, plan)
+            loss = info_nce(features, self.config.temperature)
+            top1, top5 = info_nce_topk(features)
+            return StepResult(loss, top1, top5, x.shape[0])
+        if mode == "supervised":
+            logits = self.net(batch.views[0], plan)
+            loss = F.cross_entropy(logits, batch.labels)
+            top1, top5 = topk_accuracy(logits, batch.labels)
+            return StepResult(loss, top1, top5, logits.shape[0])
+        return self._byol_loss(batch, plan)
+
+    def _byol_loss(self, batch: Batch, plan: ExecutionPlan) -> StepResult:
+        assert self.byol is not None
+        v1, v2 = batch.views
+        x = torch.cat([v1, v2], dim=0)
+        online = self.byol.predictor(self.byol.projector(self.net.features(x, plan)))
+        with torch.no_grad():
+            target_plan = ExecutionPlan(plan.active)
+            target = self.target_projector(self.target_net.features(x, target_plan))
+        p1, p2 = online.chunk(2)
+        z1, z2 = target.chunk(2)
+        loss = byol_loss(p1, z2) + byol_loss(p2, z1)
+        zero = torch.zeros((), device=x.device)
+        return StepResult(loss, zero, zero, v1.shape[0])
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        """EMA of the online network and projector into the BYOL target, after every weight step."""
+        decay = self.config.byol_decay
+        online = list(self.net.parameters()) + list(self.byol.projector.parameters())
+        target = list(self.target_net.parameters()) + list(self.target_projector.parameters())
+        torch._foreach_lerp_(target, online, 1 - decay)
+        for t, o in zip(self.target_net.buffers(), self.net.buffers(), strict=True):
+            t.copy_(o)
+        for t, o in zip(self.target_projector.buffers(), self.byol.projector.buffers(), strict=True):
+            t.copy_(o)
+
+    # ---- steps -----------------------------------------------------------------------------------------
+
+    def train(self) -> None:
+        self.net.train()
+        if self.byol is not None:
+            self.byol.train()
+            self.target_net.train()
+            self.target_projector.train()
+
+    def weight_step(self, batch: Batch, *, warmup: bool, skip_drop_prob: float = 0.0,
+                    pool_drop_prob: float = 0.0) -> StepResult:
+        """One SGD step of the weights along a freshly sampled path."""
+        self.train()
+        active, inactive = self.sample(skip_drop_prob=skip_drop_prob, pool_drop_prob=pool_drop_prob,
+                                       warmup=warmup)
+        plan = self._plan(active, inactive, probe=self.quirks)
+        result = self._loss(batch, plan)
+        self.weight_optimizer.zero_grad(set_to_none=True)
+        result.loss.backward()
+        nn.utils.clip_grad_norm_(self.weight_params, self.config.grad_clip)
+        self.weight_optimizer.step()
+        if plan.gates is not None and self.gate_grad_sum is not None:
+            self._accumulate(plan.gates.grad)
+        if self.byol is not None:
+            self.update_target()
+        return StepResult(result.loss.detach(), result.top1, result.top5, result.rows)
+
+    def _accumulate(self, gate_grad: torch.Tensor | None) -> None:
+        if gate_grad is not None:
+            self.gate_grad_sum += gate_grad.masked_fill(self.frozen[:, None, None], 0)
+
+    def arch_step(self, batch: Batch, *, skip_drop_prob: float = 0.0,
+                  pool_drop_prob: float = 0.0) -> StepResult | None:
+        """One architecture update of every non-frozen cell from this batch; None when all cells are frozen."""
+        if bool(self.frozen.all()):
+            return None
+        self.train()
+        active, inactive = self.sample(skip_drop_prob=skip_drop_prob, pool_drop_prob=pool_drop_prob,
+                                       warmup=False)
+        plan = self._plan(active, inactive, probe=True)
+        result = self._loss(batch, plan)
+        (gate_grad,) = torch.autograd.grad(result.loss, [plan.gates])
+        gate_grad = gate_grad.masked_fill(self.frozen[:, None, None], 0)
+        if self.gate_grad_sum is not None:
+            self.gate_grad_sum += gate_grad
+            gate_grad = self.gate_grad_sum
+        self._update_alpha(gate_grad, active, inactive)
+        return StepResult(result.loss.detach(), result.top1, result.top5, result.rows)
+
+    @torch.no_grad()
+    def _update_alpha(self, gate_grad: torch.Tensor, active: torch.Tensor, inactive: torch.Tensor | None) -> None:
+        alpha = self.net.arch_alpha.detach().view(-1, NUM_CANDIDATES)
+        g = gate_grad.view(-1, NUM_CANDIDATES)
+        a = active.view(-1)
+        mask = ~self.frozen[:, None].expand(-1, EDGES_PER_CELL).reshape(-1)
+        if self.two:
+            b = inactive.view(-1)
+            grad = alpha_grad_two(alpha, g, a, b)
+            new = rescale_pair(alpha, self.arch_optimizer.step(alpha, grad, mask), a, b)
+        else:
+            new = self.arch_optimizer.step(alpha, alpha_grad_full(alpha, g), mask)
+        self.net.arch_alpha.data.copy_(new.view_as(self.net.arch_alpha))
+
+    @torch.no_grad()
+    def eval_step(self, batch: Batch) -> StepResult:
+        """Evaluate the argmax architecture (eval-mode BN) on a batch."""
+        self.net.eval()
+        plan = ExecutionPlan(self.net.arch_alpha.argmax(-1).tolist())
+        if self.config.data_mode == "byol":
+            self.byol.eval()
+            self.target_net.eval()
+            self.target_projector.eval()
+        result = self._loss(batch, plan)
+        return StepResult(result.loss.detach(), result.top1, result.top5, result.rows)
+
+    # ---- persistence -----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs besides the data pipeline and schedule position."""
+        state = {
+            "net": self.net.state_dict(),
+            "frozen": self.frozen.clone(),
+            "weight_optimizer": self.weight_optimizer.state_dict(),
+            "arch_optimizer": self.arch_optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+        if self.gate_grad_sum is not None:
+            state["gate_grad_sum"] = self.gate_grad_sum.clone()
+        if self.byol is not None:
+            state["byol"] = self.byol.state_dict()
+            state["target_net"] = self.target_net.state_dict()
+            state["target_projector"] = self.target_projector.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.net.arch_frozen.copy_(state["frozen"])
+        self.weight_optimizer.load_state_dict(state["weight_optimizer"])
+        self.arch_optimizer.load_state_dict(state["arch_optimizer"])
+        self.generator.set_state(state["generator"])
+        if self.gate_grad_sum is not None:
+            self.gate_grad_sum.copy_(state["gate_grad_sum"])
+        if self.byol is not None:
+            self.byol.load_state_dict(state["byol"])
+            self.target_net.load_state_dict(state["target_net"])
+            self.target_projector.load_state_dict(state["target_projector"])
