@@ -33,7 +33,8 @@ def spec_keys(layers: int, data_mode: str, affine: bool) -> set[str]:
                 p = f"cells.{i}.edges.{e}"
                 keys |= {f"{p}.alpha", f"{p}.binary_gates"}
                 if i in reductions and j < 2:
-                    keys |= {f"{p}._ops.0.conv_1.weight", f"{p}._ops.0.conv_2.weight", *bn_keys(f"{p}._ops.0.bn", affine)}
+                    keys |= {f"{p}._ops.0.conv_1.weight", f"{p}._ops.0.conv_2.weight",
+                             *bn_keys(f"{p}._ops.0.bn", affine)}
                 for pool in (1, 2):
                     keys |= set(bn_keys(f"{p}._ops.{pool}.1", False))
                 for sep in (3, 4):

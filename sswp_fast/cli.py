@@ -1,0 +1,123 @@
+"""The ``sswp-fast`` command line: an argparse front that maps the reference's flags onto
+:class:`~sswp_fast.config.SearchConfig` and has no logic of its own.
+
+``sswp-fast search [flags]`` accepts every flag of the reference's ``search_cifar.py`` /
+``search_imagenet.py`` with the same names and defaults; ``sswp-fast plot RUN_DIR`` draws a finished run.
+Any :class:`~sswp_fast.errors.SSWPError` is printed as one ``error:`` line (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+
+from .config import DATASETS, SearchConfig
+from .errors import SSWPError
+
+_DEFAULTS = SearchConfig()
+
+# (flag, type or "flag", help, ours?) in the reference's order, then ours.
+SEARCH_FLAGS: list[tuple[str, object, str, bool]] = [
+    ("note", str, "run name: exps/{exp_group}/search-{note}", False),
+    ("exp_group", str, "output group folder under exps/", False),
+    ("data_mode", str, "objective and head: SimCLR (InfoNCE), supervised (cross-entropy) or byol", False),
+    ("epochs", int, "total epochs (also the cosine period of the weight LR)", False),
+    ("epoch_ratios", str, "warm-up, search, prune, stabilize fractions of --epochs", False),
+    ("min_warmup", int, "minimum warm-up epochs, taken from search (default 40; ImageNet 10)", False),
+    ("dataset", str, f"one of {', '.join(DATASETS)}; digits is embedded in the package", False),
+    ("data_path", str, "dataset root (CIFAR python folders or an image folder with train/ and val/)", False),
+    ("train_ratio", float, "fraction of the training set for weight steps; the rest feeds arch steps", False),
+    ("batch_size", int, "images per batch; SimCLR and BYOL see 2x (default 96; ImageNet 256)", False),
+    ("num_workers", int, "decoding threads for image-folder datasets (resident datasets need none)", False),
+    ("layers", int, "number of cells (default 20; ImageNet 14)", False),
+    ("init_channels", int, "initial channels C (default 36; ImageNet 48)", False),
+    ("net_mode", str, "path binarization: two (active+inactive op) or full_v2 (one op, 7-way gradient)", False),
+    ("prune_direct", str, "progressive freezing order: forward (input first) or backward", False),
+    ("affine", "flag", "affine BatchNorm in candidate ops and preprocessing", False),
+    ("weight_skip_drop_prob", float, "redraw probability of a sampled skip in weight steps (after warm-up)", False),
+    ("weight_pool_drop_prob", float, "redraw probability of a sampled pool in weight steps", False),
+    ("arch_skip_drop_prob", float, "redraw probability of a sampled skip in arch steps", False),
+    ("arch_pool_drop_prob", float, "redraw probability of a sampled pool in arch steps", False),
+    ("skip_r_num", int, "max skip connections per cell in the restricted export", False),
+    ("pool_r_num", int, "max pools per cell in the restricted export", False),
+    ("compatible_mode", "flag", "zero the weight-step drop probabilities from epoch warmup+search-1", False),
+    ("weight_optm", str, "weight optimizer: sgd or adam", False),
+    ("lr", float, "weight learning rate (cosine over --epochs)", False),
+    ("weight_decay", float, "weight decay of the weight optimizer", False),
+    ("momentum", float, "SGD momentum", False),
+    ("arch_lr", float, "Adam learning rate of the architecture logits", False),
+    ("arch_weight_decay", float, "Adam L2 on the architecture logits", False),
+    ("arch_adam_beta1", float, "Adam beta1 for the architecture logits", False),
+    ("arch_adam_beta2", float, "Adam beta2 for the architecture logits", False),
+    ("grad_clip", float, "gradient-norm clip of weight steps", False),
+    ("update_arch_every", int, "an arch update after every k-th weight step", False),
+    ("arch_update_steps", int, "arch steps per update", False),
+    ("debug", "flag", "use 200-sample subsets", False),
+    ("seed", int, "random seed", False),
+    ("report_freq", int, "log a train line every k steps (and on the last)", False),
+    ("valid_freq", int, "validation stride after pruning", False),
+    ("local_rank", int, "accepted for compatibility (single-process run)", False),
+    ("temperature", float, "InfoNCE temperature (the reference hard-codes 0.07)", True),
+    ("byol_decay", float, "EMA decay of the BYOL target network, updated after every weight step", True),
+    ("reference_quirks", "flag", "reproduce the reference bugs that change results (see README)", True),
+    ("resume", "flag", "continue the run in the existing folder from its last checkpoint", True),
+    ("force", "flag", "overwrite an existing run folder", True),
+    ("steps_per_epoch", int, "cap the weight steps per epoch (smoke tests)", True),
+    ("device", str, "auto (CUDA if available), cpu, cuda, cuda:1, ...", True),
+    ("progress", str, "progress bar: auto (on terminals), on, off", True),
+]
+
+
+def _default_text(name: str) -> str:
+    value = getattr(_DEFAULTS, name)
+    return "dataset-dependent" if value is None else repr(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sswp-fast", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    search = commands.add_parser("search", help="run an SSWP-NAS search (reference-compatible flags)")
+    for name, kind, text, _ in SEARCH_FLAGS:
+        if kind == "flag":
+            search.add_argument(f"--{name}", action="store_true", help=text)
+        else:
+            search.add_argument(f"--{name}", type=kind, default=getattr(_DEFAULTS, name),
+                                help=f"{text} (default: {_default_text(name)})")
+    plot = commands.add_parser("plot", help="draw alpha heat-maps and genotype graphs of a run")
+    plot.add_argument("run_dir", help="a search folder (exps/{exp_group}/search-{note})")
+    plot.add_argument("--out", default=None, help="output folder (default: RUN_DIR/plots)")
+    plot.add_argument("--format", default="png", choices=("png", "svg"), help="image format")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> SearchConfig:
+    names = {f.name for f in dataclasses.fields(SearchConfig)}
+    return SearchConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "search":
+            from .trainer import run_search
+
+            run_dir = run_search(config_from_args(args))
+            print(f"run folder: {run_dir}")
+        elif args.command == "plot":
+            from .plot import plot_run
+
+            for path in plot_run(args.run_dir, args.out, args.format):
+                print(path)
+    except SSWPError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

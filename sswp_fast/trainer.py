@@ -1,0 +1,316 @@
+"""A whole search run (spec §6-§7): the epoch loop, validation stamps, export, checkpoints, resume.
+
+Reads like the reference driver: for every epoch, the schedule says which cells freeze, whether paths are
+sampled as in warm-up and whether arch steps run; each weight step is followed, every
+``update_arch_every`` steps, by ``arch_update_steps`` arch steps on the held-out half. The run writes the
+reference's artifacts in ``exps/{exp_group}/search-{note}/`` (``log.txt``, ``net.config``,
+``Epoch_N.pth.tar``, ``highest_acc.pth.tar``, ``lowest_loss.pth.tar``) plus ``metrics.jsonl``,
+``alpha_history.npz`` and ``resume.pth.tar``, the full state written atomically after every epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from .checkpoint import atomic_save, load_checkpoint
+from .config import SearchConfig
+from .data import EvalTransform, SimCLRAugment, SupervisedAugment, build_search_loaders, load_dataset
+from .engine import Batch, SearchEngine, StepResult, pick_device
+from .errors import CheckpointError, ConfigError, SSWPError
+from .export import append_net_config, derive_architecture
+from .reporting import AlphaHistory, MetricsFile, Progress, TensorBoard, close_log, format_seconds, open_log
+from .schedule import Schedule, phase_lengths
+
+RESUME_FILE = "resume.pth.tar"
+
+
+def run_dir_for(config: SearchConfig, root: Path | str = ".") -> Path:
+    """``{root}/exps/{exp_group}/search-{note}`` (the reference's place)."""
+    return Path(root) / "exps" / config.exp_group / f"search-{config.note}"
+
+
+def prepare_run_dir(config: SearchConfig, root: Path | str = ".") -> Path:
+    """Create the run folder; an existing one is continued (``--resume``) or wiped (``--force``), never
+    silently overwritten."""
+    run_dir = run_dir_for(config, root)
+    exists = run_dir.exists() and any(run_dir.iterdir())
+    if config.resume:
+        if not (run_dir / RESUME_FILE).exists():
+            raise CheckpointError(f"--resume: no {RESUME_FILE} in {run_dir}; start the run without --resume")
+    elif exists:
+        if not config.force:
+            raise ConfigError(f"experiment folder {run_dir} already exists; pass --resume to continue it, "
+                              "--force to overwrite it, or choose another --note")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+class Meter:
+    """Row-weighted running means of loss / top-1 / top-5 kept on the device (no host sync per step)."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(3, device=device, dtype=torch.float64)
+        self.rows = 0
+        self.count = 0
+
+    def add(self, result: StepResult) -> None:
+        self.sums += torch.stack([result.loss, result.top1, result.top5]).double() * result.rows
+        self.rows += result.rows
+        self.count += 1
+
+    def means(self) -> tuple[float, float, float]:
+        if self.rows == 0:
+            return float("nan"), float("nan"), float("nan")
+        loss, top1, top5 = (self.sums / self.rows).tolist()
+        return loss, top1, top5
+
+
+class Views:
+    """Turns uint8 batches into model inputs: two SimCLR views (SimCLR, BYOL) or one supervised view."""
+
+    def __init__(self, config: SearchConfig, dataset, generator: torch.Generator):
+        self.mode = config.data_mode
+        self.generator = generator
+        self.contrastive = SimCLRAugment(dataset.image_size, dataset.mean, dataset.std)
+        self.supervised = SupervisedAugment(dataset.image_size, dataset.mean, dataset.std)
+        self.plain = EvalTransform(dataset.mean, dataset.std)
+
+    def train(self, images: torch.Tensor, labels: torch.Tensor) -> Batch:
+        if self.mode == "supervised":
+            return Batch((self.supervised(images, self.generator),), labels)
+        return Batch((self.contrastive(images, self.generator), self.contrastive(images, self.generator)), labels)
+
+    def test(self, images: torch.Tensor, labels: torch.Tensor) -> Batch:
+        """Validation inputs; SimCLR validation uses random two-view augmentations like the reference."""
+        if self.mode == "supervised":
+            return Batch((self.plain(images),), labels)
+        return self.train(images, labels)
+
+
+def _cycle(loader) -> Iterator:
+    while True:
+        yielded = False
+        for item in loader:
+            yielded = True
+            yield item
+        if not yielded:
+            return
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _namespace_line(config: SearchConfig, run_dir: Path, schedule: Schedule, num_classes: int) -> str:
+    lengths = schedule.lengths
+    fields = dict(config.to_dict(), save_path=str(run_dir), progressive=True, warmup_epochs=lengths.warmup,
+                  search_epochs=lengths.search, prune_epochs=lengths.prune, stabilize_epochs=lengths.stabilize,
+                  num_classes=num_classes)
+    return repr(argparse.Namespace(**fields))
+
+
+class SearchRun:
+    """State of one run; :meth:`run` executes the remaining epochs."""
+
+    def __init__(self, config: SearchConfig, root: Path | str = "."):
+        self.config = config = config.resolved()
+        self.device = pick_device(config.device)
+        self.run_dir = prepare_run_dir(config, root)
+        self.log = open_log(self.run_dir)
+        self.dataset = load_dataset(config.dataset, config.data_path)
+        self.schedule = Schedule(config.epochs, phase_lengths(config.epochs, config.epoch_ratios, config.min_warmup),
+                                 config.layers, config.prune_direct, config.valid_freq, config.reference_quirks,
+                                 config.compatible_mode)
+        torch.manual_seed(config.seed)
+        self.engine = SearchEngine(config, self.dataset.num_classes, self.device)
+        self.data_generator = torch.Generator(self.device).manual_seed(config.seed + 1)
+        self.train_loader, self.valid_loader, self.test_loader = build_search_loaders(
+            self.dataset, config.train_ratio, config.batch_size, self.device, self.data_generator,
+            debug=config.debug, max_batches=config.steps_per_epoch)
+        self.views = Views(config, self.dataset, self.data_generator)
+        self.start_epoch = 0
+        self.best_acc = -math.inf
+        self.best_loss = math.inf
+        self.weight_steps_done = 0
+        if config.resume:
+            self._load_resume()
+        else:
+            self.log.info(_namespace_line(config, self.run_dir, self.schedule, self.dataset.num_classes))
+        self.metrics = MetricsFile(self.run_dir, self.start_epoch)
+        self.alpha_history = AlphaHistory(self.run_dir, self.start_epoch)
+        self.tensorboard = TensorBoard(self.run_dir)
+        self.progress = Progress(config.progress, config.epochs)
+
+    # ---- persistence -----------------------------------------------------------------------------------
+
+    def _save_resume(self, next_epoch: int) -> None:
+        atomic_save({
+            "format": "sswp-fast-search-resume/1",
+            "config": self.config.to_dict(),
+            "epoch": next_epoch,
+            "weight_steps": self.weight_steps_done,
+            "best_acc": self.best_acc,
+            "best_loss": self.best_loss,
+            "engine": self.engine.state_dict(),
+            "data_generator": self.data_generator.get_state(),
+            "rng": _rng_state(),
+        }, self.run_dir / RESUME_FILE)
+
+    def _load_resume(self) -> None:
+        path = self.run_dir / RESUME_FILE
+        state = load_checkpoint(path)
+        if state.get("format") != "sswp-fast-search-resume/1":
+            raise CheckpointError(f"{path} is not an sswp-fast resume checkpoint; start without --resume")
+        differences = self.config.differences(state["config"])
+        if differences:
+            detail = ", ".join(f"--{k} {state['config'].get(k)!r} → {getattr(self.config, k)!r}" for k in differences)
+            raise ConfigError(f"--resume with a different configuration ({detail}); "
+                              "rerun with the original flags or start a new --note")
+        try:
+            self.engine.load_state_dict(state["engine"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise CheckpointError(f"{path} does not match this network ({str(err).splitlines()[0]}); "
+                                  "start a new --note") from None
+        self.data_generator.set_state(state["data_generator"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.start_epoch = state["epoch"]
+        self.weight_steps_done = state["weight_steps"]
+        self.best_acc, self.best_loss = state["best_acc"], state["best_loss"]
+        self.log.info(f"resumed from {path} at epoch {self.start_epoch}")
+
+    def _save_arch_weights(self, name: str) -> None:
+        """Append ``name:{restricted arch}`` to ``net.config`` and write ``{name}.pth.tar`` (spec §8.2)."""
+        arch = self.architecture(restrict=True)
+        atomic_save(self.engine.net.state_dict(), self.run_dir / f"{name}.pth.tar")
+        append_net_config(self.run_dir / "net.config", name, arch)
+
+    def architecture(self, restrict: bool) -> list:
+        c = self.config
+        return derive_architecture(self.engine.net.arch_alpha.detach().cpu(), restrict, c.skip_r_num, c.pool_r_num)
+
+    # ---- the loop ----------------------------------------------------------------------------------------
+
+    def _check_finite(self, value: float, epoch: int, step: int) -> None:
+        if not math.isfinite(value):
+            last = self.run_dir / RESUME_FILE
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+            raise SSWPError(f"loss became {value} at epoch {epoch} step {step}; {kept}; "
+                            "lower --lr or --arch_lr and resume with --resume")
+
+    def train_epoch(self, epoch: int, warmup: bool, arch_steps: bool, skip: float, pool: float) -> dict:
+        cfg = self.config
+        engine = self.engine
+        weights, arch = Meter(self.device), Meter(self.device)
+        arch_batches: Iterator | None = None
+        steps = len(self.train_loader)
+        phase = self.schedule.plan(epoch).phase
+        for step, (images, labels) in enumerate(self.train_loader):
+            result = engine.weight_step(self.views.train(images, labels), warmup=warmup,
+                                        skip_drop_prob=skip, pool_drop_prob=pool)
+            weights.add(result)
+            self.weight_steps_done += 1
+            if arch_steps and (step + 1) % cfg.update_arch_every == 0:
+                for _ in range(cfg.arch_update_steps):
+                    if arch_batches is None:
+                        arch_batches = _cycle(self.valid_loader)
+                    valid_images, valid_labels = next(arch_batches)
+                    arch_result = engine.arch_step(self.views.train(valid_images, valid_labels),
+                                                   skip_drop_prob=cfg.arch_skip_drop_prob,
+                                                   pool_drop_prob=cfg.arch_pool_drop_prob)
+                    if arch_result is not None:
+                        arch.add(arch_result)
+            if step % cfg.report_freq == 0 or step == steps - 1:
+                loss, top1, top5 = weights.means()
+                self._check_finite(loss, epoch, step)
+                self.log.info("train %05d %e %f %f", step, loss, top1, top5)
+                self.tensorboard.scalar("train/loss", loss, epoch * steps + step)
+                self.tensorboard.scalar("train/acc", top1, epoch * steps + step)
+            self.progress.update(epoch, step, steps, phase)
+        loss, top1, top5 = weights.means()
+        self._check_finite(loss, epoch, steps)
+        return {"train_loss": loss, "train_top1": top1, "train_top5": top5, "weight_steps": weights.count,
+                "arch_loss": arch.means()[0] if arch.count else None, "arch_steps": arch.count}
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float]:
+        meter = Meter(self.device)
+        for step, (images, labels) in enumerate(self.test_loader):
+            meter.add(self.engine.eval_step(self.views.test(images, labels)))
+            if step % self.config.report_freq == 0:
+                loss, top1, top5 = meter.means()
+                self.log.info("valid %05d %e %f %f", step, loss, top1, top5)
+        loss, top1, _ = meter.means()
+        return top1, loss
+
+    def run(self) -> Path:
+        cfg = self.config
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                self.run_epoch(epoch)
+            self.log.info("search finished: %s", self.run_dir)
+        finally:
+            self.progress.close()
+            self.tensorboard.close()
+            close_log(self.log)
+        return self.run_dir
+
+    def run_epoch(self, epoch: int) -> None:
+        cfg = self.config
+        plan = self.schedule.plan(epoch)
+        started = time.monotonic()
+        self.log.info("epoch %d", epoch)
+        if plan.freeze_cells:
+            self.engine.freeze(plan.freeze_cells)
+        lr = cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
+        self.engine.set_lr(lr)
+        skip, pool = (0.0, 0.0) if plan.zero_weight_drop else (cfg.weight_skip_drop_prob, cfg.weight_pool_drop_prob)
+        stats = self.train_epoch(epoch, plan.warmup_sampling, plan.arch_steps, skip, pool)
+        self.log.info("train_acc %f, train_loss %e", stats["train_top1"], stats["train_loss"])
+        record = {"epoch": epoch, "phase": plan.phase, "lr": lr, **stats}
+        if plan.validate:
+            acc, loss = self.validate()
+            self.log.info("train_valid_acc %f, train_valid_loss %e", acc, loss)
+            self.tensorboard.scalar("train/valid_acc", acc, epoch)
+            self.tensorboard.scalar("train/valid_loss", loss, epoch)
+            record.update(valid_top1=acc, valid_loss=loss)
+            if acc > self.best_acc:
+                self.best_acc = acc
+                self._save_arch_weights("highest_acc")
+            if loss < self.best_loss:
+                self.best_loss = loss
+                self._save_arch_weights("lowest_loss")
+        if plan.save_stamp:
+            self._save_arch_weights(f"Epoch_{epoch}")
+        if plan.log_arch:
+            for restrict, label, tag in ((False, "without restrict", "wr"), (True, "restrict", "r")):
+                self.log.info(label)
+                for idx, cell in enumerate(self.architecture(restrict)):
+                    self.log.info("Epoch_%d_%s_Cell%d:%s", epoch, tag, idx, cell)
+        seconds = time.monotonic() - started
+        record.update(frozen_cells=self.engine.frozen_cells(), seconds=seconds)
+        self.metrics.write(record)
+        self.alpha_history.append(epoch, self.engine.net.arch_alpha.detach().cpu().numpy())
+        self._save_resume(epoch + 1)
+        remaining = seconds * (cfg.epochs - epoch - 1)
+        self.progress.message("")
+        print(f"Time per epoch: {format_seconds(seconds)}, Est. complete in: {format_seconds(remaining)}")
+        print("-" * 120)
+
+
+def run_search(config: SearchConfig, root: Path | str = ".") -> Path:
+    """Run (or resume) a search and return its run folder."""
+    return SearchRun(config, root).run()
