@@ -67,6 +67,8 @@ SEARCH_FLAGS: list[tuple[str, object, str, bool]] = [
     ("steps_per_epoch", int, "cap the weight steps per epoch (smoke tests)", True),
     ("device", str, "auto (CUDA if available), cpu, cuda, cuda:1, ...", True),
     ("progress", str, "progress bar: auto (on terminals), on, off", True),
+    ("memory_format", str, "tensor layout: auto (channels_last on CPU, contiguous on CUDA), channels_last, "
+     "contiguous", True),
 ]
 
 

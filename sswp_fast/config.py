@@ -75,6 +75,7 @@ class SearchConfig:
     force: bool = False
     steps_per_epoch: int | None = None
     device: str = "auto"
+    memory_format: str = "auto"
     progress: str = "auto"
 
     def resolved(self) -> SearchConfig:
@@ -131,6 +132,8 @@ class SearchConfig:
              f"--steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
         need(not (self.resume and self.force), "--resume and --force exclude each other; pick one")
         need(self.progress in ("auto", "on", "off"), f"--progress must be auto, on or off, got {self.progress}")
+        need(self.memory_format in ("auto", "channels_last", "contiguous"),
+             f"--memory_format must be auto, channels_last or contiguous, got {self.memory_format}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

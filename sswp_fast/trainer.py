@@ -137,7 +137,7 @@ class SearchRun:
         self.data_generator = torch.Generator(self.device).manual_seed(config.seed + 1)
         self.train_loader, self.valid_loader, self.test_loader = build_search_loaders(
             self.dataset, config.train_ratio, config.batch_size, self.device, self.data_generator,
-            debug=config.debug, max_batches=config.steps_per_epoch)
+            debug=config.debug, max_batches=config.steps_per_epoch, num_workers=config.num_workers)
         self.views = Views(config, self.dataset, self.data_generator)
         self.start_epoch = 0
         self.best_acc = -math.inf

@@ -152,17 +152,25 @@ def test_frozen_cells_keep_their_alphas_and_argmax() -> None:
 @pytest.mark.parametrize("data_mode", ["supervised", "byol"])
 def test_other_objectives_step(data_mode: str) -> None:
     engine = SearchEngine(tiny_config(data_mode=data_mode), 10)
-    views = 1 if data_mode == "supervised" else 2
-    batch = make_batch(views=views)
+    batch = make_batch(views=1 if data_mode == "supervised" else 2)
     result = engine.weight_step(batch, warmup=False)
     assert torch.isfinite(result.loss)
-    if data_mode == "byol":
-        # the EMA target moved towards the online network and the heads were trained
-        online = engine.byol.projector[0].weight
-        target = engine.target_projector[0].weight
-        assert not torch.equal(online, target)
     assert engine.arch_step(batch) is not None
     assert engine.net.arch_alpha.abs().sum() > 0
+
+
+def test_byol_trains_its_heads_and_updates_the_ema_target_every_step() -> None:
+    engine = SearchEngine(tiny_config(data_mode="byol", byol_decay=0.9), 10)
+    online = [engine.net.stem[0].weight, engine.byol.projector[0].weight]
+    targets = [engine.target_net.stem[0].weight, engine.target_projector[0].weight]
+    predictor0 = engine.byol.predictor[0].weight.detach().clone()
+    for _ in range(2):
+        before = [t.detach().clone() for t in targets]
+        engine.weight_step(make_batch(), warmup=False)
+        for t0, o, t in zip(before, online, targets, strict=True):
+            torch.testing.assert_close(t, 0.9 * t0 + 0.1 * o.detach())
+            assert not torch.equal(t, t0)
+    assert not torch.equal(engine.byol.predictor[0].weight, predictor0)
 
 
 def test_engine_state_round_trip() -> None:

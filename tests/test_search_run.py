@@ -47,6 +47,7 @@ def test_search_writes_the_reference_artifacts(tmp_path, monkeypatch, capsys) ->
     assert metrics[1]["arch_steps"] == 3 and metrics[1]["weight_steps"] == 3
     assert metrics[-1]["frozen_cells"] == [0, 1, 2]
     assert all(math.isfinite(m["train_loss"]) and m["seconds"] > 0 for m in metrics)
+    assert [m["lr"] for m in metrics] == pytest.approx([0.025 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)])
     with np.load(run / "alpha_history.npz") as history:
         assert history["alpha"].shape == (4, 3, 14, 7)
         assert history["epochs"].tolist() == [0, 1, 2, 3]
@@ -146,3 +147,39 @@ def test_readme_flag_table_lists_every_search_flag() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for name, *_ in SEARCH_FLAGS:
         assert f"`--{name}`" in readme, name
+
+
+def test_progress_bar_shows_eta_on_terminals(capsys) -> None:
+    from sswp_fast.reporting import Progress
+
+    bar = Progress("on", total_epochs=2)
+    bar.update(0, 0, 4, "warmup")
+    bar.close()
+    err = capsys.readouterr().err
+    assert "epoch 1/2" in err and "ETA" in err and "warmup" in err
+    silent = Progress("off", total_epochs=2)
+    silent.update(0, 0, 4, "warmup")
+    assert capsys.readouterr().err == ""
+
+
+def test_tensorboard_scalars_when_tensorboard_is_installed(tmp_path, monkeypatch) -> None:
+    import sys
+    import types
+
+    written: list[tuple[str, float, int]] = []
+
+    class FakeWriter:
+        def __init__(self, log_dir: str) -> None:
+            assert log_dir.endswith("search-tb")
+
+        def add_scalar(self, tag: str, value: float, step: int) -> None:
+            written.append((tag, value, step))
+
+        def close(self) -> None:
+            written.append(("closed", 0.0, 0))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    monkeypatch.chdir(tmp_path)
+    assert search("--note", "tb") == 0
+    tags = {tag for tag, _, _ in written}
+    assert {"train/loss", "train/acc", "train/valid_acc", "train/valid_loss", "closed"} <= tags

@@ -1,0 +1,39 @@
+"""The README's demo command (a), run as written: a short search on the embedded digits dataset."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from sswp_fast.checkpoint import load_checkpoint
+from sswp_fast.cli import main
+from sswp_fast.export import read_net_config
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def demo_arguments() -> list[str]:
+    """The arguments of ``sswp-fast`` in the README's install-and-run command."""
+    for line in README.read_text().splitlines():
+        if line.startswith("bash scripts/install.sh && .venv/bin/sswp-fast "):
+            return shlex.split(line.split(".venv/bin/sswp-fast ", 1)[1])
+    raise AssertionError("README has no demo command")
+
+
+@pytest.mark.slow
+def test_readme_demo_search_writes_genotype_weights_and_metrics(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = demo_arguments()
+    assert args[:3] == ["search", "--dataset", "digits"]
+    assert main(args) == 0
+    run = tmp_path / "exps" / "exp" / "search-demo"
+    configs = read_net_config(run / "net.config")
+    epochs = int(args[args.index("--epochs") + 1])
+    assert f"Epoch_{epochs - 1}" in configs and "highest_acc" in configs
+    assert load_checkpoint(run / f"Epoch_{epochs - 1}.pth.tar")
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == epochs
+    assert metrics[-1]["frozen_cells"] == list(range(int(args[args.index("--layers") + 1])))
