@@ -55,27 +55,27 @@ def run_timings(device: str, rounds: int, warmup: int, threads: int, impls: list
         return json.loads(out.read_text())["benchmarks"]
 
 
-def run_memory(impl: str, step: str, device: str, cfg, steps: int, warmup: int, threads: int) -> dict:
-    cmd = [sys.executable, str(BENCH_DIR / "step_memory.py"), "--impl", impl, "--step", step,
-           "--layers", str(cfg.layers), "--C", str(cfg.C), "--batch", str(cfg.batch), "--steps", str(steps),
-           "--warmup", str(warmup), "--device", device, "--threads", str(threads)]
+def _run_json(cmd: list[str]) -> dict:
+    """Run a benchmark script that prints one JSON object as its last line; an error record if it fails."""
     print("+", " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
         return {"error": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_memory(impl: str, step: str, device: str, cfg, steps: int, warmup: int, threads: int) -> dict:
+    cmd = [sys.executable, str(BENCH_DIR / "step_memory.py"), "--impl", impl, "--step", step,
+           "--layers", str(cfg.layers), "--C", str(cfg.C), "--batch", str(cfg.batch), "--steps", str(steps),
+           "--warmup", str(warmup), "--device", device, "--threads", str(threads)]
+    return _run_json(cmd)
 
 
 def run_interleaved(device: str, rounds: int, warmup: int, threads: int, impls: list[str], frozen: int = 0) -> dict:
     cmd = [sys.executable, str(BENCH_DIR / "interleaved.py"), "--impls", ",".join(impls), "--rounds", str(rounds),
            "--warmup", str(warmup), "--device", device, "--threads", str(threads), "--frozen", str(frozen)]
-    print("+", " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr)
-        return {"error": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _run_json(cmd)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

@@ -18,3 +18,12 @@ def tiny_config(**overrides) -> SearchConfig:
     values = dict(layers=3, init_channels=4, batch_size=4, dataset="digits", min_warmup=0)
     values.update(overrides)
     return SearchConfig(**values).resolved()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny ops are far slower with a thread pool on a busy 2-core machine; results are identical."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

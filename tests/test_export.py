@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from alpha_cases import ALPHA_KINDS, random_cell_alpha
 
 from sswp_fast.errors import ConfigError, SSWPError
 from sswp_fast.export import (
@@ -81,49 +82,12 @@ def oracle_cell(alpha: torch.Tensor, restrict: bool, skip_r: int = 2,
     return [(name, local) for name, _, local, _ in arch]
 
 
-def _random_alpha(g: torch.Generator, kind: int) -> torch.Tensor:
-    if kind == 0:  # generic
-        return torch.randn(14, 7, generator=g) * float(torch.rand(1, generator=g) * 3 + 0.01)
-    if kind == 1:  # small integer logits: exact ties inside rows and between rows
-        return torch.randint(0, 3, (14, 7), generator=g).float()
-    if kind == 2:  # rows drawn from a pool of 3: identical rows, ties between edges
-        pool = torch.randint(0, 4, (3, 7), generator=g).float()
-        return pool[torch.randint(0, 3, (14,), generator=g)]
-    if kind == 3:  # skip-heavy
-        a = torch.randn(14, 7, generator=g)
-        a[:, 0] += 1 + 3 * torch.rand(14, generator=g)
-        return a
-    if kind == 4:  # pool-heavy
-        a = torch.randn(14, 7, generator=g)
-        a[:, 1:3] += 2 * torch.rand(14, 2, generator=g)
-        return a
-    if kind == 5:  # one non-parametric op strongly boosted per edge
-        a = torch.randn(14, 7, generator=g)
-        a[torch.arange(14), torch.randint(0, 3, (14,), generator=g)] += 4
-        return a
-    if kind == 6:  # extreme logits: probabilities underflow to exactly 0 and 1
-        a = torch.zeros(14, 7)
-        a[torch.arange(14), torch.randint(0, 7, (14,), generator=g)] = 200.0
-        a[:, 0] += (torch.rand(14, generator=g) < 0.5).float() * 250
-        return a
-    return torch.zeros(14, 7) + torch.randint(0, 2, (14, 1), generator=g).float()  # constant rows
-
-
-@pytest.fixture
-def one_torch_thread():
-    """Tiny softmaxes are ~1000x slower with a thread pool on a busy shared CPU; results are identical."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_derive_cell_matches_spec_oracle_on_random_alphas(one_torch_thread) -> None:
     g = torch.Generator().manual_seed(1234)
     limits = ((2, 2), (1, 1), (0, 0), (3, 1))
     checked_restricted_changes = 0
     for trial in range(2000):
-        alpha = _random_alpha(g, trial % 8)
+        alpha = random_cell_alpha(g, trial % ALPHA_KINDS)
         assert derive_cell(alpha, False) == oracle_cell(alpha, False)
         skip_r, pool_r = limits[trial % len(limits)]
         got = derive_cell(alpha, True, skip_r, pool_r)

@@ -41,6 +41,8 @@ harness = _load_harness()
 SKIP_REASON = harness.skip_reason()
 pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
 
+from alpha_cases import ALPHA_KINDS, random_cell_alpha  # noqa: E402
+
 from sswp_fast.losses import info_nce  # noqa: E402
 from sswp_fast.supernet import ExecutionPlan, SearchNetwork  # noqa: E402
 
@@ -48,15 +50,6 @@ from sswp_fast.supernet import ExecutionPlan, SearchNetwork  # noqa: E402
 @pytest.fixture(scope="module")
 def ref():
     return harness.load_reference()
-
-
-@pytest.fixture
-def one_torch_thread():
-    """Tiny ops are much slower with a thread pool on a busy shared CPU; results are identical."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _reference_net(ref, C: int, num_classes: int, layers: int, data_mode: str, affine: bool, imagenet: bool,
@@ -143,30 +136,6 @@ def test_info_nce_equals_reference(ref, n: int, dim: int, scale: float) -> None:
 
 # ---- (c) architecture export --------------------------------------------------------------------------------
 
-def _random_cell_alpha(g: torch.Generator, kind: int) -> torch.Tensor:
-    """[14, 7] logits of several shapes: generic, tied, skip- or pool-heavy, saturated."""
-    if kind == 0:
-        return torch.randn(14, 7, generator=g) * float(torch.rand(1, generator=g) * 3 + 0.05)
-    if kind == 1:  # small integers: exact ties within and between rows
-        return torch.randint(0, 3, (14, 7), generator=g).float()
-    if kind == 2:  # skip-heavy
-        a = torch.randn(14, 7, generator=g)
-        a[:, 0] += 1 + 3 * torch.rand(14, generator=g)
-        return a
-    if kind == 3:  # pool-heavy
-        a = torch.randn(14, 7, generator=g)
-        a[:, 1:3] += 2 * torch.rand(14, 2, generator=g)
-        return a
-    if kind == 4:  # one non-parametric op boosted per edge
-        a = torch.randn(14, 7, generator=g)
-        a[torch.arange(14), torch.randint(0, 3, (14,), generator=g)] += 4
-        return a
-    a = torch.zeros(14, 7)  # saturated softmax: probabilities of exactly 0 and 1
-    a[torch.arange(14), torch.randint(0, 7, (14,), generator=g)] = 200.0
-    a[:, 0] += (torch.rand(14, generator=g) < 0.5).float() * 250
-    return a
-
-
 @pytest.mark.parametrize(("skip_r_num", "pool_r_num"), [(2, 2), (1, 1), (0, 0), (3, 1)])
 def test_derive_architecture_equals_final_prune(ref, one_torch_thread, skip_r_num: int, pool_r_num: int) -> None:
     from sswp_fast.export import derive_architecture
@@ -176,7 +145,7 @@ def test_derive_architecture_equals_final_prune(ref, one_torch_thread, skip_r_nu
     g = torch.Generator().manual_seed(100 * skip_r_num + pool_r_num)
     restricted_differs = 0
     for trial in range(40):
-        alpha = torch.stack([_random_cell_alpha(g, (trial + c) % 6) for c in range(layers)])
+        alpha = torch.stack([random_cell_alpha(g, (trial + c) % ALPHA_KINDS) for c in range(layers)])
         harness.set_reference_alphas(net, alpha)
         for restrict in (False, True):
             expected = net.final_prune(add_restrict=restrict)
