@@ -26,7 +26,7 @@ from .engine import Batch, SearchEngine, StepResult, pick_device
 from .errors import CheckpointError, ConfigError, SSWPError
 from .export import append_net_config, derive_architecture
 from .reporting import AlphaHistory, MetricsFile, Progress, TensorBoard, close_log, format_seconds, open_log
-from .schedule import Schedule, phase_lengths
+from .schedule import EpochPlan, Schedule, phase_lengths
 
 RESUME_FILE = "resume.pth.tar"
 
@@ -211,19 +211,20 @@ class SearchRun:
             raise SSWPError(f"loss became {value} at epoch {epoch} step {step}; {kept}; "
                             "lower --lr or --arch_lr and resume with --resume")
 
-    def train_epoch(self, epoch: int, warmup: bool, arch_steps: bool, skip: float, pool: float) -> dict:
+    def train_epoch(self, plan: EpochPlan, skip: float, pool: float) -> dict:
+        """Weight steps over the train half, each ``update_arch_every``-th followed by arch steps."""
         cfg = self.config
+        epoch = plan.epoch
         engine = self.engine
         weights, arch = Meter(self.device), Meter(self.device)
         arch_batches: Iterator | None = None
         steps = len(self.train_loader)
-        phase = self.schedule.plan(epoch).phase
         for step, (images, labels) in enumerate(self.train_loader):
-            result = engine.weight_step(self.views.train(images, labels), warmup=warmup,
+            result = engine.weight_step(self.views.train(images, labels), warmup=plan.warmup_sampling,
                                         skip_drop_prob=skip, pool_drop_prob=pool)
             weights.add(result)
             self.weight_steps_done += 1
-            if arch_steps and (step + 1) % cfg.update_arch_every == 0:
+            if plan.arch_steps and (step + 1) % cfg.update_arch_every == 0:
                 for _ in range(cfg.arch_update_steps):
                     if arch_batches is None:
                         arch_batches = _cycle(self.valid_loader)
@@ -239,7 +240,7 @@ class SearchRun:
                 self.log.info("train %05d %e %f %f", step, loss, top1, top5)
                 self.tensorboard.scalar("train/loss", loss, epoch * steps + step)
                 self.tensorboard.scalar("train/acc", top1, epoch * steps + step)
-            self.progress.update(epoch, step, steps, phase)
+            self.progress.update(epoch, step, steps, plan.phase)
         loss, top1, top5 = weights.means()
         self._check_finite(loss, epoch, steps)
         return {"train_loss": loss, "train_top1": top1, "train_top5": top5, "weight_steps": weights.count,
@@ -278,7 +279,7 @@ class SearchRun:
         lr = cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
         self.engine.set_lr(lr)
         skip, pool = (0.0, 0.0) if plan.zero_weight_drop else (cfg.weight_skip_drop_prob, cfg.weight_pool_drop_prob)
-        stats = self.train_epoch(epoch, plan.warmup_sampling, plan.arch_steps, skip, pool)
+        stats = self.train_epoch(plan, skip, pool)
         self.log.info("train_acc %f, train_loss %e", stats["train_top1"], stats["train_loss"])
         record = {"epoch": epoch, "phase": plan.phase, "lr": lr, **stats}
         if plan.validate:
