@@ -23,7 +23,7 @@ def _check_features(features: torch.Tensor, temperature: float) -> None:
 def _similarity_logits(features: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine similarities / τ with self masked out, and each row's partner index."""
     n2 = features.shape[0]
-    z = F.normalize(features.float(), dim=1)
+    z = F.normalize(features.to(torch.promote_types(features.dtype, torch.float32)), dim=1)  # >= fp32
     logits = (z @ z.t()) / temperature
     logits = logits.masked_fill(torch.eye(n2, dtype=torch.bool, device=features.device), float("-inf"))
     partner = torch.arange(n2, device=features.device).roll(n2 // 2)

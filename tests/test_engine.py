@@ -190,3 +190,11 @@ def test_engine_state_round_trip() -> None:
     r2 = other.arch_step(b)
     torch.testing.assert_close(r1.loss, r2.loss)
     torch.testing.assert_close(other.net.arch_alpha, engine.net.arch_alpha)
+
+
+def test_weight_step_clips_the_gradient_norm() -> None:
+    engine = SearchEngine(tiny_config(lr=1.0, momentum=0.0, weight_decay=0.0, grad_clip=1e-3), 10)
+    before = [p.detach().clone() for p in engine.weight_params]
+    engine.weight_step(make_batch(), warmup=True)
+    step = torch.cat([(p.detach() - b).flatten() for p, b in zip(engine.weight_params, before, strict=True)])
+    assert 0 < step.norm() <= 1e-3 * (1 + 1e-4)
