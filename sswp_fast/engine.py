@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch_update import ArchAdam, ArchAdamConfig, alpha_grad_full, alpha_grad_two, rescale_pair
-from .config import IMAGENET_LIKE, SearchConfig
+from .config import SearchConfig
 from .losses import byol_loss, info_nce, info_nce_topk, topk_accuracy
 from .ops import NUM_CANDIDATES
 from .sampling import sample_paths
@@ -88,7 +88,7 @@ class SearchEngine:
         self.two = config.net_mode == "two"
         self.quirks = config.reference_quirks
         self.net = SearchNetwork(config.init_channels, num_classes, config.layers, config.data_mode,
-                                 config.affine, imagenet=config.dataset in IMAGENET_LIKE).to(self.device)
+                                 config.affine, imagenet=config.dataset == "imagenet").to(self.device)
         self.memory_format = pick_memory_format(config.memory_format, self.device)
         self.net.to(memory_format=self.memory_format)
         weights = self.net.weight_parameters()

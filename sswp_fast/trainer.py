@@ -217,30 +217,31 @@ class SearchRun:
         epoch = plan.epoch
         engine = self.engine
         weights, arch = Meter(self.device), Meter(self.device)
-        arch_batches: Iterator | None = None
+        arch_batches = _cycle(self.valid_loader)  # a generator: the first pass starts at the first arch step
         steps = len(self.train_loader)
-        for step, (images, labels) in enumerate(self.train_loader):
-            result = engine.weight_step(self.views.train(images, labels), warmup=plan.warmup_sampling,
-                                        skip_drop_prob=skip, pool_drop_prob=pool)
-            weights.add(result)
-            self.weight_steps_done += 1
-            if plan.arch_steps and (step + 1) % cfg.update_arch_every == 0:
-                for _ in range(cfg.arch_update_steps):
-                    if arch_batches is None:
-                        arch_batches = _cycle(self.valid_loader)
-                    valid_images, valid_labels = next(arch_batches)
-                    arch_result = engine.arch_step(self.views.train(valid_images, valid_labels),
-                                                   skip_drop_prob=cfg.arch_skip_drop_prob,
-                                                   pool_drop_prob=cfg.arch_pool_drop_prob)
-                    if arch_result is not None:
-                        arch.add(arch_result)
-            if step % cfg.report_freq == 0 or step == steps - 1:
-                loss, top1, top5 = weights.means()
-                self._check_finite(loss, epoch, step)
-                self.log.info("train %05d %e %f %f", step, loss, top1, top5)
-                self.tensorboard.scalar("train/loss", loss, epoch * steps + step)
-                self.tensorboard.scalar("train/acc", top1, epoch * steps + step)
-            self.progress.update(epoch, step, steps, plan.phase)
+        try:
+            for step, (images, labels) in enumerate(self.train_loader):
+                result = engine.weight_step(self.views.train(images, labels), warmup=plan.warmup_sampling,
+                                            skip_drop_prob=skip, pool_drop_prob=pool)
+                weights.add(result)
+                self.weight_steps_done += 1
+                if plan.arch_steps and (step + 1) % cfg.update_arch_every == 0:
+                    for _ in range(cfg.arch_update_steps):
+                        valid_images, valid_labels = next(arch_batches)
+                        arch_result = engine.arch_step(self.views.train(valid_images, valid_labels),
+                                                       skip_drop_prob=cfg.arch_skip_drop_prob,
+                                                       pool_drop_prob=cfg.arch_pool_drop_prob)
+                        if arch_result is not None:
+                            arch.add(arch_result)
+                if step % cfg.report_freq == 0 or step == steps - 1:
+                    loss, top1, top5 = weights.means()
+                    self._check_finite(loss, epoch, step)
+                    self.log.info("train %05d %e %f %f", step, loss, top1, top5)
+                    self.tensorboard.scalar("train/loss", loss, epoch * steps + step)
+                    self.tensorboard.scalar("train/acc", top1, epoch * steps + step)
+                self.progress.update(epoch, step, steps, plan.phase)
+        finally:
+            arch_batches.close()  # stops a folder loader's decoding threads
         loss, top1, top5 = weights.means()
         self._check_finite(loss, epoch, steps)
         return {"train_loss": loss, "train_top1": top1, "train_top5": top5, "weight_steps": weights.count,

@@ -183,3 +183,27 @@ def test_tensorboard_scalars_when_tensorboard_is_installed(tmp_path, monkeypatch
     assert search("--note", "tb") == 0
     tags = {tag for tag, _, _ in written}
     assert {"train/loss", "train/acc", "train/valid_acc", "train/valid_loss", "closed"} <= tags
+
+
+def test_search_on_an_image_folder_dataset(tmp_path, monkeypatch) -> None:
+    """imagenet-tiny layout (train/<class>/*.png, val/<class>/*.png), decoded in threads, CIFAR stem (the
+    stem its compact networks use, so weights transfer)."""
+    image_module = pytest.importorskip("PIL.Image", reason="Pillow decodes image folders")
+    g = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 2)):
+        for cls in ("n01", "n02"):
+            folder = tmp_path / "data" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = g.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+                image_module.fromarray(pixels).save(folder / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", "--dataset", "imagenet-tiny", "--data_path", str(tmp_path / "data"), "--epochs", "3",
+                 "--epoch_ratios", "0.34,0.34,0.32,0", "--min_warmup", "0", "--layers", "3", "--init_channels", "4",
+                 "--batch_size", "2", "--num_workers", "2", "--update_arch_every", "1", "--progress", "off",
+                 "--note", "folder"]) == 0
+    run = tmp_path / "exps" / "exp" / "search-folder"
+    state = load_checkpoint(run / "Epoch_2.pth.tar")
+    assert "stem.0.weight" in state
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0]["weight_steps"] == 3 and metrics[1]["arch_steps"] == 3

@@ -122,3 +122,24 @@ def test_forward_runs_the_planned_op_and_node_wiring() -> None:
     plan = ExecutionPlan([[3] * 14 for _ in range(3)])
     out = net(torch.randn(2, 3, 8, 8), plan)
     assert out.shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", CANDIDATES)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_channels_last_ops_equal_float64_contiguous(name: str, stride: int) -> None:
+    """The CPU layout the engine uses by default computes the same op, at sizes up to 64x64 (a stride-2 1x1
+    convolution on channels-last inputs corrupted the heap there before FactorizedReduce sampled first)."""
+    for channels, size in ((4, 64), (6, 10), (16, 32)):
+        reference = build_op(name, channels, stride, False).double()
+        op = build_op(name, channels, stride, False).to(memory_format=torch.channels_last)
+        op.load_state_dict(reference.state_dict())
+        x = torch.randn(3, channels, size, size)
+        x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+        y = op(x_cl)
+        w = torch.randn_like(y)
+        (y * w).sum().backward()
+        x64 = x.double().requires_grad_()
+        y64 = reference(x64)
+        (y64 * w.double()).sum().backward()
+        torch.testing.assert_close(y.double(), y64, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(x_cl.grad.double(), x64.grad, rtol=1e-3, atol=1e-3)

@@ -326,16 +326,21 @@ class FolderDataset:
             raise DataError(f"cannot decode image {path} ({exc}); remove or replace the file") from None
         return arr
 
-    def load_batch(self, split: str, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        """Decode images ``indices`` of ``split`` into a uint8 CPU tensor [B,3,S,S]."""
+    def decode_batch(self, split: str, indices: Sequence[int]) -> np.ndarray:
+        """Decode images ``indices`` of ``split`` into a uint8 array [B,S,S,3]. Uses no torch op, so decoding
+        threads never run torch's OpenMP kernels beside the training thread."""
         files = self.files(split)
-        if isinstance(indices, torch.Tensor):
-            indices = indices.tolist()
         s = self.image_size
         out = np.empty((len(indices), s, s, 3), dtype=np.uint8)
         for k, i in enumerate(indices):
             out[k] = self._decode(files[i])
-        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+        return out
+
+    def load_batch(self, split: str, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Decode images ``indices`` of ``split`` into a uint8 CPU tensor [B,3,S,S]."""
+        if isinstance(indices, torch.Tensor):
+            indices = indices.tolist()
+        return torch.from_numpy(self.decode_batch(split, indices)).permute(0, 3, 1, 2).contiguous()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 from sswp_fast.data.datasets import FolderDataset, ImageDataset
@@ -135,30 +136,31 @@ class FolderBatches:
     def __len__(self) -> int:
         return _num_batches(self.num_samples, self.batch_size, self.drop_last, self.max_batches)
 
-    def _load(self, idx: list[int]) -> torch.Tensor:
-        images = self.dataset.load_batch(self.split, idx)
+    def _to_device(self, decoded: np.ndarray) -> torch.Tensor:
+        """NHWC uint8 array from a decoding thread → [B,3,S,S] on the device (on the training thread)."""
+        images = torch.from_numpy(decoded).permute(0, 3, 1, 2)
         if self.device.type == "cuda":
-            images = images.pin_memory()
-        return images
+            return images.pin_memory().to(self.device, non_blocking=True).contiguous()
+        return images.to(self.device).contiguous()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         perm = torch.randperm(self.num_samples, generator=self.generator, device=self.generator.device).cpu()
         order = self.indices[perm].tolist()
         bs, n = self.batch_size, len(self)
         batches = (order[k * bs : (k + 1) * bs] for k in range(n))
-        pending: deque[tuple[list[int], Future[torch.Tensor]]] = deque()
+        pending: deque[tuple[list[int], Future[np.ndarray]]] = deque()
         pool = ThreadPoolExecutor(max_workers=self.num_workers, thread_name_prefix="sswp-decode")
         try:
             for idx in batches:
-                pending.append((idx, pool.submit(self._load, idx)))
+                pending.append((idx, pool.submit(self.dataset.decode_batch, self.split, idx)))
                 if len(pending) >= self.prefetch * self.num_workers:
                     break
             while pending:
                 idx, fut = pending.popleft()
                 nxt = next(batches, None)
                 if nxt is not None:
-                    pending.append((nxt, pool.submit(self._load, nxt)))
-                images = fut.result().to(self.device, non_blocking=True)
+                    pending.append((nxt, pool.submit(self.dataset.decode_batch, self.split, nxt)))
+                images = self._to_device(fut.result())
                 labels = self.labels[torch.tensor(idx, dtype=torch.int64, device=self.device)]
                 yield images, labels
         finally:
