@@ -1,9 +1,8 @@
 """One search step at a time: the documented Python API behind the trainer and the benchmarks.
 
->>> engine = SearchEngine(SearchConfig(layers=5, init_channels=8, batch_size=4).resolved(), num_classes=10)
->>> batch = Batch(views=(images_view1, images_view2))          # two augmented views for SimCLR
->>> engine.weight_step(batch, warmup=False, skip_drop_prob=0.2, pool_drop_prob=0.0)
->>> engine.arch_step(arch_batch)
+    engine = SearchEngine(SearchConfig(layers=5, init_channels=8, batch_size=4).resolved(), num_classes=10)
+    engine.weight_step(Batch(views=(view1, view2)), warmup=False, skip_drop_prob=0.2)   # SimCLR: two views
+    engine.arch_step(Batch(views=(arch_view1, arch_view2)))
 
 A **weight step** samples a path (spec §5.2), runs exactly one op per edge (the sampled op, or the argmax op
 of a frozen cell), and takes an SGD step; candidate ops that did not run have no gradient and so get no

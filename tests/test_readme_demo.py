@@ -37,3 +37,13 @@ def test_readme_demo_search_writes_genotype_weights_and_metrics(tmp_path, monkey
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == epochs
     assert metrics[-1]["frozen_cells"] == list(range(int(args[args.index("--layers") + 1])))
+
+
+def test_readme_python_api_example_runs() -> None:
+    text = README.read_text()
+    section = text[text.index("## Python API"):]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # the README's own example, run as written
+    assert namespace["active"].shape == (8, 14)
+    assert namespace["result"].loss.isfinite()

@@ -207,3 +207,15 @@ def test_search_on_an_image_folder_dataset(tmp_path, monkeypatch) -> None:
     assert "stem.0.weight" in state
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert metrics[0]["weight_steps"] == 3 and metrics[1]["arch_steps"] == 3
+
+
+def test_plot_command_draws_a_finished_run(tmp_path, monkeypatch, capsys) -> None:
+    pytest.importorskip("matplotlib", reason="sswp-fast plot needs matplotlib")
+    monkeypatch.chdir(tmp_path)
+    assert search("--note", "p") == 0
+    capsys.readouterr()
+    assert main(["plot", "exps/exp/search-p"]) == 0
+    written = capsys.readouterr().out.split()
+    assert any(p.endswith("alpha_cell00.png") for p in written) and any("genotype_cell02" in p for p in written)
+    assert all(Path(p).stat().st_size > 0 for p in written)
+    assert main(["plot", "exps/exp/missing"]) == 2
