@@ -25,7 +25,7 @@ from torch import nn
 
 from .arch_update import ArchAdam, ArchAdamConfig, alpha_grad_full, alpha_grad_two, rescale_pair
 from .config import SearchConfig
-from .losses import byol_loss, info_nce, info_nce_topk, topk_accuracy
+from .losses import byol_loss, info_nce_with_topk, topk_accuracy
 from .ops import NUM_CANDIDATES
 from .sampling import sample_paths
 from .supernet import EDGES_PER_CELL, ExecutionPlan, SearchNetwork
@@ -168,9 +168,7 @@ class SearchEngine:
         mode = self.config.data_mode
         if mode == "SimCLR":
             x = torch.cat(batch.views, dim=0).contiguous(memory_format=self.memory_format)
-            features = self.net(x, plan)
-            loss = info_nce(features, self.config.temperature)
-            top1, top5 = info_nce_topk(features)
+            loss, top1, top5 = info_nce_with_topk(self.net(x, plan), self.config.temperature)
             return StepResult(loss, top1, top5, x.shape[0])
         if mode == "supervised":
             logits = self.net(batch.views[0].contiguous(memory_format=self.memory_format), plan)

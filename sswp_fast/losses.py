@@ -7,8 +7,13 @@ positive is its partner, its negatives are the other ``2N - 2`` rows, self is ex
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 import torch.nn.functional as F
+
+from . import compiled
 
 
 def _check_features(features: torch.Tensor, temperature: float) -> None:
@@ -31,10 +36,30 @@ def _similarity_logits(features: torch.Tensor, temperature: float) -> tuple[torc
 
 
 def info_nce(features: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
-    """Mean InfoNCE loss over the ``2N`` rows (the reference's logits layout under a cross-entropy)."""
+    """Mean InfoNCE loss over the ``2N`` rows (the reference's logits layout under a cross-entropy).
+
+    Runs the compiled op (``csrc/``, no ``2N x 2N`` matrix) where it is built for the features' device, else
+    :func:`info_nce_formula` (with a one-time warning when the extension is missing altogether)."""
+    _check_features(features, temperature)
+    if compiled.available() and features.device.type == "cpu":
+        return compiled.info_nce_op(features, temperature)[0]
+    _warn_fallback()
+    return info_nce_formula(features, temperature)
+
+
+def info_nce_formula(features: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """The PyTorch formula of :func:`info_nce`: the full similarity matrix under a cross-entropy."""
     _check_features(features, temperature)
     logits, partner = _similarity_logits(features, temperature)
     return F.cross_entropy(logits, partner)
+
+
+@functools.cache
+def _warn_fallback() -> None:
+    if not compiled.available():
+        warnings.warn("sswp-fast was installed without its compiled ops (sswp_fast._C); info_nce uses the "
+                      "PyTorch formula. Reinstall with `pip install --no-build-isolation -e .` to build them.",
+                      stacklevel=3)
 
 
 def reference_logits(features: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
@@ -46,6 +71,18 @@ def reference_logits(features: torch.Tensor, temperature: float = 0.07) -> torch
     keep[torch.arange(n2), partner] = False
     negatives = logits[keep].view(n2, n2 - 2)
     return torch.cat([logits.gather(1, partner[:, None]), negatives], dim=1)
+
+
+def info_nce_with_topk(features: torch.Tensor, temperature: float = 0.07) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                    torch.Tensor]:
+    """:func:`info_nce` plus the top-1 / top-5 instance-discrimination accuracy (percent) the search logs;
+    the compiled op yields both from one pass."""
+    _check_features(features, temperature)
+    if compiled.available() and features.device.type == "cpu":
+        loss, rank = compiled.info_nce_op(features, temperature)
+        return loss, (rank < 1).float().mean() * 100, (rank < 5).float().mean() * 100
+    top1, top5 = info_nce_topk(features)
+    return info_nce(features, temperature), top1, top5
 
 
 @torch.no_grad()

@@ -126,15 +126,15 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     import sswp_fast.engine as engine_module
 
-    real = engine_module.info_nce
+    real = engine_module.info_nce_with_topk
     calls = {"n": 0}
 
     def poisoned(features, temperature):
         calls["n"] += 1
-        loss = real(features, temperature)
-        return loss * float("nan") if calls["n"] > 3 else loss
+        loss, top1, top5 = real(features, temperature)
+        return (loss * float("nan") if calls["n"] > 3 else loss), top1, top5
 
-    monkeypatch.setattr(engine_module, "info_nce", poisoned)
+    monkeypatch.setattr(engine_module, "info_nce_with_topk", poisoned)
     assert search("--note", "nan", "--update_arch_every", "100") == 2
     err = capsys.readouterr().err.strip()
     assert "loss became nan at epoch 1" in err and "resume.pth.tar" in err

@@ -1,0 +1,56 @@
+"""The compiled ops of ``csrc/`` (``sswp_fast._C``) as PyTorch custom ops: autograd and fake (meta) kernels
+registered here, so eager code, ``torch.compile`` and ``torch.library.opcheck`` all see one op.
+
+``available()`` says whether the extension was built; :func:`sswp_fast.info_nce` uses it and otherwise falls
+back to the PyTorch formula of :mod:`sswp_fast.losses` with a one-time warning.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (importing the library registers torch.ops.sswp_fast.*)
+except ImportError:
+    _LOADED = False
+else:
+    _LOADED = True
+
+
+def available() -> bool:
+    """True when the compiled InfoNCE op is registered."""
+    return _LOADED
+
+
+if _LOADED:
+
+    @torch.library.register_fake("sswp_fast::info_nce_forward")
+    def _info_nce_forward_fake(features: torch.Tensor, temperature: float):
+        acc = torch.float64 if features.dtype == torch.float64 else torch.float32
+        rows = features.shape[0]
+        return (features.new_empty(()), features.new_empty((rows,), dtype=acc),
+                features.new_empty((rows,), dtype=torch.long))
+
+    @torch.library.register_fake("sswp_fast::info_nce_backward")
+    def _info_nce_backward_fake(grad_loss: torch.Tensor, features: torch.Tensor, lse: torch.Tensor,
+                                temperature: float):
+        return torch.empty_like(features)
+
+    def _setup_context(ctx, inputs, output) -> None:
+        features, temperature = inputs
+        _, lse, rank = output
+        ctx.save_for_backward(features, lse)
+        ctx.temperature = temperature
+        ctx.mark_non_differentiable(lse, rank)
+
+    def _backward(ctx, grad_loss, grad_lse, grad_rank):
+        features, lse = ctx.saved_tensors
+        return torch.ops.sswp_fast.info_nce_backward(grad_loss, features, lse, ctx.temperature), None
+
+    torch.library.register_autograd("sswp_fast::info_nce_forward", _backward, setup_context=_setup_context)
+
+
+def info_nce_op(features: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean InfoNCE loss and, per row, how many negatives score above the positive (compiled op)."""
+    loss, _, rank = torch.ops.sswp_fast.info_nce_forward(features, float(temperature))
+    return loss, rank
