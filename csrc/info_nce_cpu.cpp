@@ -3,12 +3,12 @@
 //
 // Rows i and i+N are the two views of sample i. With z = L2-normalised features and s_ij = z_i.z_j / tau,
 // row i's loss is lse_i - s_{i,p(i)} where lse_i = log sum_{j != i} exp(s_ij) and p(i) is the partner row.
-// Forward streams over column tiles of s (one GEMM per tile) keeping an online log-sum-exp per row;
+// Forward streams over column tiles of s (one GEMM per tile, then vectorised, OpenMP-parallel ATen kernels
+// on the tile) keeping an online log-sum-exp per row and counting negatives above the positive;
 // backward recomputes the tiles: dL/dz_i = g/(2N tau) * sum_j (P_ij + P_ji - 2 [j = p(i)]) z_j with
 // P_ij = exp(s_ij - lse_i), then the L2-normalisation backward. Extra memory: O(N*D + N*TILE).
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
@@ -28,93 +28,70 @@ std::tuple<at::Tensor, at::Tensor> normalize_rows(const at::Tensor& features, at
   return {f / norms, norms};
 }
 
-template <typename scalar_t>
+// Column tiles never straddle the boundary between the two views, so a tile's partner rows are contiguous.
+template <typename F>
+void for_each_tile(int64_t rows, F&& body) {
+  const int64_t half = rows / 2;
+  for (int64_t start : {int64_t(0), half}) {
+    for (int64_t j0 = start; j0 < start + half; j0 += kTile) {
+      const int64_t j1 = std::min(start + half, j0 + kTile);
+      body(j0, j1, j0 < half ? j0 + half : j0 - half);
+    }
+  }
+}
+
+// logits of all rows against columns [j0, j1) into buf (reused across tiles): z z_J^T / tau
+at::Tensor tile_logits(const at::Tensor& z, int64_t j0, int64_t j1, double inv_t, at::Tensor& buf) {
+  at::Tensor s = buf.narrow(1, 0, j1 - j0);
+  at::mm_out(s, z, z.slice(0, j0, j1).t());
+  return s.mul_(inv_t);
+}
+
 void forward_tiles(const at::Tensor& z, double temperature, at::Tensor& lse, at::Tensor& positive,
                    at::Tensor& rank) {
   const int64_t rows = z.size(0);
   const int64_t half = rows / 2;
-  const scalar_t inv_t = static_cast<scalar_t>(1.0 / temperature);
-  auto* lse_p = lse.data_ptr<scalar_t>();
-  auto* pos_p = positive.data_ptr<scalar_t>();
-  auto* rank_p = rank.data_ptr<int64_t>();
-  // running max and scaled sum of the online log-sum-exp
-  at::Tensor run_max = at::full({rows}, -std::numeric_limits<double>::infinity(), z.options());
+  const double inv_t = 1.0 / temperature;
+  const double inf = std::numeric_limits<double>::infinity();
+  positive.copy_((z * z.roll(half, 0)).sum(1) * inv_t);
+  at::Tensor run_max = at::full({rows}, -inf, z.options());
   at::Tensor run_sum = at::zeros({rows}, z.options());
-  auto* max_p = run_max.data_ptr<scalar_t>();
-  auto* sum_p = run_sum.data_ptr<scalar_t>();
-  // the positive logit, from the same GEMM as every other logit of its row
-  for (int64_t j0 = 0; j0 < rows; j0 += kTile) {
-    const int64_t j1 = std::min(rows, j0 + kTile);
-    at::Tensor s = at::mm(z, z.slice(0, j0, j1).t());  // [rows, tile]
-    const auto* s_p = s.data_ptr<scalar_t>();
-    const int64_t width = j1 - j0;
-    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const scalar_t* row = s_p + i * width;
-        const int64_t partner = i < half ? i + half : i - half;
-        scalar_t m = max_p[i];
-        for (int64_t c = 0; c < width; ++c) {
-          if (j0 + c != i) m = std::max(m, row[c] * inv_t);
-        }
-        scalar_t acc = sum_p[i] * std::exp(max_p[i] - m);
-        for (int64_t c = 0; c < width; ++c) {
-          if (j0 + c != i) acc += std::exp(row[c] * inv_t - m);
-        }
-        max_p[i] = m;
-        sum_p[i] = acc;
-        if (partner >= j0 && partner < j1) pos_p[i] = row[partner - j0] * inv_t;
-      }
-    });
-  }
-  for (int64_t i = 0; i < rows; ++i) lse_p[i] = max_p[i] + std::log(sum_p[i]);
-  // rank: how many negatives score above the positive (a second pass: the positive must be known first)
+  at::Tensor buf = at::empty({rows, std::min(kTile, half)}, z.options());
   rank.zero_();
-  for (int64_t j0 = 0; j0 < rows; j0 += kTile) {
-    const int64_t j1 = std::min(rows, j0 + kTile);
-    at::Tensor s = at::mm(z, z.slice(0, j0, j1).t());
-    const auto* s_p = s.data_ptr<scalar_t>();
+  for_each_tile(rows, [&](int64_t j0, int64_t j1, int64_t p0) {
     const int64_t width = j1 - j0;
-    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const scalar_t* row = s_p + i * width;
-        const int64_t partner = i < half ? i + half : i - half;
-        int64_t count = 0;
-        for (int64_t c = 0; c < width; ++c) {
-          const int64_t j = j0 + c;
-          count += (j != i && j != partner && row[c] * inv_t > pos_p[i]) ? 1 : 0;
-        }
-        rank_p[i] += count;
-      }
-    });
-  }
+    at::Tensor s = tile_logits(z, j0, j1, inv_t, buf);
+    s.narrow(0, j0, width).diagonal().fill_(-inf);  // self is not a candidate
+    // rank: negatives above the positive (the partner column counted out explicitly)
+    rank.add_(s.gt(positive.unsqueeze(1)).sum(1));
+    rank.narrow(0, p0, width)
+        .sub_(s.narrow(0, p0, width).diagonal().gt(positive.narrow(0, p0, width)).to(at::kLong));
+    // online log-sum-exp
+    at::Tensor m = at::maximum(run_max, std::get<0>(s.max(1)));
+    // a row whose candidates so far are all masked has max -inf: shift by 0 there (exp(-inf) = 0, no NaN)
+    at::Tensor shift = at::where(m.isneginf(), at::zeros_like(m), m);
+    run_sum.mul_((run_max - shift).exp_()).add_(s.sub_(shift.unsqueeze(1)).exp_().sum(1));
+    run_max.copy_(m);
+  });
+  lse.copy_(run_max + run_sum.log());
 }
 
-template <typename scalar_t>
 void backward_tiles(const at::Tensor& z, const at::Tensor& lse, double temperature, at::Tensor& grad_z) {
   const int64_t rows = z.size(0);
-  const int64_t half = rows / 2;
-  const scalar_t inv_t = static_cast<scalar_t>(1.0 / temperature);
-  const auto* lse_p = lse.data_ptr<scalar_t>();
-  for (int64_t j0 = 0; j0 < rows; j0 += kTile) {
-    const int64_t j1 = std::min(rows, j0 + kTile);
-    at::Tensor w = at::mm(z, z.slice(0, j0, j1).t());  // logits * tau, overwritten by the weights
-    auto* w_p = w.data_ptr<scalar_t>();
+  const double inv_t = 1.0 / temperature;
+  const int64_t cols = std::min(kTile, rows / 2);
+  at::Tensor buf = at::empty({rows, cols}, z.options());
+  at::Tensor other = at::empty({rows, cols}, z.options());
+  for_each_tile(rows, [&](int64_t j0, int64_t j1, int64_t p0) {
     const int64_t width = j1 - j0;
-    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        scalar_t* row = w_p + i * width;
-        const int64_t partner = i < half ? i + half : i - half;
-        for (int64_t c = 0; c < width; ++c) {
-          const int64_t j = j0 + c;
-          const scalar_t s = row[c] * inv_t;
-          scalar_t value = j == i ? scalar_t(0) : std::exp(s - lse_p[i]) + std::exp(s - lse_p[j]);
-          if (j == partner) value -= scalar_t(2);
-          row[c] = value;
-        }
-      }
-    });
+    at::Tensor s = tile_logits(z, j0, j1, inv_t, buf);
+    at::Tensor w = other.narrow(1, 0, width);
+    at::sub_out(w, s, lse.slice(0, j0, j1).unsqueeze(0)).exp_();  // P_ji
+    w.add_(s.sub_(lse.unsqueeze(1)).exp_());                       // + P_ij
+    w.narrow(0, j0, width).diagonal().zero_();
+    w.narrow(0, p0, width).diagonal().sub_(2);
     grad_z.addmm_(w, z.slice(0, j0, j1));
-  }
+  });
 }
 
 void check_features(const at::Tensor& features, double temperature) {
@@ -142,9 +119,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_forward_cpu(const at::Te
   at::Tensor lse = at::empty({rows}, z.options());
   at::Tensor positive = at::empty({rows}, z.options());
   at::Tensor rank = at::empty({rows}, z.options().dtype(at::kLong));
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "info_nce_forward_cpu", [&] {
-    forward_tiles<scalar_t>(z, temperature, lse, positive, rank);
-  });
+  forward_tiles(z, temperature, lse, positive, rank);
   at::Tensor loss = (lse - positive).mean().to(features.scalar_type());
   return {loss, lse, rank};
 }
@@ -156,9 +131,7 @@ at::Tensor info_nce_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& 
   auto [z, norms] = normalize_rows(features, acc);
   const int64_t rows = z.size(0);
   at::Tensor grad_z = at::zeros_like(z);
-  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "info_nce_backward_cpu", [&] {
-    backward_tiles<scalar_t>(z, lse.to(acc).contiguous(), temperature, grad_z);
-  });
+  backward_tiles(z, lse.to(acc).contiguous(), temperature, grad_z);
   grad_z.mul_(grad_loss.to(acc) / (static_cast<double>(rows) * temperature));
   // through z = f / max(||f||, eps): (g - z (z.g)) / ||f|| where the norm is above eps, g / eps below
   at::Tensor f = features.to(acc);
