@@ -40,11 +40,13 @@ void for_each_tile(int64_t rows, F&& body) {
   }
 }
 
-// logits of all rows against columns [j0, j1) into buf (reused across tiles): z z_J^T / tau
-at::Tensor tile_logits(const at::Tensor& z, int64_t j0, int64_t j1, double inv_t, at::Tensor& buf) {
+// alpha * z z_J^T + bias into buf (reused across tiles): the logits of all rows against columns [j0, j1),
+// scaled and shifted by the GEMM itself so no extra pass over the tile is needed
+at::Tensor tile_gemm(const at::Tensor& z, int64_t j0, int64_t j1, double alpha, const at::Tensor& bias,
+                     at::Tensor& buf) {
   at::Tensor s = buf.narrow(1, 0, j1 - j0);
-  at::mm_out(s, z, z.slice(0, j0, j1).t());
-  return s.mul_(inv_t);
+  at::addmm_out(s, bias, z, z.slice(0, j0, j1).t(), /*beta=*/1, /*alpha=*/alpha);
+  return s;
 }
 
 void forward_tiles(const at::Tensor& z, double temperature, at::Tensor& lse, at::Tensor& positive,
@@ -52,21 +54,29 @@ void forward_tiles(const at::Tensor& z, double temperature, at::Tensor& lse, at:
   const int64_t rows = z.size(0);
   const int64_t half = rows / 2;
   const double inv_t = 1.0 / temperature;
+  // Cosine logits lie in [-1/tau, 1/tau], so exp(s - 1/tau) cannot overflow; it underflows only when
+  // 2/tau exceeds the exponent range, where the per-tile running maximum takes over.
+  const double range = z.scalar_type() == at::kDouble ? 700.0 : 80.0;
+  const bool fixed_shift = 2.0 * inv_t < range;
   const double inf = std::numeric_limits<double>::infinity();
   positive.copy_((z * z.roll(half, 0)).sum(1) * inv_t);
-  at::Tensor run_max = at::full({rows}, -inf, z.options());
+  at::Tensor run_max = at::full({rows}, fixed_shift ? inv_t : -inf, z.options());
   at::Tensor run_sum = at::zeros({rows}, z.options());
   at::Tensor buf = at::empty({rows, std::min(kTile, half)}, z.options());
+  at::Tensor no_bias = at::zeros({1}, z.options());
   rank.zero_();
   for_each_tile(rows, [&](int64_t j0, int64_t j1, int64_t p0) {
     const int64_t width = j1 - j0;
-    at::Tensor s = tile_logits(z, j0, j1, inv_t, buf);
+    at::Tensor s = tile_gemm(z, j0, j1, inv_t, no_bias, buf);
     s.narrow(0, j0, width).diagonal().fill_(-inf);  // self is not a candidate
     // rank: negatives above the positive (the partner column counted out explicitly)
     rank.add_(s.gt(positive.unsqueeze(1)).sum(1));
     rank.narrow(0, p0, width)
         .sub_(s.narrow(0, p0, width).diagonal().gt(positive.narrow(0, p0, width)).to(at::kLong));
-    // online log-sum-exp
+    if (fixed_shift) {
+      run_sum.add_(s.sub_(inv_t).exp_().sum(1));
+      return;
+    }
     at::Tensor m = at::maximum(run_max, std::get<0>(s.max(1)));
     // a row whose candidates so far are all masked has max -inf: shift by 0 there (exp(-inf) = 0, no NaN)
     at::Tensor shift = at::where(m.isneginf(), at::zeros_like(m), m);
@@ -82,12 +92,26 @@ void backward_tiles(const at::Tensor& z, const at::Tensor& lse, double temperatu
   const int64_t cols = std::min(kTile, rows / 2);
   at::Tensor buf = at::empty({rows, cols}, z.options());
   at::Tensor other = at::empty({rows, cols}, z.options());
+  at::Tensor neg_lse = -lse.unsqueeze(1);
+  // P_ji = P_ij * exp(lse_i) * exp(-lse_j) saves a second exp pass; |lse| <= 1/tau + log(2N), so the factors
+  // are representable unless tau is tiny, where P_ji is exponentiated directly
+  const double range = z.scalar_type() == at::kDouble ? 700.0 : 80.0;
+  const bool factored = 2.0 * inv_t < range;
+  at::Tensor up = lse.exp();
+  at::Tensor down = (-lse).exp();
+  at::Tensor one = at::ones({1}, z.options());
   for_each_tile(rows, [&](int64_t j0, int64_t j1, int64_t p0) {
     const int64_t width = j1 - j0;
-    at::Tensor s = tile_logits(z, j0, j1, inv_t, buf);
     at::Tensor w = other.narrow(1, 0, width);
-    at::sub_out(w, s, lse.slice(0, j0, j1).unsqueeze(0)).exp_();  // P_ji
-    w.add_(s.sub_(lse.unsqueeze(1)).exp_());                       // + P_ij
+    if (factored) {
+      at::Tensor p = tile_gemm(z, j0, j1, inv_t, neg_lse, buf).exp_();     // P_ij
+      at::addr_out(w, one, up, down.slice(0, j0, j1));                   // 1 + exp(lse_i - lse_j)
+      w.mul_(p);                                                         // P_ij + P_ji
+    } else {
+      at::Tensor s = tile_gemm(z, j0, j1, inv_t, at::zeros({1}, z.options()), buf);
+      at::sub_out(w, s, lse.slice(0, j0, j1).unsqueeze(0)).exp_();
+      w.add_(s.add_(neg_lse).exp_());
+    }
     w.narrow(0, j0, width).diagonal().zero_();
     w.narrow(0, p0, width).diagonal().sub_(2);
     grad_z.addmm_(w, z.slice(0, j0, j1));

@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             search.add_argument(f"--{name}", type=kind, default=getattr(_DEFAULTS, name),
                                 help=f"{text} (default: {_default_text(name)})")
+    commands.add_parser("doctor", help="say which backends (compiled ops, Triton, device) are built and active")
     plot = commands.add_parser("plot", help="draw alpha heat-maps and genotype graphs of a run")
     plot.add_argument("run_dir", help="a search folder (exps/{exp_group}/search-{note})")
     plot.add_argument("--out", default=None, help="output folder (default: RUN_DIR/plots)")
@@ -99,6 +100,30 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
     return SearchConfig(**{k: v for k, v in vars(args).items() if k in names})
 
 
+def doctor_report() -> list[tuple[str, str]]:
+    """(backend, state) lines: what this installation built and what a run here would use."""
+    import torch
+
+    from . import __version__, compiled
+
+    cuda = torch.cuda.is_available()
+    try:
+        import triton
+
+        triton_state = f"importable ({triton.__version__}); no kernels yet, the PyTorch path runs"
+    except ImportError:
+        triton_state = "not installed"
+    return [
+        ("sswp-fast", __version__),
+        ("torch", torch.__version__),
+        ("C++ InfoNCE op (CPU)", "built, active on CPU tensors" if compiled.available()
+         else "not built: info_nce uses the PyTorch formula"),
+        ("CUDA InfoNCE op", "not built (not written yet): CUDA tensors use the PyTorch formula"),
+        ("Triton", triton_state),
+        ("device", f"cuda ({torch.cuda.get_device_name(0)})" if cuda else "cpu (no CUDA device)"),
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -107,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_dir = run_search(config_from_args(args))
             print(f"run folder: {run_dir}")
+        elif args.command == "doctor":
+            for name, state in doctor_report():
+                print(f"{name:<22} {state}")
         elif args.command == "plot":
             from .plot import plot_run
 

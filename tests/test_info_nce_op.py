@@ -29,6 +29,18 @@ def test_fp32_value_and_gradient_equal_the_formula(n: int, d: int, temperature: 
     torch.testing.assert_close(grad.double(), truth_grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("temperature", [0.01, 0.004])
+def test_tiny_temperatures_take_the_overflow_safe_path(temperature: float) -> None:
+    features = torch.randn(64, 16, requires_grad=True)
+    truth_in = features.detach().double().requires_grad_()
+    truth = info_nce_formula(truth_in, temperature)
+    (truth_grad,) = torch.autograd.grad(truth, truth_in)
+    loss = info_nce(features, temperature)
+    (grad,) = torch.autograd.grad(loss, features)
+    torch.testing.assert_close(loss.double(), truth, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(grad.double(), truth_grad, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(("n", "d", "temperature"), [(1, 1, 0.07), (2, 3, 0.5), (3, 7, 0.07), (5, 4, 0.5)])
 def test_fp64_gradcheck(n: int, d: int, temperature: float) -> None:
     features = torch.randn(2 * n, d, dtype=torch.float64, requires_grad=True)
@@ -107,3 +119,12 @@ def test_fallback_warns_once_when_the_extension_is_missing(monkeypatch) -> None:
     assert sum("compiled ops" in str(w.message) for w in caught) == 1
     torch.testing.assert_close(first, info_nce_formula(features))
     losses._warn_fallback.cache_clear()
+
+
+def test_doctor_reports_the_built_backends(capsys) -> None:
+    from sswp_fast.cli import main
+
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "C++ InfoNCE op (CPU)   built, active on CPU tensors" in out
+    assert "CUDA InfoNCE op" in out and "device" in out
