@@ -1,8 +1,9 @@
 """Search objectives: SimCLR InfoNCE (spec §1.3), supervised cross-entropy, BYOL regression (spec §12).
 
-``info_nce`` is the interface the compiled op of the extension issue implements; this is its PyTorch
-reference. Rows ``i`` and ``i + N`` of the ``[2N, D]`` features are the two views of sample ``i``: each row's
-positive is its partner, its negatives are the other ``2N - 2`` rows, self is excluded.
+``info_nce`` runs the compiled op of ``csrc/`` (see :mod:`sswp_fast.compiled`) where it is built and
+``info_nce_formula``, its PyTorch reference, elsewhere. Rows ``i`` and ``i + N`` of the ``[2N, D]`` features
+are the two views of sample ``i``: each row's positive is its partner, its negatives are the other ``2N - 2``
+rows, self is excluded.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def info_nce(features: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
     Runs the compiled op (``csrc/``, no ``2N x 2N`` matrix) where it is built for the features' device, else
     :func:`info_nce_formula` (with a one-time warning when the extension is missing altogether)."""
     _check_features(features, temperature)
-    if compiled.available() and features.device.type == "cpu":
+    if _use_compiled(features):
         return compiled.info_nce_op(features, temperature)[0]
     _warn_fallback()
     return info_nce_formula(features, temperature)
@@ -52,6 +53,11 @@ def info_nce_formula(features: torch.Tensor, temperature: float = 0.07) -> torch
     _check_features(features, temperature)
     logits, partner = _similarity_logits(features, temperature)
     return F.cross_entropy(logits, partner)
+
+
+def _use_compiled(features: torch.Tensor) -> bool:
+    """The one backend rule: the compiled op where it is built (CPU kernels so far), the formula elsewhere."""
+    return compiled.available() and features.device.type == "cpu"
 
 
 @functools.cache
@@ -78,7 +84,7 @@ def info_nce_with_topk(features: torch.Tensor, temperature: float = 0.07) -> tup
     """:func:`info_nce` plus the top-1 / top-5 instance-discrimination accuracy (percent) the search logs;
     the compiled op yields both from one pass."""
     _check_features(features, temperature)
-    if compiled.available() and features.device.type == "cpu":
+    if _use_compiled(features):
         loss, rank = compiled.info_nce_op(features, temperature)
         return loss, (rank < 1).float().mean() * 100, (rank < 5).float().mean() * 100
     top1, top5 = info_nce_topk(features)
