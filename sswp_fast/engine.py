@@ -164,14 +164,18 @@ class SearchEngine:
 
     # ---- objectives ------------------------------------------------------------------------------------
 
+    def _input(self, views: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The views stacked along the batch, in the engine's memory format."""
+        return torch.cat(views, dim=0).contiguous(memory_format=self.memory_format)
+
     def _loss(self, batch: Batch, plan: ExecutionPlan) -> StepResult:
         mode = self.config.data_mode
         if mode == "SimCLR":
-            x = torch.cat(batch.views, dim=0).contiguous(memory_format=self.memory_format)
+            x = self._input(batch.views)
             loss, top1, top5 = info_nce_with_topk(self.net(x, plan), self.config.temperature)
             return StepResult(loss, top1, top5, x.shape[0])
         if mode == "supervised":
-            logits = self.net(batch.views[0].contiguous(memory_format=self.memory_format), plan)
+            logits = self.net(self._input(batch.views), plan)
             loss = F.cross_entropy(logits, batch.labels)
             top1, top5 = topk_accuracy(logits, batch.labels)
             return StepResult(loss, top1, top5, logits.shape[0])
@@ -179,8 +183,8 @@ class SearchEngine:
 
     def _byol_loss(self, batch: Batch, plan: ExecutionPlan) -> StepResult:
         assert self.byol is not None
-        v1, v2 = batch.views
-        x = torch.cat([v1, v2], dim=0).contiguous(memory_format=self.memory_format)
+        v1, _ = batch.views
+        x = self._input(batch.views)
         online = self.byol.predictor(self.byol.projector(self.net.features(x, plan)))
         with torch.no_grad():
             target_plan = ExecutionPlan(plan.active)

@@ -192,9 +192,8 @@ class SearchRun:
         self.best_acc, self.best_loss = state["best_acc"], state["best_loss"]
         self.log.info(f"resumed from {path} at epoch {self.start_epoch}")
 
-    def _save_arch_weights(self, name: str) -> None:
-        """Append ``name:{restricted arch}`` to ``net.config`` and write ``{name}.pth.tar`` (spec §8.2)."""
-        arch = self.architecture(restrict=True)
+    def _save_arch_weights(self, name: str, arch: list) -> None:
+        """Append ``name:{arch}`` (the restricted export) to ``net.config`` and write ``{name}.pth.tar`` (§8.2)."""
         atomic_save(self.engine.net.state_dict(), self.run_dir / f"{name}.pth.tar")
         append_net_config(self.run_dir / "net.config", name, arch)
 
@@ -283,6 +282,7 @@ class SearchRun:
         stats = self.train_epoch(plan, skip, pool)
         self.log.info("train_acc %f, train_loss %e", stats["train_top1"], stats["train_loss"])
         record = {"epoch": epoch, "phase": plan.phase, "lr": lr, **stats}
+        restricted = self.architecture(restrict=True)  # the alphas are final for this epoch
         if plan.validate:
             acc, loss = self.validate()
             self.log.info("train_valid_acc %f, train_valid_loss %e", acc, loss)
@@ -291,16 +291,17 @@ class SearchRun:
             record.update(valid_top1=acc, valid_loss=loss)
             if acc > self.best_acc:
                 self.best_acc = acc
-                self._save_arch_weights("highest_acc")
+                self._save_arch_weights("highest_acc", restricted)
             if loss < self.best_loss:
                 self.best_loss = loss
-                self._save_arch_weights("lowest_loss")
+                self._save_arch_weights("lowest_loss", restricted)
         if plan.save_stamp:
-            self._save_arch_weights(f"Epoch_{epoch}")
+            self._save_arch_weights(f"Epoch_{epoch}", restricted)
         if plan.log_arch:
-            for restrict, label, tag in ((False, "without restrict", "wr"), (True, "restrict", "r")):
+            for arch, label, tag in ((self.architecture(restrict=False), "without restrict", "wr"),
+                                     (restricted, "restrict", "r")):
                 self.log.info(label)
-                for idx, cell in enumerate(self.architecture(restrict)):
+                for idx, cell in enumerate(arch):
                     self.log.info("Epoch_%d_%s_Cell%d:%s", epoch, tag, idx, cell)
         seconds = time.monotonic() - started
         record.update(frozen_cells=self.engine.frozen_cells(), seconds=seconds)
