@@ -1,14 +1,12 @@
 // InfoNCE over [2N, D] features without the 2N x 2N similarity matrix: CPU kernels of the
 // sswp_fast::info_nce_forward / info_nce_backward custom ops (schemas in info_nce_ops.cpp).
 //
-// Rows i and i+N are the two views of sample i. With z = L2-normalised features and s_ij = z_i.z_j / tau,
-// row i's loss is lse_i - s_{i,p(i)} where lse_i = log sum_{j != i} exp(s_ij) and p(i) is the partner row.
-// Forward streams over column tiles of s (one GEMM per tile, then vectorised, OpenMP-parallel ATen kernels
-// on the tile) keeping an online log-sum-exp per row and counting negatives above the positive;
+// Notation in info_nce.h. Forward streams over column tiles of s (one GEMM per tile, then vectorised,
+// OpenMP-parallel ATen kernels on the tile) keeping an online log-sum-exp per row and counting negatives above the positive;
 // backward recomputes the tiles: dL/dz_i = g/(2N tau) * sum_j (P_ij + P_ji - 2 [j = p(i)]) z_j with
 // P_ij = exp(s_ij - lse_i), then the L2-normalisation backward. Extra memory: O(N*D + N*TILE).
 
-#include <ATen/ATen.h>
+#include "info_nce.h"
 
 #include <algorithm>
 #include <cmath>
@@ -19,14 +17,6 @@ namespace sswp_fast {
 namespace {
 
 constexpr int64_t kTile = 256;
-constexpr double kNormEps = 1e-12;  // F.normalize's eps
-
-// z = f / max(||f||, eps), computed in the accumulation type (fp32 for fp16/bf16 inputs).
-std::tuple<at::Tensor, at::Tensor> normalize_rows(const at::Tensor& features, at::ScalarType acc) {
-  at::Tensor f = features.to(acc).contiguous();
-  at::Tensor norms = f.norm(2, {1}, /*keepdim=*/true).clamp_min(kNormEps);
-  return {f / norms, norms};
-}
 
 // Column tiles never straddle the boundary between the two views, so a tile's partner rows are contiguous.
 template <typename F>
@@ -59,7 +49,7 @@ void forward_tiles(const at::Tensor& z, double temperature, at::Tensor& lse, at:
   const double range = z.scalar_type() == at::kDouble ? 700.0 : 80.0;
   const bool fixed_shift = 2.0 * inv_t < range;
   const double inf = std::numeric_limits<double>::infinity();
-  positive.copy_((z * z.roll(half, 0)).sum(1) * inv_t);
+  positive.copy_(detail::positive_logits(z, temperature));
   at::Tensor run_max = at::full({rows}, fixed_shift ? inv_t : -inf, z.options());
   at::Tensor run_sum = at::zeros({rows}, z.options());
   at::Tensor buf = at::empty({rows, std::min(kTile, half)}, z.options());
@@ -118,51 +108,28 @@ void backward_tiles(const at::Tensor& z, const at::Tensor& lse, double temperatu
   });
 }
 
-void check_features(const at::Tensor& features, double temperature) {
-  TORCH_CHECK(features.dim() == 2, "info_nce expects [2N, D] features, got ", features.dim(), " dimensions");
-  TORCH_CHECK(features.size(0) >= 2 && features.size(0) % 2 == 0,
-              "info_nce needs an even number of rows (two views per sample), got ", features.size(0));
-  TORCH_CHECK(at::isFloatingType(features.scalar_type()), "info_nce needs floating-point features, got ",
-              features.scalar_type());
-  TORCH_CHECK(temperature > 0, "temperature must be positive, got ", temperature);
-}
-
-at::ScalarType accumulation_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 }  // namespace
 
-// Returns (loss [], lse [2N], rank [2N] int64); lse is in the accumulation type and saved for backward.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_forward_cpu(const at::Tensor& features,
                                                                      double temperature) {
-  check_features(features, temperature);
-  const auto acc = accumulation_type(features.scalar_type());
-  auto [z, norms] = normalize_rows(features, acc);
+  detail::check_features(features, temperature);
+  auto [z, norms] = detail::normalize_rows(features);
   const int64_t rows = z.size(0);
   at::Tensor lse = at::empty({rows}, z.options());
   at::Tensor positive = at::empty({rows}, z.options());
   at::Tensor rank = at::empty({rows}, z.options().dtype(at::kLong));
   forward_tiles(z, temperature, lse, positive, rank);
-  at::Tensor loss = (lse - positive).mean().to(features.scalar_type());
-  return {loss, lse, rank};
+  return {detail::mean_loss(lse, positive, features), lse, rank};
 }
 
 at::Tensor info_nce_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& features, const at::Tensor& lse,
                                  double temperature) {
-  check_features(features, temperature);
-  const auto acc = accumulation_type(features.scalar_type());
-  auto [z, norms] = normalize_rows(features, acc);
-  const int64_t rows = z.size(0);
+  detail::check_features(features, temperature);
+  detail::check_saved(lse, features);
+  auto [z, norms] = detail::normalize_rows(features);
   at::Tensor grad_z = at::zeros_like(z);
-  backward_tiles(z, lse.to(acc).contiguous(), temperature, grad_z);
-  grad_z.mul_(grad_loss.to(acc) / (static_cast<double>(rows) * temperature));
-  // through z = f / max(||f||, eps): (g - z (z.g)) / ||f|| where the norm is above eps, g / eps below
-  at::Tensor f = features.to(acc);
-  at::Tensor raw = f.norm(2, {1}, true);
-  at::Tensor projected = grad_z - z * (z * grad_z).sum(1, true);
-  at::Tensor grad_f = at::where(raw > kNormEps, projected / norms, grad_z / norms);
-  return grad_f.to(features.scalar_type());
+  backward_tiles(z, lse.to(z.scalar_type()).contiguous(), temperature, grad_z);
+  return detail::normalize_backward(grad_z, z, norms, features, grad_loss, temperature);
 }
 
 }  // namespace sswp_fast

@@ -100,6 +100,12 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
     return SearchConfig(**{k: v for k, v in vars(args).items() if k in names})
 
 
+def _cuda_op_state(built: bool, cuda: bool) -> str:
+    if not built:
+        return "not built (install with torch+CUDA and nvcc): CUDA tensors use the PyTorch formula"
+    return "built, active on CUDA tensors" if cuda else "built, idle (no CUDA device here)"
+
+
 def doctor_report() -> list[tuple[str, str]]:
     """(backend, state) lines: what this installation built and what a run here would use."""
     import torch
@@ -116,9 +122,9 @@ def doctor_report() -> list[tuple[str, str]]:
     return [
         ("sswp-fast", __version__),
         ("torch", torch.__version__),
-        ("C++ InfoNCE op (CPU)", "built, active on CPU tensors" if compiled.available()
+        ("C++ InfoNCE op (CPU)", "built, active on CPU tensors" if compiled.available("cpu")
          else "not built: info_nce uses the PyTorch formula"),
-        ("CUDA InfoNCE op", "not built (not written yet): CUDA tensors use the PyTorch formula"),
+        ("CUDA InfoNCE op", _cuda_op_state(compiled.available("cuda"), cuda)),
         ("Triton", triton_state),
         ("device", f"cuda ({torch.cuda.get_device_name(0)})" if cuda else "cpu (no CUDA device)"),
     ]

@@ -1,8 +1,9 @@
-"""The compiled ops of ``csrc/`` (``sswp_fast._C``) as PyTorch custom ops: autograd and fake (meta) kernels
-registered here, so eager code, ``torch.compile`` and ``torch.library.opcheck`` all see one op.
+"""The compiled ops of ``csrc/`` as PyTorch custom ops: ``sswp_fast._C`` holds the schemas and CPU kernels,
+``sswp_fast._C_cuda`` the CUDA kernels; autograd and fake (meta) kernels are registered here, so eager code,
+``torch.compile`` and ``torch.library.opcheck`` all see one op.
 
-``available()`` says whether the extension was built; :func:`sswp_fast.info_nce` uses it and otherwise falls
-back to the PyTorch formula of :mod:`sswp_fast.losses` with a one-time warning.
+``available(device_type)`` says whether the op has kernels for that device; :func:`sswp_fast.info_nce` uses it
+and otherwise falls back to the PyTorch formula of :mod:`sswp_fast.losses` with a one-time warning.
 """
 
 from __future__ import annotations
@@ -16,10 +17,21 @@ except ImportError:
 else:
     _LOADED = True
 
+if _LOADED:
+    try:
+        from . import _C_cuda  # noqa: F401  (registers the CUDA kernels; loads with or without a GPU)
+    except ImportError:
+        pass
 
-def available() -> bool:
-    """True when the compiled InfoNCE op is registered."""
-    return _LOADED
+# device types with kernels, read once at import (a constant for torch.compile to trace through)
+_DEVICE_TYPES = frozenset(
+    device for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+    if _LOADED and torch._C._dispatch_has_kernel_for_dispatch_key("sswp_fast::info_nce_forward", key))
+
+
+def available(device_type: str = "cpu") -> bool:
+    """True when the compiled InfoNCE op has kernels for ``device_type`` (``"cpu"`` or ``"cuda"``)."""
+    return device_type in _DEVICE_TYPES
 
 
 if _LOADED:

@@ -44,7 +44,7 @@ def info_nce(features: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
     _check_features(features, temperature)
     if _use_compiled(features):
         return compiled.info_nce_op(features, temperature)[0]
-    _warn_fallback()
+    _warn_fallback(features.device.type)
     return info_nce_formula(features, temperature)
 
 
@@ -56,16 +56,20 @@ def info_nce_formula(features: torch.Tensor, temperature: float = 0.07) -> torch
 
 
 def _use_compiled(features: torch.Tensor) -> bool:
-    """The one backend rule: the compiled op where it is built (CPU kernels so far), the formula elsewhere."""
-    return compiled.available() and features.device.type == "cpu"
+    """The one backend rule: the compiled op where it has kernels for the features' device, else the formula."""
+    return compiled.available(features.device.type)
+
+
+_BUILT_WHEN = {"cpu": "torch is importable at install time",
+               "cuda": "torch has CUDA and nvcc is on PATH (or CUDA_HOME is set) at install time"}
 
 
 @functools.cache
-def _warn_fallback() -> None:
-    if not compiled.available():
-        warnings.warn("sswp-fast was installed without its compiled ops (sswp_fast._C); info_nce uses the "
-                      "PyTorch formula. Reinstall with `pip install --no-build-isolation -e .` to build them.",
-                      stacklevel=3)
+def _warn_fallback(device_type: str) -> None:
+    if device_type in _BUILT_WHEN:
+        warnings.warn(f"sswp-fast was installed without the compiled InfoNCE op for {device_type} tensors; "
+                      "info_nce uses the PyTorch formula. Reinstall with `pip install --no-build-isolation -e .` "
+                      f"where {_BUILT_WHEN[device_type]} to build it.", stacklevel=3)
 
 
 def reference_logits(features: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
