@@ -70,9 +70,8 @@ inline at::Tensor positive_logits(const at::Tensor& z, double temperature) {
 inline at::Tensor normalize_backward(at::Tensor grad_z, const at::Tensor& z, const at::Tensor& norms,
                                      const at::Tensor& features, const at::Tensor& grad_loss, double temperature) {
   grad_z.mul_(grad_loss.to(grad_z.scalar_type()) / (static_cast<double>(z.size(0)) * temperature));
-  at::Tensor raw = features.to(z.scalar_type()).norm(2, {1}, true);
-  at::Tensor projected = grad_z - z * (z * grad_z).sum(1, true);
-  return at::where(raw > kNormEps, projected / norms, grad_z / norms).to(features.scalar_type());
+  const at::Tensor radial = (z * grad_z).sum(1, true).mul_(norms > kNormEps);
+  return grad_z.sub_(z * radial).div_(norms).to(features.scalar_type());
 }
 
 }  // namespace detail

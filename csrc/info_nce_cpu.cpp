@@ -1,111 +1,177 @@
 // InfoNCE over [2N, D] features without the 2N x 2N similarity matrix: CPU kernels of the
-// sswp_fast::info_nce_forward / info_nce_backward custom ops (schemas in info_nce_ops.cpp).
+// sswp_fast::info_nce_forward / info_nce_backward custom ops (schemas in info_nce_ops.cpp, notation in
+// info_nce.h).
 //
-// Notation in info_nce.h. Forward streams over column tiles of s (one GEMM per tile, then vectorised,
-// OpenMP-parallel ATen kernels on the tile) keeping an online log-sum-exp per row and counting negatives above the positive;
-// backward recomputes the tiles: dL/dz_i = g/(2N tau) * sum_j (P_ij + P_ji - 2 [j = p(i)]) z_j with
-// P_ij = exp(s_ij - lse_i), then the L2-normalisation backward. Extra memory: O(N*D + N*TILE).
+// Both passes stream over column tiles of s = z z^T / tau (a batch of up to kTile rows is a single tile). Each
+// tile is one GEMM into a reused buffer, then one fused pass over it, parallel over rows (at::parallel_for,
+// OpenMP) with vectorizable inner loops (`omp simd`, a branch-free exp):
+// - forward: each row folds the tile into its running log-sum-exp and counts the negatives above its positive;
+// - backward: each row writes w_ij = P_ij + P_ji - 2 [j = p(i)] (0 for j = i), P_ij = exp(s_ij - lse_i), and a
+//   second GEMM accumulates dL/dz += w z_J, followed by the L2-normalisation backward (info_nce.h).
+// Extra memory: O(N*D + N*kTile).
 
-#include "info_nce.h"
+#include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <limits>
-#include <tuple>
+
+#include "info_nce.h"
 
 namespace sswp_fast {
 namespace {
 
 constexpr int64_t kTile = 256;
+constexpr int64_t kRowsPerTask = 16;
 
-// Column tiles never straddle the boundary between the two views, so a tile's partner rows are contiguous.
-template <typename F>
-void for_each_tile(int64_t rows, F&& body) {
-  const int64_t half = rows / 2;
-  for (int64_t start : {int64_t(0), half}) {
-    for (int64_t j0 = start; j0 < start + half; j0 += kTile) {
-      const int64_t j1 = std::min(start + half, j0 + kTile);
-      body(j0, j1, j0 < half ? j0 + half : j0 - half);
+// exp(x) for x <= ~0, branch-free so that loops over it vectorize: x = n ln2 + r with |r| <= ln2 / 2 (n from
+// truncation, exact for x <= 0.5), a degree-7 Taylor polynomial for e^r (relative error < 3e-8), and 2^n
+// built in the exponent bits; exactly 0 below the normal range
+__attribute__((always_inline)) inline float exp_nonpositive(float x) {
+  constexpr float kLog2e = 1.44269504f, kLn2Hi = 0.693145752f, kLn2Lo = 1.42860677e-6f;
+  const float clamped = x > -87.0f ? x : -87.0f;
+  const int32_t n = static_cast<int32_t>(clamped * kLog2e - 0.5f);
+  const float nf = static_cast<float>(n);
+  const float r = (clamped - nf * kLn2Hi) - nf * kLn2Lo;
+  float p = 1.0f / 5040;
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const float scale = std::bit_cast<float>((n + 127) << 23);
+  return x < -87.0f ? 0.0f : p * scale;
+}
+
+inline double exp_nonpositive(double x) { return std::exp(x); }  // fp64 serves gradcheck: exactness first
+
+// the partner row of row i (rows i and i + N are the two views of sample i)
+inline int64_t partner_of(int64_t i, int64_t rows) { return i < rows / 2 ? i + rows / 2 : i - rows / 2; }
+
+// the logits s = (z / tau) z_J^T of all rows against columns [j0, j1), into buf (reused across tiles)
+at::Tensor tile_logits(const at::Tensor& scaled_z, const at::Tensor& z, int64_t j0, int64_t j1, at::Tensor& buf) {
+  at::Tensor s = buf.narrow(1, 0, j1 - j0);
+  at::mm_out(s, scaled_z, z.slice(0, j0, j1).t());
+  return s;
+}
+
+// Running per-row state of the forward pass: log-sum-exp as (shift, sum of exp(s - shift)) and the rank.
+template <typename scalar_t>
+struct RowState {
+  scalar_t* shift;
+  scalar_t* sum;
+  int64_t* rank;
+  const scalar_t* positive;
+  bool fixed_shift;  // shift = 1/tau for every row: no max pass (cosine logits never exceed 1/tau)
+};
+
+template <typename scalar_t>
+void fold_tile(const at::Tensor& s, int64_t j0, RowState<scalar_t> state) {
+  const int64_t rows = s.size(0), width = s.size(1), ld = s.stride(0);
+  scalar_t* base = s.data_ptr<scalar_t>();
+  const scalar_t neg_inf = -std::numeric_limits<scalar_t>::infinity();
+  at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      scalar_t* line = base + i * ld;
+      const int64_t self = i - j0, partner = partner_of(i, rows) - j0;
+      if (self >= 0 && self < width) line[self] = neg_inf;  // self is not a candidate
+      const scalar_t pos = state.positive[i];
+      scalar_t shift = state.shift[i];
+      if (!state.fixed_shift) {
+        scalar_t top = neg_inf;
+#pragma omp simd reduction(max : top)
+        for (int64_t c = 0; c < width; ++c) top = std::max(top, line[c]);
+        if (top == neg_inf) continue;  // nothing but the row itself in this tile (N = 1)
+        const scalar_t grown = std::max(shift, top);
+        if (shift != neg_inf) state.sum[i] *= exp_nonpositive(shift - grown);
+        shift = state.shift[i] = grown;
+      }
+      scalar_t total = 0;
+      int64_t above = 0;
+#pragma omp simd reduction(+ : total, above)
+      for (int64_t c = 0; c < width; ++c) {
+        total += exp_nonpositive(line[c] - shift);
+        above += line[c] > pos;
+      }
+      if (partner >= 0 && partner < width) above -= line[partner] > pos;  // the positive is no negative
+      state.sum[i] += total;
+      state.rank[i] += above;
     }
+  });
+}
+
+// one row of weights before the self / partner corrections: P_ij + P_ji for the row's logits s_ij
+template <typename scalar_t>
+void row_weights(const scalar_t* __restrict__ line, const scalar_t* __restrict__ column_lse, scalar_t row_lse,
+                 scalar_t* __restrict__ weights, int64_t width) {
+#pragma omp simd
+  for (int64_t c = 0; c < width; ++c) {
+    weights[c] = exp_nonpositive(line[c] - row_lse) + exp_nonpositive(line[c] - column_lse[c]);
   }
 }
 
-// alpha * z z_J^T + bias into buf (reused across tiles): the logits of all rows against columns [j0, j1),
-// scaled and shifted by the GEMM itself so no extra pass over the tile is needed
-at::Tensor tile_gemm(const at::Tensor& z, int64_t j0, int64_t j1, double alpha, const at::Tensor& bias,
-                     at::Tensor& buf) {
-  at::Tensor s = buf.narrow(1, 0, j1 - j0);
-  at::addmm_out(s, bias, z, z.slice(0, j0, j1).t(), /*beta=*/1, /*alpha=*/alpha);
-  return s;
+// w[i, c] = P_ij + P_ji - 2 [j = p(i)] for j = j0 + c, 0 for j = i
+template <typename scalar_t>
+void tile_weights(const at::Tensor& s, int64_t j0, const scalar_t* lse, at::Tensor& w) {
+  const int64_t rows = s.size(0), width = s.size(1), ld = s.stride(0), ldw = w.stride(0);
+  const scalar_t* base = s.data_ptr<scalar_t>();
+  scalar_t* out = w.data_ptr<scalar_t>();
+  const scalar_t* column_lse = lse + j0;
+  at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const scalar_t* line = base + i * ld;
+      scalar_t* weights = out + i * ldw;
+      row_weights(line, column_lse, lse[i], weights, width);
+      const int64_t self = i - j0, partner = partner_of(i, rows) - j0;
+      if (self >= 0 && self < width) weights[self] = 0;
+      if (partner >= 0 && partner < width) weights[partner] -= 2;
+    }
+  });
 }
 
 void forward_tiles(const at::Tensor& z, double temperature, at::Tensor& lse, at::Tensor& positive,
                    at::Tensor& rank) {
   const int64_t rows = z.size(0);
-  const int64_t half = rows / 2;
   const double inv_t = 1.0 / temperature;
-  // Cosine logits lie in [-1/tau, 1/tau], so exp(s - 1/tau) cannot overflow; it underflows only when
-  // 2/tau exceeds the exponent range, where the per-tile running maximum takes over.
+  // exp(s - 1/tau) cannot overflow; it underflows only when 2/tau exceeds the exponent range, where a running
+  // per-row maximum takes over
   const double range = z.scalar_type() == at::kDouble ? 700.0 : 80.0;
   const bool fixed_shift = 2.0 * inv_t < range;
-  const double inf = std::numeric_limits<double>::infinity();
   positive.copy_(detail::positive_logits(z, temperature));
-  at::Tensor run_max = at::full({rows}, fixed_shift ? inv_t : -inf, z.options());
-  at::Tensor run_sum = at::zeros({rows}, z.options());
-  at::Tensor buf = at::empty({rows, std::min(kTile, half)}, z.options());
-  at::Tensor no_bias = at::zeros({1}, z.options());
+  at::Tensor shift = at::full({rows}, fixed_shift ? inv_t : -std::numeric_limits<double>::infinity(), z.options());
+  at::Tensor sum = at::zeros({rows}, z.options());
+  at::Tensor buf = at::empty({rows, std::min(kTile, rows)}, z.options());
+  const at::Tensor scaled_z = z * inv_t;
   rank.zero_();
-  for_each_tile(rows, [&](int64_t j0, int64_t j1, int64_t p0) {
-    const int64_t width = j1 - j0;
-    at::Tensor s = tile_gemm(z, j0, j1, inv_t, no_bias, buf);
-    s.narrow(0, j0, width).diagonal().fill_(-inf);  // self is not a candidate
-    // rank: negatives above the positive (the partner column counted out explicitly)
-    rank.add_(s.gt(positive.unsqueeze(1)).sum(1));
-    rank.narrow(0, p0, width)
-        .sub_(s.narrow(0, p0, width).diagonal().gt(positive.narrow(0, p0, width)).to(at::kLong));
-    if (fixed_shift) {
-      run_sum.add_(s.sub_(inv_t).exp_().sum(1));
-      return;
-    }
-    at::Tensor m = at::maximum(run_max, std::get<0>(s.max(1)));
-    // a row whose candidates so far are all masked has max -inf: shift by 0 there (exp(-inf) = 0, no NaN)
-    at::Tensor shift = at::where(m.isneginf(), at::zeros_like(m), m);
-    run_sum.mul_((run_max - shift).exp_()).add_(s.sub_(shift.unsqueeze(1)).exp_().sum(1));
-    run_max.copy_(m);
-  });
-  lse.copy_(run_max + run_sum.log());
+  for (int64_t j0 = 0; j0 < rows; j0 += kTile) {
+    const at::Tensor s = tile_logits(scaled_z, z, j0, std::min(rows, j0 + kTile), buf);
+    AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "info_nce_forward_cpu", [&] {
+      fold_tile<scalar_t>(s, j0, {shift.data_ptr<scalar_t>(), sum.data_ptr<scalar_t>(), rank.data_ptr<int64_t>(),
+                                  positive.data_ptr<scalar_t>(), fixed_shift});
+    });
+  }
+  lse.copy_(shift + sum.log());
 }
 
 void backward_tiles(const at::Tensor& z, const at::Tensor& lse, double temperature, at::Tensor& grad_z) {
   const int64_t rows = z.size(0);
-  const double inv_t = 1.0 / temperature;
-  const int64_t cols = std::min(kTile, rows / 2);
+  const int64_t cols = std::min(kTile, rows);
   at::Tensor buf = at::empty({rows, cols}, z.options());
-  at::Tensor other = at::empty({rows, cols}, z.options());
-  at::Tensor neg_lse = -lse.unsqueeze(1);
-  // P_ji = P_ij * exp(lse_i) * exp(-lse_j) saves a second exp pass; |lse| <= 1/tau + log(2N), so the factors
-  // are representable unless tau is tiny, where P_ji is exponentiated directly
-  const double range = z.scalar_type() == at::kDouble ? 700.0 : 80.0;
-  const bool factored = 2.0 * inv_t < range;
-  at::Tensor up = lse.exp();
-  at::Tensor down = (-lse).exp();
-  at::Tensor one = at::ones({1}, z.options());
-  for_each_tile(rows, [&](int64_t j0, int64_t j1, int64_t p0) {
-    const int64_t width = j1 - j0;
-    at::Tensor w = other.narrow(1, 0, width);
-    if (factored) {
-      at::Tensor p = tile_gemm(z, j0, j1, inv_t, neg_lse, buf).exp_();     // P_ij
-      at::addr_out(w, one, up, down.slice(0, j0, j1));                   // 1 + exp(lse_i - lse_j)
-      w.mul_(p);                                                         // P_ij + P_ji
-    } else {
-      at::Tensor s = tile_gemm(z, j0, j1, inv_t, at::zeros({1}, z.options()), buf);
-      at::sub_out(w, s, lse.slice(0, j0, j1).unsqueeze(0)).exp_();
-      w.add_(s.add_(neg_lse).exp_());
-    }
-    w.narrow(0, j0, width).diagonal().zero_();
-    w.narrow(0, p0, width).diagonal().sub_(2);
+  at::Tensor weights = at::empty({rows, cols}, z.options());
+  const at::Tensor scaled_z = z * (1.0 / temperature);
+  for (int64_t j0 = 0; j0 < rows; j0 += kTile) {
+    const int64_t j1 = std::min(rows, j0 + kTile);
+    const at::Tensor s = tile_logits(scaled_z, z, j0, j1, buf);
+    at::Tensor w = weights.narrow(1, 0, j1 - j0);
+    AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "info_nce_backward_cpu", [&] {
+      tile_weights<scalar_t>(s, j0, lse.data_ptr<scalar_t>(), w);
+    });
     grad_z.addmm_(w, z.slice(0, j0, j1));
-  });
+  }
 }
 
 }  // namespace

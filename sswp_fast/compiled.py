@@ -1,6 +1,6 @@
 """The compiled ops of ``csrc/`` as PyTorch custom ops: ``sswp_fast._C`` holds the schemas and CPU kernels,
-``sswp_fast._C_cuda`` the CUDA kernels; autograd and fake (meta) kernels are registered here, so eager code,
-``torch.compile`` and ``torch.library.opcheck`` all see one op.
+``sswp_fast._C_cuda`` the CUDA kernels; autograd is registered in C++ (``csrc/info_nce_autograd.cpp``) and
+the fake (meta) kernels here, so eager code, ``torch.compile`` and ``torch.library.opcheck`` all see one op.
 
 ``available(device_type)`` says whether the op has kernels for that device; :func:`sswp_fast.info_nce` uses it
 and otherwise falls back to the PyTorch formula of :mod:`sswp_fast.losses` with a one-time warning.
@@ -47,19 +47,6 @@ if _LOADED:
     def _info_nce_backward_fake(grad_loss: torch.Tensor, features: torch.Tensor, lse: torch.Tensor,
                                 temperature: float):
         return torch.empty_like(features)
-
-    def _setup_context(ctx, inputs, output) -> None:
-        features, temperature = inputs
-        _, lse, rank = output
-        ctx.save_for_backward(features, lse)
-        ctx.temperature = temperature
-        ctx.mark_non_differentiable(lse, rank)
-
-    def _backward(ctx, grad_loss, grad_lse, grad_rank):
-        features, lse = ctx.saved_tensors
-        return torch.ops.sswp_fast.info_nce_backward(grad_loss, features, lse, ctx.temperature), None
-
-    torch.library.register_autograd("sswp_fast::info_nce_forward", _backward, setup_context=_setup_context)
 
 
 def info_nce_op(features: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:

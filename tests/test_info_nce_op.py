@@ -79,6 +79,17 @@ def test_fp64_gradcheck(n: int, d: int, temperature: float, device: str) -> None
     assert torch.autograd.gradcheck(lambda x: info_nce(x, temperature), (features,))
 
 
+def test_rows_below_the_normalisation_eps_follow_f_normalize(device: str) -> None:
+    """F.normalize divides by max(||f||, eps): a zero row (and a tiny one) gets gradient g / eps, not NaN."""
+    features = torch.randn(8, 5, dtype=torch.float64, device=device)
+    features[2] = 0
+    features[5] = 1e-14
+    truth, truth_grad = truth_of(features, 0.5)
+    loss, grad = op_of(features, 0.5)
+    torch.testing.assert_close(loss, truth)
+    torch.testing.assert_close(grad, truth_grad)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(("n", "d"), [(3, 7), (96, 128), (500, 300)])
 @pytest.mark.parametrize("temperature", [0.07, 0.5])
