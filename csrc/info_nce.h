@@ -60,9 +60,11 @@ inline at::Tensor mean_loss(const at::Tensor& lse, const at::Tensor& positive, c
   return (lse - positive).mean().to(features.scalar_type());
 }
 
-// s_{i,p(i)}: each row against its partner (the other half of the rows)
+// s_{i,p(i)}: each row against its partner, the same value for both views of a sample
 inline at::Tensor positive_logits(const at::Tensor& z, double temperature) {
-  return (z * z.roll(z.size(0) / 2, 0)).sum(1) * (1.0 / temperature);
+  const int64_t half = z.size(0) / 2;
+  const at::Tensor pairs = (z.narrow(0, 0, half) * z.narrow(0, half, half)).sum(1).mul_(1.0 / temperature);
+  return at::cat({pairs, pairs});
 }
 
 // dL/df from dL/dz = scale * grad_z through z = f / max(||f||, eps): (g - z (z.g)) / ||f|| where the norm is
@@ -71,7 +73,7 @@ inline at::Tensor normalize_backward(at::Tensor grad_z, const at::Tensor& z, con
                                      const at::Tensor& features, const at::Tensor& grad_loss, double temperature) {
   grad_z.mul_(grad_loss.to(grad_z.scalar_type()) / (static_cast<double>(z.size(0)) * temperature));
   const at::Tensor radial = (z * grad_z).sum(1, true).mul_(norms > kNormEps);
-  return grad_z.sub_(z * radial).div_(norms).to(features.scalar_type());
+  return grad_z.addcmul_(z, radial, -1).div_(norms).to(features.scalar_type());
 }
 
 }  // namespace detail

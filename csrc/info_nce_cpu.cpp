@@ -3,11 +3,11 @@
 // info_nce.h).
 //
 // Both passes stream over column tiles of s = z z^T / tau (a batch of up to kTile rows is a single tile). Each
-// tile is one GEMM into a reused buffer, then one fused pass over it, parallel over rows (at::parallel_for,
+// tile is one GEMM of cosines into a reused buffer, then one fused pass over it that applies 1/tau, parallel over rows (at::parallel_for,
 // OpenMP) with vectorizable inner loops (`omp simd`, a branch-free exp):
 // - forward: each row folds the tile into its running log-sum-exp and counts the negatives above its positive;
-// - backward: each row writes w_ij = P_ij + P_ji - 2 [j = p(i)] (0 for j = i), P_ij = exp(s_ij - lse_i), and a
-//   second GEMM accumulates dL/dz += w z_J, followed by the L2-normalisation backward (info_nce.h).
+// - backward: each row turns its cosines into w_ij = P_ij + P_ji - 2 [j = p(i)] (0 for j = i), in place, with
+//   P_ij = exp(s_ij - lse_i), and a second GEMM accumulates dL/dz += w z_J, followed by the L2-normalisation backward (info_nce.h).
 // Extra memory: O(N*D + N*kTile).
 
 #include <ATen/Parallel.h>
@@ -52,10 +52,11 @@ inline double exp_nonpositive(double x) { return std::exp(x); }  // fp64 serves 
 // the partner row of row i (rows i and i + N are the two views of sample i)
 inline int64_t partner_of(int64_t i, int64_t rows) { return i < rows / 2 ? i + rows / 2 : i - rows / 2; }
 
-// the logits s = (z / tau) z_J^T of all rows against columns [j0, j1), into buf (reused across tiles)
-at::Tensor tile_logits(const at::Tensor& scaled_z, const at::Tensor& z, int64_t j0, int64_t j1, at::Tensor& buf) {
+// the cosine similarities z z_J^T of all rows against columns [j0, j1), into buf (reused across tiles); the
+// passes over the tile scale them by 1/tau as they read them
+at::Tensor tile_cosines(const at::Tensor& z, int64_t j0, int64_t j1, at::Tensor& buf) {
   at::Tensor s = buf.narrow(1, 0, j1 - j0);
-  at::mm_out(s, scaled_z, z.slice(0, j0, j1).t());
+  at::mm_out(s, z, z.slice(0, j0, j1).t());
   return s;
 }
 
@@ -66,6 +67,7 @@ struct RowState {
   scalar_t* sum;
   int64_t* rank;
   const scalar_t* positive;
+  scalar_t inv_t;
   bool fixed_shift;  // shift = 1/tau for every row: no max pass (cosine logits never exceed 1/tau)
 };
 
@@ -79,12 +81,13 @@ void fold_tile(const at::Tensor& s, int64_t j0, RowState<scalar_t> state) {
       scalar_t* line = base + i * ld;
       const int64_t self = i - j0, partner = partner_of(i, rows) - j0;
       if (self >= 0 && self < width) line[self] = neg_inf;  // self is not a candidate
-      const scalar_t pos = state.positive[i];
+      const scalar_t pos = state.positive[i], inv_t = state.inv_t;
       scalar_t shift = state.shift[i];
       if (!state.fixed_shift) {
         scalar_t top = neg_inf;
 #pragma omp simd reduction(max : top)
         for (int64_t c = 0; c < width; ++c) top = std::max(top, line[c]);
+        top *= inv_t;
         if (top == neg_inf) continue;  // nothing but the row itself in this tile (N = 1)
         const scalar_t grown = std::max(shift, top);
         if (shift != neg_inf) state.sum[i] *= exp_nonpositive(shift - grown);
@@ -94,38 +97,38 @@ void fold_tile(const at::Tensor& s, int64_t j0, RowState<scalar_t> state) {
       int64_t above = 0;
 #pragma omp simd reduction(+ : total, above)
       for (int64_t c = 0; c < width; ++c) {
-        total += exp_nonpositive(line[c] - shift);
-        above += line[c] > pos;
+        const scalar_t v = line[c] * inv_t;
+        total += exp_nonpositive(v - shift);
+        above += v > pos;
       }
-      if (partner >= 0 && partner < width) above -= line[partner] > pos;  // the positive is no negative
+      if (partner >= 0 && partner < width) above -= line[partner] * inv_t > pos;  // the positive is no negative
       state.sum[i] += total;
       state.rank[i] += above;
     }
   });
 }
 
-// one row of weights before the self / partner corrections: P_ij + P_ji for the row's logits s_ij
+// one row of weights before the self / partner corrections, in place of the row's cosines: P_ij + P_ji
 template <typename scalar_t>
-void row_weights(const scalar_t* __restrict__ line, const scalar_t* __restrict__ column_lse, scalar_t row_lse,
-                 scalar_t* __restrict__ weights, int64_t width) {
+void row_weights(scalar_t* line, const scalar_t* __restrict__ column_lse, scalar_t row_lse, scalar_t inv_t,
+                 int64_t width) {
 #pragma omp simd
   for (int64_t c = 0; c < width; ++c) {
-    weights[c] = exp_nonpositive(line[c] - row_lse) + exp_nonpositive(line[c] - column_lse[c]);
+    const scalar_t v = line[c] * inv_t;
+    line[c] = exp_nonpositive(v - row_lse) + exp_nonpositive(v - column_lse[c]);
   }
 }
 
-// w[i, c] = P_ij + P_ji - 2 [j = p(i)] for j = j0 + c, 0 for j = i
+// turns the tile's cosines into w[i, c] = P_ij + P_ji - 2 [j = p(i)] for j = j0 + c, 0 for j = i
 template <typename scalar_t>
-void tile_weights(const at::Tensor& s, int64_t j0, const scalar_t* lse, at::Tensor& w) {
-  const int64_t rows = s.size(0), width = s.size(1), ld = s.stride(0), ldw = w.stride(0);
-  const scalar_t* base = s.data_ptr<scalar_t>();
-  scalar_t* out = w.data_ptr<scalar_t>();
+void tile_weights(at::Tensor& s, int64_t j0, const scalar_t* lse, scalar_t inv_t) {
+  const int64_t rows = s.size(0), width = s.size(1), ld = s.stride(0);
+  scalar_t* base = s.data_ptr<scalar_t>();
   const scalar_t* column_lse = lse + j0;
   at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const scalar_t* line = base + i * ld;
-      scalar_t* weights = out + i * ldw;
-      row_weights(line, column_lse, lse[i], weights, width);
+      scalar_t* weights = base + i * ld;
+      row_weights(weights, column_lse, lse[i], inv_t, width);
       const int64_t self = i - j0, partner = partner_of(i, rows) - j0;
       if (self >= 0 && self < width) weights[self] = 0;
       if (partner >= 0 && partner < width) weights[partner] -= 2;
@@ -145,13 +148,12 @@ void forward_tiles(const at::Tensor& z, double temperature, at::Tensor& lse, at:
   at::Tensor shift = at::full({rows}, fixed_shift ? inv_t : -std::numeric_limits<double>::infinity(), z.options());
   at::Tensor sum = at::zeros({rows}, z.options());
   at::Tensor buf = at::empty({rows, std::min(kTile, rows)}, z.options());
-  const at::Tensor scaled_z = z * inv_t;
   rank.zero_();
   for (int64_t j0 = 0; j0 < rows; j0 += kTile) {
-    const at::Tensor s = tile_logits(scaled_z, z, j0, std::min(rows, j0 + kTile), buf);
+    const at::Tensor s = tile_cosines(z, j0, std::min(rows, j0 + kTile), buf);
     AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "info_nce_forward_cpu", [&] {
       fold_tile<scalar_t>(s, j0, {shift.data_ptr<scalar_t>(), sum.data_ptr<scalar_t>(), rank.data_ptr<int64_t>(),
-                                  positive.data_ptr<scalar_t>(), fixed_shift});
+                                  positive.data_ptr<scalar_t>(), static_cast<scalar_t>(inv_t), fixed_shift});
     });
   }
   lse.copy_(shift + sum.log());
@@ -161,14 +163,11 @@ void backward_tiles(const at::Tensor& z, const at::Tensor& lse, double temperatu
   const int64_t rows = z.size(0);
   const int64_t cols = std::min(kTile, rows);
   at::Tensor buf = at::empty({rows, cols}, z.options());
-  at::Tensor weights = at::empty({rows, cols}, z.options());
-  const at::Tensor scaled_z = z * (1.0 / temperature);
   for (int64_t j0 = 0; j0 < rows; j0 += kTile) {
     const int64_t j1 = std::min(rows, j0 + kTile);
-    const at::Tensor s = tile_logits(scaled_z, z, j0, j1, buf);
-    at::Tensor w = weights.narrow(1, 0, j1 - j0);
+    at::Tensor w = tile_cosines(z, j0, j1, buf);
     AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "info_nce_backward_cpu", [&] {
-      tile_weights<scalar_t>(s, j0, lse.data_ptr<scalar_t>(), w);
+      tile_weights<scalar_t>(w, j0, lse.data_ptr<scalar_t>(), static_cast<scalar_t>(1.0 / temperature));
     });
     grad_z.addmm_(w, z.slice(0, j0, j1));
   }
