@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
 import torch
+
+if not torch.cuda.is_available():  # Triton kernels run on CPU tensors only under the interpreter; it must be on
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any @triton.jit decorator runs
+
+import pytest  # noqa: E402
 
 from sswp_fast.config import SearchConfig
 

@@ -1,0 +1,569 @@
+"""BatchNorm (``nn.BatchNorm2d`` / ``F.batch_norm``) in Triton, for the BNs of the DARTS ops.
+
+Semantics are exactly those of ``torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias,
+training, momentum, eps)``: in training mode the output is normalised with the batch mean and the *biased*
+batch variance, and the running buffers (when given) are updated in place with the *unbiased* variance,
+``running = (1 - momentum) * running + momentum * batch``; in eval mode the running statistics are used. Inputs
+are [N, C, *] (the search engine uses [N, C, H, W]); they are made contiguous, any C works. fp32, fp16 and bf16
+inputs are supported; statistics and all accumulation are fp32, the output has the input dtype and the
+parameter gradients the parameters' dtype.
+
+Reduction scheme (shared by the statistics pass and the backward sums). Channel ``c`` owns the ``M = N*H*W``
+elements ``x[n, c, hw]``; they are indexed by a flat ``i in [0, M)`` (``n = i // HW``, ``hw = i % HW``, so every
+block load is one or a few contiguous runs) and split into ``SPLITS`` chunks of ``ITERS * BLOCK`` elements. The
+grid is ``(C, SPLITS)``: each program walks its chunk in ``BLOCK``-wide steps. ``SPLITS`` is chosen so that
+``C * SPLITS`` is about 4 programs per SM on a GPU (the DARTS BNs have small C and large N*H*W, so one program
+per channel would leave most SMs idle) and about 32 programs under the interpreter (which costs ~1.3 ms per
+program). Every program writes its partial result to its own slot of an fp32 ``[C, SPLITS]`` buffer and a
+second, tiny pass combines the slots: no atomics, so results are deterministic (bit-reproducible run to run).
+
+* Statistics are numerically sound for fp32: each lane of a program runs Welford's update over its elements,
+  shifted by the channel's first element ``x[0, c, 0]`` (so the running means stay near zero even when
+  ``|mean| >> std``), the lanes are merged with Chan's exact parallel formula
+  (``M2 = sum M2_l + sum n_l (mean_l - mean)^2``), and the finalize kernel merges the chunks the same way and
+  adds the shift back. No ``E[x^2] - E[x]^2`` cancellation: with mean 1e4 and std 0.5 the rstd is within
+  1.2e-7 (relative) of fp64.
+* The backward sums (``sum dout`` and ``sum dout * xhat``) are plain fp32 sums, one lane accumulator each.
+
+Contents (one concept, Liger-Kernel style):
+
+* ``_bn_stats_partial_kernel`` (grid ``(C, SPLITS)``): per-chunk mean and M2.
+* ``_bn_stats_finalize_kernel`` (grid ``cdiv(C, BLOCK_C)``): merges the chunks into mean, rstd and the unbiased
+  variance, and updates the running buffers in place when given (fused: one launch fewer per BN).
+* ``_bn_running_update_kernel``: the running-buffer update on its own (``update_running_stats``).
+* ``_bn_apply_kernel`` (grid ``(C, SPLITS)``): ``y = (x - mean) * rstd * weight + bias``.
+* ``_bn_bwd_reduce_kernel`` (grid ``(C, SPLITS)``): per-chunk ``sum dout`` and ``sum dout * xhat``.
+* ``_bn_bwd_dx_kernel`` (grid ``(C, SPLITS)``): training ``dx = w*rstd * (dout - mean(dout) - xhat *
+  mean(dout*xhat))``; eval ``dx = w*rstd_running * dout`` (the running stats are constants).
+* Launchers ``bn_stats``, ``update_running_stats``, ``bn_forward``, ``bn_backward``; ``BatchNormFn`` (the
+  ``torch.autograd.Function``, which saves only ``x``, the per-channel ``mean`` and ``rstd``, and ``weight``, a
+  parameter that the backward needs, never a normalised copy of ``x``); ``batch_norm`` (drop-in for
+  ``F.batch_norm``); ``bn_reference`` (the pure-PyTorch reference, ``F.batch_norm`` itself).
+
+On CPU tensors the kernels run only under the Triton interpreter (``TRITON_INTERPRET=1`` set before this module
+is imported); otherwise the launchers raise a one-line ``RuntimeError``. Offsets are int32: inputs must have
+fewer than 2**31 elements.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch.autograd.function import once_differentiable
+
+__all__ = [
+    "BatchNormFn",
+    "batch_norm",
+    "bn_backward",
+    "bn_forward",
+    "bn_reference",
+    "bn_stats",
+    "update_running_stats",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _channel_offsets(idx, c, C, HW):
+    """Memory offsets of the flat per-channel indices ``idx`` (``n*HW + hw``) of channel ``c`` in [N, C, HW]."""
+    n = idx // HW
+    return n * (C * HW) + c * HW + (idx - n * HW)
+
+
+@triton.jit
+def _cast_out(y, ptr, RTNE_BF16: tl.constexpr):
+    """fp32 ``y`` cast to ``ptr``'s element type. ``RTNE_BF16`` (interpreter + bf16 only) first rounds ``y`` to
+    the nearest bf16 value, ties to even, by bit arithmetic: the interpreter's own fp32->bf16 cast truncates
+    (even with ``fp_downcast_rounding="rtne"``), a GPU's rounds to nearest. The result is exact in bf16, so the
+    cast that follows cannot round it again. NaNs pass through unchanged."""
+    if RTNE_BF16:
+        bits = y.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        y = tl.where(y == y, bits.to(tl.float32, bitcast=True), y)
+    return y.to(ptr.dtype.element_ty)
+
+
+@triton.jit
+def _running_update(rm_ptr, rv_ptr, offs, mask, mean, var_unbiased, momentum, RTNE_BF16: tl.constexpr):
+    """running = (1 - momentum) * running + momentum * batch, in fp32, stored in the buffers' dtype."""
+    rm = tl.load(rm_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    rv = tl.load(rv_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    rm = momentum * mean + (1.0 - momentum) * rm
+    rv = momentum * var_unbiased + (1.0 - momentum) * rv
+    tl.store(rm_ptr + offs, _cast_out(rm, rm_ptr, RTNE_BF16), mask=mask)
+    tl.store(rv_ptr + offs, _cast_out(rv, rv_ptr, RTNE_BF16), mask=mask)
+
+
+@triton.jit
+def _bn_stats_partial_kernel(x_ptr, pmean_ptr, pm2_ptr, C, HW, M, SPLITS, ITERS, BLOCK: tl.constexpr):
+    """Grid (C, SPLITS): mean (of x - x[0, c, 0]) and M2 of one chunk of one channel, by lane Welford."""
+    c = tl.program_id(0)
+    s = tl.program_id(1)
+    start = s * ITERS * BLOCK
+    lanes = tl.arange(0, BLOCK)
+    cnt = tl.zeros([BLOCK], dtype=tl.float32)
+    mu = tl.zeros([BLOCK], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK], dtype=tl.float32)
+    shift = tl.load(x_ptr + c * HW).to(tl.float32)  # x[0, c, 0]: Welford on x - shift keeps mu near 0
+    for it in range(0, ITERS):
+        idx = start + it * BLOCK + lanes
+        mask = idx < M
+        x = tl.load(x_ptr + _channel_offsets(idx, c, C, HW), mask=mask, other=0.0).to(tl.float32) - shift
+        cnt_new = cnt + mask.to(tl.float32)
+        delta = x - mu
+        mu = mu + tl.where(mask, delta / tl.maximum(cnt_new, 1.0), 0.0)
+        m2 = m2 + tl.where(mask, delta * (x - mu), 0.0)
+        cnt = cnt_new
+    # Chan's merge of the lanes (every chunk holds at least one element, so n >= 1)
+    n = tl.sum(cnt, axis=0)
+    mean = tl.sum(cnt * mu, axis=0) / n
+    d = mu - mean
+    m2_all = tl.sum(m2, axis=0) + tl.sum(cnt * d * d, axis=0)
+    tl.store(pmean_ptr + c * SPLITS + s, mean)
+    tl.store(pm2_ptr + c * SPLITS + s, m2_all)
+
+
+@triton.jit
+def _bn_stats_finalize_kernel(
+    x_ptr, pmean_ptr, pm2_ptr, mean_ptr, rstd_ptr, varu_ptr, rm_ptr, rv_ptr,
+    C, HW, M, SPLITS, CHUNK, inv_m, inv_m1, eps, momentum,
+    HAS_RUNNING: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Grid (cdiv(C, BLOCK_C),): merge the SPLITS chunks of BLOCK_C channels; update the running buffers."""
+    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_s = tl.arange(0, BLOCK_S)
+    mask_c = offs_c < C
+    mask_s = offs_s < SPLITS
+    mask = mask_c[:, None] & mask_s[None, :]
+    slots = offs_c[:, None] * SPLITS + offs_s[None, :]
+    pmean = tl.load(pmean_ptr + slots, mask=mask, other=0.0)
+    pm2 = tl.load(pm2_ptr + slots, mask=mask, other=0.0)
+    cnt = tl.where(mask_s, tl.minimum(M - offs_s * CHUNK, CHUNK), 0).to(tl.float32)  # elements per chunk
+    mean = tl.sum(pmean * cnt[None, :], axis=1) * inv_m
+    d = tl.where(mask, pmean - mean[:, None], 0.0)
+    m2 = tl.sum(pm2 + cnt[None, :] * d * d, axis=1)
+    mean += tl.load(x_ptr + offs_c * HW, mask=mask_c, other=0.0).to(tl.float32)  # undo the shift
+    rstd = tl.rsqrt(m2 * inv_m + eps)
+    var_unbiased = m2 * inv_m1
+    tl.store(mean_ptr + offs_c, mean, mask=mask_c)
+    tl.store(rstd_ptr + offs_c, rstd, mask=mask_c)
+    tl.store(varu_ptr + offs_c, var_unbiased, mask=mask_c)
+    if HAS_RUNNING:
+        _running_update(rm_ptr, rv_ptr, offs_c, mask_c, mean, var_unbiased, momentum, RTNE_BF16)
+
+
+@triton.jit
+def _bn_running_update_kernel(
+    rm_ptr, rv_ptr, mean_ptr, varu_ptr, C, momentum, RTNE_BF16: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Grid (cdiv(C, BLOCK_C),): the running-buffer update alone."""
+    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    mean = tl.load(mean_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    var_unbiased = tl.load(varu_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+    _running_update(rm_ptr, rv_ptr, offs_c, mask_c, mean, var_unbiased, momentum, RTNE_BF16)
+
+
+@triton.jit
+def _bn_apply_kernel(
+    x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, C, HW, M, ITERS,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Grid (C, SPLITS): y = (x - mean) * (rstd * weight) + bias over one chunk of one channel."""
+    c = tl.program_id(0)
+    s = tl.program_id(1)
+    mean = tl.load(mean_ptr + c).to(tl.float32)
+    scale = tl.load(rstd_ptr + c).to(tl.float32)
+    if HAS_WEIGHT:
+        scale = scale * tl.load(w_ptr + c).to(tl.float32)
+    shift = 0.0
+    if HAS_BIAS:
+        shift = tl.load(b_ptr + c).to(tl.float32)
+    start = s * ITERS * BLOCK
+    lanes = tl.arange(0, BLOCK)
+    for it in range(0, ITERS):
+        idx = start + it * BLOCK + lanes
+        mask = idx < M
+        offs = _channel_offsets(idx, c, C, HW)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        y = (x - mean) * scale + shift
+        tl.store(y_ptr + offs, _cast_out(y, y_ptr, RTNE_BF16), mask=mask)
+
+
+@triton.jit
+def _bn_bwd_reduce_kernel(
+    dy_ptr, x_ptr, mean_ptr, rstd_ptr, part_ptr, C, HW, M, SPLITS, ITERS, BLOCK: tl.constexpr,
+):
+    """Grid (C, SPLITS): part[0, c, s] = sum dout, part[1, c, s] = sum dout * xhat over one chunk."""
+    c = tl.program_id(0)
+    s = tl.program_id(1)
+    mean = tl.load(mean_ptr + c).to(tl.float32)
+    rstd = tl.load(rstd_ptr + c).to(tl.float32)
+    start = s * ITERS * BLOCK
+    lanes = tl.arange(0, BLOCK)
+    acc_dy = tl.zeros([BLOCK], dtype=tl.float32)
+    acc_dyxc = tl.zeros([BLOCK], dtype=tl.float32)
+    for it in range(0, ITERS):
+        idx = start + it * BLOCK + lanes
+        mask = idx < M
+        offs = _channel_offsets(idx, c, C, HW)
+        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        acc_dy += dy
+        acc_dyxc += tl.where(mask, dy * (x - mean), 0.0)
+    tl.store(part_ptr + c * SPLITS + s, tl.sum(acc_dy, axis=0))
+    tl.store(part_ptr + (C + c) * SPLITS + s, tl.sum(acc_dyxc, axis=0) * rstd)
+
+
+@triton.jit
+def _bn_bwd_dx_kernel(
+    dy_ptr, x_ptr, dx_ptr, mean_ptr, rstd_ptr, w_ptr, sums_ptr, C, HW, M, ITERS, inv_m,
+    HAS_WEIGHT: tl.constexpr, TRAINING: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Grid (C, SPLITS): dx of one chunk of one channel (sums_ptr holds [sum dout; sum dout*xhat], fp32 [2, C])."""
+    c = tl.program_id(0)
+    s = tl.program_id(1)
+    rstd = tl.load(rstd_ptr + c).to(tl.float32)
+    scale = rstd
+    if HAS_WEIGHT:
+        scale = rstd * tl.load(w_ptr + c).to(tl.float32)
+    if TRAINING:
+        mean = tl.load(mean_ptr + c).to(tl.float32)
+        mean_dy = tl.load(sums_ptr + c) * inv_m
+        mean_dyxhat = tl.load(sums_ptr + C + c) * inv_m
+    start = s * ITERS * BLOCK
+    lanes = tl.arange(0, BLOCK)
+    for it in range(0, ITERS):
+        idx = start + it * BLOCK + lanes
+        mask = idx < M
+        offs = _channel_offsets(idx, c, C, HW)
+        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if TRAINING:
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            xhat = (x - mean) * rstd
+            dx = scale * (dy - mean_dy - xhat * mean_dyxhat)
+        else:
+            dx = scale * dy
+        tl.store(dx_ptr + offs, _cast_out(dx, dx_ptr, RTNE_BF16), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launch planning and checks
+# ----------------------------------------------------------------------------------------------------------
+
+_INTERPRETED = type(_bn_apply_kernel).__name__ == "InterpretedFunction"
+"""Whether the kernels were decorated under ``TRITON_INTERPRET=1`` (decided once, when this module loaded)."""
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_MAX_SPLITS = 1024  # chunks per channel; the finalize kernel holds all of a channel's chunks in one tile
+_FINALIZE_TILE = 4096  # elements of the finalize kernel's [BLOCK_C, BLOCK_S] tile
+_INTERP_MAX_BLOCK = 4096  # interpreter plan (the tests shrink both to exercise multi-chunk, multi-block paths)
+_INTERP_PROGRAMS = 32
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _plan(m: int, c: int, device: torch.device) -> tuple[int, int, int, int]:
+    """(BLOCK, ITERS, SPLITS, num_warps) for ``c`` channels of ``m`` elements each: grid (c, SPLITS), each
+    program reducing/mapping ITERS blocks of BLOCK elements (the last chunk of a channel may be shorter)."""
+    if device.type == "cuda":
+        block = min(1024, max(128, triton.next_power_of_2(m)))  # at most 4 variants: 128 .. 1024
+        target = 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    else:  # interpreter: ~1.3 ms per program, and wide numpy blocks are cheap
+        block = min(_INTERP_MAX_BLOCK, triton.next_power_of_2(m))
+        target = _INTERP_PROGRAMS
+    splits = max(1, min(triton.cdiv(m, block), triton.cdiv(target, c), _MAX_SPLITS))
+    iters = triton.cdiv(triton.cdiv(m, splits), block)
+    splits = triton.cdiv(m, iters * block)  # no empty chunk
+    num_warps = max(1, min(4, block // 256))
+    return block, iters, splits, num_warps
+
+
+def _check_device(*tensors: torch.Tensor | None) -> None:
+    for t in tensors:
+        if t is not None and not t.is_cuda and not _INTERPRETED:
+            raise RuntimeError(
+                "batchnorm Triton kernels got CPU tensors but TRITON_INTERPRET=1 was not set when "
+                "sswp_fast.kernels.batchnorm was imported: set TRITON_INTERPRET=1 before importing it, "
+                "or use CUDA tensors"
+            )
+
+
+def _shape(x: torch.Tensor) -> tuple[int, int, int]:
+    """(N, C, HW) of an [N, C, *] input, after the dtype and size checks."""
+    if x.dim() < 2:
+        raise ValueError(f"batch_norm expects an input of shape [N, C, *], got {tuple(x.shape)}")
+    if x.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f"batchnorm Triton kernels support float32, float16 and bfloat16 inputs, got {x.dtype}")
+    if x.numel() >= 2**31:
+        raise ValueError(f"batchnorm Triton kernels use int32 offsets; the input has {x.numel()} >= 2**31 elements")
+    n, c = x.shape[0], x.shape[1]
+    return n, c, x.numel() // max(1, n * c)
+
+
+def _rtne_bf16(*outputs: torch.Tensor) -> bool:
+    """Whether the kernels must round bf16 outputs themselves (only under the interpreter, see ``_cast_out``)."""
+    return _INTERPRETED and any(t.dtype == torch.bfloat16 for t in outputs)
+
+
+def _bump_versions(*tensors: torch.Tensor) -> None:
+    """Tell autograd that the kernels wrote these tensors in place (one tensor per call: torch 2.11 compatible)."""
+    for t in tensors:
+        torch.autograd.graph.increment_version(t)
+
+
+def _finalize_blocks(c: int, splits: int) -> tuple[int, int]:
+    block_s = triton.next_power_of_2(splits)
+    block_c = min(triton.next_power_of_2(c), max(1, _FINALIZE_TILE // block_s))
+    return block_c, block_s
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def bn_stats(
+    x: torch.Tensor,
+    eps: float = 1e-5,
+    running_mean: torch.Tensor | None = None,
+    running_var: torch.Tensor | None = None,
+    momentum: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-channel batch statistics of an [N, C, *] input: fp32 ``(mean, rstd, var_unbiased)``, each [C].
+
+    ``rstd = 1 / sqrt(biased_var + eps)``; ``var_unbiased = M2 / (M - 1)`` (NaN when M = N*H*W = 1). When both
+    running buffers are given they are updated in place, fused into the finalize kernel:
+    ``running = (1 - momentum) * running + momentum * batch`` (batch variance unbiased).
+    """
+    _check_device(x, running_mean, running_var)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("bn_stats needs both running_mean and running_var, or neither")
+    if running_mean is not None and not (running_mean.is_contiguous() and running_var.is_contiguous()):
+        raise ValueError("bn_stats needs contiguous running buffers (they are updated in place)")
+    x = x.contiguous()
+    _, c, hw = _shape(x)
+    m = x.numel() // c
+    if m == 0:
+        raise ValueError("bn_stats got an empty input")
+    block, iters, splits, num_warps = _plan(m, c, x.device)
+    pmean = torch.empty((c, splits), device=x.device, dtype=torch.float32)
+    pm2 = torch.empty_like(pmean)
+    _bn_stats_partial_kernel[(c, splits)](x, pmean, pm2, c, hw, m, splits, iters, BLOCK=block, num_warps=num_warps)
+    mean = torch.empty(c, device=x.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    var_unbiased = torch.empty_like(mean)
+    has_running = running_mean is not None
+    block_c, block_s = _finalize_blocks(c, splits)
+    _bn_stats_finalize_kernel[(triton.cdiv(c, block_c),)](
+        x, pmean, pm2, mean, rstd, var_unbiased,
+        running_mean if has_running else mean, running_var if has_running else mean,
+        c, hw, m, splits, iters * block, 1.0 / m, 1.0 / (m - 1) if m > 1 else float("nan"), float(eps), float(momentum),
+        HAS_RUNNING=has_running, RTNE_BF16=has_running and _rtne_bf16(running_mean, running_var),
+        BLOCK_C=block_c, BLOCK_S=block_s,
+    )
+    if has_running:
+        _bump_versions(running_mean, running_var)  # as the in-place torch update would
+    return mean, rstd, var_unbiased
+
+
+def update_running_stats(
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    mean: torch.Tensor,
+    var_unbiased: torch.Tensor,
+    momentum: float = 0.1,
+) -> None:
+    """In place: ``running_mean = (1 - momentum) * running_mean + momentum * mean``, same for the variance
+    (pass the unbiased batch variance, as ``bn_stats`` returns it). Buffers must be contiguous [C]."""
+    _check_device(running_mean, running_var, mean, var_unbiased)
+    if not (running_mean.is_contiguous() and running_var.is_contiguous()):
+        raise ValueError("update_running_stats needs contiguous running buffers (they are updated in place)")
+    c = running_mean.numel()
+    block_c = min(1024, triton.next_power_of_2(c))
+    _bn_running_update_kernel[(triton.cdiv(c, block_c),)](
+        running_mean, running_var, mean.contiguous(), var_unbiased.contiguous(), c, float(momentum),
+        RTNE_BF16=_rtne_bf16(running_mean, running_var), BLOCK_C=block_c,
+    )
+    _bump_versions(running_mean, running_var)
+
+
+def bn_forward(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(x - mean) * rstd * weight + bias`` per channel (weight/bias optional), in the input dtype."""
+    _check_device(x, mean, rstd, weight, bias)
+    x = x.contiguous()
+    _, c, hw = _shape(x)
+    y = torch.empty_like(x)
+    if x.numel() == 0:
+        return y
+    m = x.numel() // c
+    block, iters, splits, num_warps = _plan(m, c, x.device)
+    _bn_apply_kernel[(c, splits)](
+        x, y, mean.contiguous(), rstd.contiguous(),
+        weight.contiguous() if weight is not None else mean, bias.contiguous() if bias is not None else mean,
+        c, hw, m, iters,
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, RTNE_BF16=_rtne_bf16(y),
+        BLOCK=block, num_warps=num_warps,
+    )
+    return y
+
+
+def bn_backward(
+    dout: torch.Tensor,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    training: bool = True,
+    need_dx: bool = True,
+    need_param_grads: bool | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of ``bn_forward(x, mean, rstd, weight, bias)``: ``(dx, dweight, dbias)``.
+
+    ``training=True``: mean/rstd are the batch statistics of ``x`` and the gradient flows through them,
+    ``dx = weight*rstd * (dout - mean(dout) - xhat * mean(dout * xhat))``. ``training=False``: mean/rstd are
+    constants (from the running buffers), ``dx = weight*rstd * dout``. ``dweight = sum(dout * xhat)`` and
+    ``dbias = sum(dout)`` per channel, fp32, returned when ``need_param_grads`` (default: ``weight is not None``);
+    otherwise None. ``dx`` has the dtype of ``x`` (None unless ``need_dx``).
+    """
+    _check_device(dout, x, mean, rstd, weight)
+    if need_param_grads is None:
+        need_param_grads = weight is not None
+    x = x.contiguous()
+    dout = dout.contiguous()
+    _, c, hw = _shape(x)
+    m = x.numel() // c
+    block, iters, splits, num_warps = _plan(m, c, x.device)
+    mean = mean.contiguous()
+    rstd = rstd.contiguous()
+    sums = None
+    if training or need_param_grads:
+        part = torch.empty((2, c, splits), device=x.device, dtype=torch.float32)
+        _bn_bwd_reduce_kernel[(c, splits)](
+            dout, x, mean, rstd, part, c, hw, m, splits, iters, BLOCK=block, num_warps=num_warps
+        )
+        sums = part.sum(dim=2)  # [2, C]: sum dout, sum dout * xhat (a fixed-order, deterministic reduction)
+    dx = None
+    if need_dx:
+        dx = torch.empty_like(x)
+        _bn_bwd_dx_kernel[(c, splits)](
+            dout, x, dx, mean, rstd, weight.contiguous() if weight is not None else rstd,
+            sums if sums is not None else rstd, c, hw, m, iters, 1.0 / m,
+            HAS_WEIGHT=weight is not None, TRAINING=bool(training), RTNE_BF16=_rtne_bf16(dx),
+            BLOCK=block, num_warps=num_warps,
+        )
+    if not need_param_grads:
+        return dx, None, None
+    return dx, sums[1], sums[0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# autograd.Function and functional entry points
+# ----------------------------------------------------------------------------------------------------------
+
+
+class BatchNormFn(torch.autograd.Function):
+    """BatchNorm with Triton forward and backward; saves only ``x``, per-channel ``mean``/``rstd`` and ``weight``.
+
+    The backward is once-differentiable (double backward raises; ``F.batch_norm`` supports it).
+
+    ``apply(x, weight, bias, running_mean, running_var, training, momentum, eps)``; in training mode the running
+    buffers (if given) are updated in place, in eval mode they provide mean and rstd.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        x: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        running_mean: torch.Tensor | None,
+        running_var: torch.Tensor | None,
+        training: bool,
+        momentum: float,
+        eps: float,
+    ) -> torch.Tensor:
+        x = x.contiguous()
+        if training:
+            mean, rstd, _ = bn_stats(x, eps, running_mean, running_var, momentum)
+        else:
+            mean = running_mean.detach().to(torch.float32, copy=True)  # a copy: the buffer may change before backward
+            rstd = torch.rsqrt(running_var.detach().to(torch.float32) + eps).contiguous()
+        out = bn_forward(x, mean, rstd, weight, bias)
+        ctx.save_for_backward(x, mean, rstd, weight)
+        ctx.training = bool(training)
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout: torch.Tensor):
+        x, mean, rstd, weight = ctx.saved_tensors
+        need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
+        dx, dweight, dbias = bn_backward(
+            dout, x, mean, rstd, weight, ctx.training, need_dx=need_dx, need_param_grads=need_dw or need_db
+        )
+        dweight = dweight.to(weight.dtype) if need_dw else None
+        dbias = dbias.to(ctx.bias_dtype) if need_db else None
+        return dx, dweight, dbias, None, None, None, None, None
+
+
+def batch_norm(
+    input: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Drop-in for ``torch.nn.functional.batch_norm`` (same signature and semantics) on the Triton kernels.
+
+    ``num_batches_tracked`` is the module's business, as with ``F.batch_norm``. One difference: the output is
+    always contiguous (NCHW), where PyTorch keeps a channels_last input's memory format.
+    """
+    _check_device(input, running_mean, running_var, weight, bias)
+    if input.dim() < 2:
+        raise ValueError(f"batch_norm expects an input of shape [N, C, *], got {tuple(input.shape)}")
+    if training:
+        if input.numel() // max(1, input.shape[1]) == 1:  # F.batch_norm's _verify_batch_size
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
+        if (running_mean is None) != (running_var is None):
+            raise ValueError("batch_norm needs both running_mean and running_var, or neither")
+    elif running_mean is None or running_var is None:
+        raise RuntimeError("batch_norm in eval mode (training=False) needs running_mean and running_var")
+    return BatchNormFn.apply(input, weight, bias, running_mean, running_var, bool(training), float(momentum),
+                             float(eps))
+
+
+def bn_reference(
+    input: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """The pure-PyTorch reference: ``F.batch_norm`` itself."""
+    return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+
