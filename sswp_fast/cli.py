@@ -69,6 +69,7 @@ SEARCH_FLAGS: list[tuple[str, object, str, bool]] = [
     ("progress", str, "progress bar: auto (on terminals), on, off", True),
     ("memory_format", str, "tensor layout: auto (channels_last on CPU, contiguous on CUDA), channels_last, "
      "contiguous", True),
+    ("kernels", str, "auto (Triton on CUDA, PyTorch on CPU), triton, torch; $SSWP_FAST_KERNELS overrides", True),
 ]
 
 
@@ -111,12 +112,15 @@ def doctor_report() -> list[tuple[str, str]]:
     import torch
 
     from . import __version__, compiled
+    from .backend import interpreter_on
 
     cuda = torch.cuda.is_available()
     try:
         import triton
 
-        triton_state = f"importable ({triton.__version__}); no kernels yet, the PyTorch path runs"
+        active = "active on CUDA (--kernels auto)" if cuda else (
+            "active on CPU tensors (TRITON_INTERPRET=1)" if interpreter_on() else "idle here (no CUDA device)")
+        triton_state = f"{triton.__version__}: fused sep/dil conv kernels, {active}"
     except ImportError:
         triton_state = "not installed"
     return [

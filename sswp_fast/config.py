@@ -19,7 +19,7 @@ IMAGENET_LIKE = ("imagenet", "imagenet-tiny")
 _CIFAR_DEFAULTS = {"min_warmup": 40, "batch_size": 96, "layers": 20, "init_channels": 36}
 _IMAGENET_DEFAULTS = {"min_warmup": 10, "batch_size": 256, "layers": 14, "init_channels": 48}
 
-RESULT_NEUTRAL_FIELDS = frozenset({"resume", "force", "device", "num_workers", "report_freq", "progress"})
+RESULT_NEUTRAL_FIELDS = frozenset({"resume", "force", "device", "num_workers", "report_freq", "progress", "kernels"})
 """Fields that may differ when a run is resumed; every other field must match the checkpoint's."""
 
 
@@ -76,6 +76,7 @@ class SearchConfig:
     steps_per_epoch: int | None = None
     device: str = "auto"
     memory_format: str = "auto"
+    kernels: str = "auto"
     progress: str = "auto"
 
     def resolved(self) -> SearchConfig:
@@ -134,6 +135,8 @@ class SearchConfig:
         need(self.progress in ("auto", "on", "off"), f"--progress must be auto, on or off, got {self.progress}")
         need(self.memory_format in ("auto", "channels_last", "contiguous"),
              f"--memory_format must be auto, channels_last or contiguous, got {self.memory_format}")
+        need(self.kernels in ("auto", "triton", "torch"),
+             f"--kernels must be auto, triton or torch, got {self.kernels}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

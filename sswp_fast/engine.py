@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch_update import ArchAdam, ArchAdamConfig, alpha_grad_full, alpha_grad_two, rescale_pair
+from .backend import resolve_kernels
 from .config import SearchConfig
 from .losses import byol_loss, info_nce_with_topk, topk_accuracy
-from .ops import NUM_CANDIDATES
+from .ops import NUM_CANDIDATES, use_kernels
 from .sampling import sample_paths
 from .supernet import EDGES_PER_CELL, ExecutionPlan, SearchNetwork
 
@@ -90,6 +91,8 @@ class SearchEngine:
                                  config.affine, imagenet=config.dataset == "imagenet").to(self.device)
         self.memory_format = pick_memory_format(config.memory_format, self.device)
         self.net.to(memory_format=self.memory_format)
+        self.kernels = resolve_kernels(config.kernels, self.device)
+        use_kernels(self.net, self.kernels)
         weights = self.net.weight_parameters()
         self.byol: BYOLHeads | None = None
         if config.data_mode == "byol":

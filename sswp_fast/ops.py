@@ -53,7 +53,33 @@ class ReLUConvBN(nn.Module):
         return self.op(x)
 
 
-class DilConv(nn.Module):
+class FusableConv(nn.Module):
+    """An op made of ReLU → depthwise → pointwise → BN halves, which the Triton backend runs fused
+    (``sswp_fast.kernels.fused_conv``); ``kernels`` is set for a whole network by :func:`use_kernels`."""
+
+    kernels = "torch"
+
+    def halves(self) -> list[tuple[nn.Conv2d, nn.Conv2d, nn.BatchNorm2d]]:
+        """(depthwise conv, pointwise conv, batch norm) of each half, in order."""
+        layers = list(self.op)
+        return [(layers[i + 1], layers[i + 2], layers[i + 3]) for i in range(0, len(layers), 4)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernels == "triton":
+            from .kernels.fused_conv import fused_conv
+
+            return fused_conv(self.halves(), x)
+        return self.op(x)
+
+
+def use_kernels(root: nn.Module, kernels: str) -> None:
+    """Run every separable / dilated convolution under ``root`` with ``kernels`` (``"triton"`` or ``"torch"``)."""
+    for module in root.modules():
+        if isinstance(module, FusableConv):
+            module.kernels = kernels
+
+
+class DilConv(FusableConv):
     """ReLU → depthwise k×k (dilated) → pointwise 1×1 → BN."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, dilation: int,
@@ -67,11 +93,8 @@ class DilConv(nn.Module):
             nn.BatchNorm2d(c_out, affine=affine),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
 
-
-class SepConv(nn.Module):
+class SepConv(FusableConv):
     """Two stacked ReLU → depthwise → pointwise → BN halves; only the first is strided."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool):
@@ -86,9 +109,6 @@ class SepConv(nn.Module):
             nn.Conv2d(c_in, c_out, 1, bias=False),
             nn.BatchNorm2d(c_out, affine=affine),
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
 
 
 class FactorizedReduce(nn.Module):
