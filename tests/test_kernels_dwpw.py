@@ -8,6 +8,10 @@ Triton interpreter (tests/conftest.py sets ``TRITON_INTERPRET=1``), so the shape
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import triton
@@ -161,3 +165,46 @@ def test_bad_shapes_raise():
         dwpw_forward(x, w_dw, w_pw[:, :4], 1, 1, 1)
     with pytest.raises(ValueError, match="w_dw"):
         dwpw_forward(x, w_dw[:4], w_pw, 1, 1, 1)
+
+
+_COMPILE_SCRIPT = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from sswp_fast.kernels import dwpw
+assert not dwpw._INTERPRETED
+shapes = [(36, 32, 3, 1, 1, 1), (144, 8, 5, 2, 4, 2)]  # the first CIFAR cell's sep_conv_3x3; dil_conv_5x5, C=144
+count = 0
+for c, size, k, stride, pad, dil in shapes:
+    out = (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    b = dwpw._block_sizes(out, out, size, size, c, c, stride, False)
+    conv = {"STRIDE": stride, "PAD": pad, "DIL": dil, "K": k, "BLOCK_C": b.c}
+    for dtype, precision in (("fp32", "ieee"), ("bf16", "tf32")):
+        cases = [
+            (dwpw._dwpw_fwd_kernel, {**conv, "BLOCK_P": b.p, "BLOCK_W": b.pw, "BLOCK_CO": b.co,
+                                     "DOT_PRECISION": precision, "ROUND_BF16": dtype == "bf16"}),
+            (dwpw._dwpw_bwd_act_kernel, {**conv, "BLOCK_P": b.p, "BLOCK_W": b.pw, "BLOCK_CO": b.co,
+                                         "DOT_PRECISION": precision}),
+            (dwpw._dwpw_bwd_dx_kernel, {**conv, "BLOCK_Q": b.q, "BLOCK_W": b.qw, "ROUND_BF16": dtype == "bf16"}),
+        ]
+        for fn, cex in cases:
+            sig = {a: "constexpr" if a in cex else ("*fp32" if a in ("g_ptr", "gwdw_ptr", "gwpw_ptr") else
+                   f"*{dtype}") if a.endswith("_ptr") else "i32" for a in fn.arg_names}
+            for cap in (80, 90):
+                compiled = triton.compile(ASTSource(fn, sig, constexprs=cex), target=GPUTarget("cuda", cap, 32))
+                assert "cubin" in compiled.asm
+                count += 1
+print(count, "ok")
+"""
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_sm80_sm90(tmp_path):
+    """Compile-only check for real GPUs (no GPU needed): the three kernels at the smallest and the widest CIFAR
+    search shapes (most registers), fp32 and bf16, through Triton's CUDA backend to cubins for sm_80 and sm_90,
+    in a subprocess that imports the module without TRITON_INTERPRET."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
