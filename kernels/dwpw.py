@@ -60,6 +60,13 @@ def _pixel_tile(pid, HEIGHT, WIDTH, BLOCK: tl.constexpr, BLOCK_W: tl.constexpr):
 
 
 @triton.jit
+def _output_tile(pid, HO, WO, STRIDE: tl.constexpr, PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Program ``pid``'s output pixels (flat offset, mask) and the input row / column of their first tap."""
+    oh, ow, offs_p, mask_p = _pixel_tile(pid, HO, WO, BLOCK_P, BLOCK_W)
+    return offs_p, mask_p, oh * STRIDE - PAD, ow * STRIDE - PAD
+
+
+@triton.jit
 def _tap(x_img, offs_c, mask_c, ih0, iw0, mask_p, H, W, kh: tl.constexpr, kw: tl.constexpr, DIL: tl.constexpr):
     """relu(x[n, c, ih0 + kh*DIL, iw0 + kw*DIL]) as a [BLOCK_P, BLOCK_C] fp32 tile, zero outside the image."""
     ih = ih0 + kh * DIL
@@ -94,9 +101,7 @@ def _dwpw_fwd_kernel(
     pid_p = tl.program_id(0)
     n = tl.program_id(1).to(tl.int64)
     P = HO * WO
-    oh, ow, offs_p, mask_p = _pixel_tile(pid_p, HO, WO, BLOCK_P, BLOCK_W)
-    ih0 = oh * STRIDE - PAD
-    iw0 = ow * STRIDE - PAD
+    offs_p, mask_p, ih0, iw0 = _output_tile(pid_p, HO, WO, STRIDE, PAD, BLOCK_P, BLOCK_W)
     offs_co = tl.arange(0, BLOCK_CO)
     mask_co = offs_co < C_OUT
     x_img = x_ptr + n * C * H * W
@@ -132,9 +137,7 @@ def _dwpw_bwd_act_kernel(
     pid_p = tl.program_id(0)
     n = tl.program_id(1).to(tl.int64)
     P = HO * WO
-    oh, ow, offs_p, mask_p = _pixel_tile(pid_p, HO, WO, BLOCK_P, BLOCK_W)
-    ih0 = oh * STRIDE - PAD
-    iw0 = ow * STRIDE - PAD
+    offs_p, mask_p, ih0, iw0 = _output_tile(pid_p, HO, WO, STRIDE, PAD, BLOCK_P, BLOCK_W)
     offs_co = tl.arange(0, BLOCK_CO)
     mask_co = offs_co < C_OUT
     x_img = x_ptr + n * C * H * W
