@@ -55,6 +55,8 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
+from ._common import cast_out
+
 __all__ = [
     "BatchNormFn",
     "batch_norm",
@@ -79,27 +81,14 @@ def _channel_offsets(idx, c, C, HW):
 
 
 @triton.jit
-def _cast_out(y, ptr, RTNE_BF16: tl.constexpr):
-    """fp32 ``y`` cast to ``ptr``'s element type. ``RTNE_BF16`` (interpreter + bf16 only) first rounds ``y`` to
-    the nearest bf16 value, ties to even, by bit arithmetic: the interpreter's own fp32->bf16 cast truncates
-    (even with ``fp_downcast_rounding="rtne"``), a GPU's rounds to nearest. The result is exact in bf16, so the
-    cast that follows cannot round it again. NaNs pass through unchanged."""
-    if RTNE_BF16:
-        bits = y.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        y = tl.where(y == y, bits.to(tl.float32, bitcast=True), y)
-    return y.to(ptr.dtype.element_ty)
-
-
-@triton.jit
 def _running_update(rm_ptr, rv_ptr, offs, mask, mean, var_unbiased, momentum, RTNE_BF16: tl.constexpr):
     """running = (1 - momentum) * running + momentum * batch, in fp32, stored in the buffers' dtype."""
     rm = tl.load(rm_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     rv = tl.load(rv_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     rm = momentum * mean + (1.0 - momentum) * rm
     rv = momentum * var_unbiased + (1.0 - momentum) * rv
-    tl.store(rm_ptr + offs, _cast_out(rm, rm_ptr, RTNE_BF16), mask=mask)
-    tl.store(rv_ptr + offs, _cast_out(rv, rv_ptr, RTNE_BF16), mask=mask)
+    tl.store(rm_ptr + offs, cast_out(rm, rm_ptr, RTNE_BF16), mask=mask)
+    tl.store(rv_ptr + offs, cast_out(rv, rv_ptr, RTNE_BF16), mask=mask)
 
 
 @triton.jit
@@ -195,7 +184,7 @@ def _bn_apply_kernel(
         offs = _channel_offsets(idx, c, C, HW)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         y = (x - mean) * scale + shift
-        tl.store(y_ptr + offs, _cast_out(y, y_ptr, RTNE_BF16), mask=mask)
+        tl.store(y_ptr + offs, cast_out(y, y_ptr, RTNE_BF16), mask=mask)
 
 
 @triton.jit
@@ -252,7 +241,7 @@ def _bn_bwd_dx_kernel(
             dx = scale * (dy - mean_dy - xhat * mean_dyxhat)
         else:
             dx = scale * dy
-        tl.store(dx_ptr + offs, _cast_out(dx, dx_ptr, RTNE_BF16), mask=mask)
+        tl.store(dx_ptr + offs, cast_out(dx, dx_ptr, RTNE_BF16), mask=mask)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ._common import cast_out
+
 __all__ = ["ReluDwPw", "dwpw_backward", "dwpw_forward", "dwpw_reference", "relu_dw_pw"]
 
 
@@ -78,17 +80,6 @@ def _tap(x_img, offs_c, mask_c, ih0, iw0, mask_p, H, W, kh: tl.constexpr, kw: tl
 
 
 @triton.jit
-def _to_out(v, out_ptr, ROUND_BF16: tl.constexpr):
-    """Cast the fp32 tile ``v`` to ``out_ptr``'s dtype. With ``ROUND_BF16``, round to nearest even by hand first:
-    the interpreter's fp32→bf16 cast truncates (real GPUs round), which would double the output error."""
-    if ROUND_BF16:
-        bits = v.to(tl.int32, bitcast=True)
-        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536
-        v = tl.where(v == v, bits.to(tl.float32, bitcast=True), v)  # NaN stays NaN
-    return v.to(out_ptr.dtype.element_ty)
-
-
-@triton.jit
 def _dwpw_fwd_kernel(
     x_ptr, wdw_ptr, wpw_ptr, y_ptr,
     C, C_OUT, H, W, HO, WO,
@@ -122,7 +113,7 @@ def _dwpw_fwd_kernel(
         acc = tl.dot(act, wpw, acc, input_precision=DOT_PRECISION)
 
     y_ptrs = y_ptr + n * C_OUT * P + offs_co[None, :] * P + offs_p[:, None]
-    tl.store(y_ptrs, _to_out(acc, y_ptr, ROUND_BF16), mask=mask_p[:, None] & mask_co[None, :])
+    tl.store(y_ptrs, cast_out(acc, y_ptr, ROUND_BF16), mask=mask_p[:, None] & mask_co[None, :])
 
 
 @triton.jit
@@ -204,7 +195,7 @@ def _dwpw_bwd_dx_kernel(
     mask = mask_q[:, None] & mask_c[None, :]
     xv = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     dx = tl.where(xv > 0, acc, 0.0)
-    tl.store(dx_ptr + offs, _to_out(dx, dx_ptr, ROUND_BF16), mask=mask)
+    tl.store(dx_ptr + offs, cast_out(dx, dx_ptr, ROUND_BF16), mask=mask)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def test_multi_chunk_plans(monkeypatch, plan, training):
 def test_low_precision_no_worse_than_torch(dtype, param_dtype, training):
     """bf16/fp16 input (parameters and buffers fp32, or bf16 as after ``module.bfloat16()``): max error vs an fp64
     reference at most 2x PyTorch's own + 1e-6. For the big tensors (out, dx) also the mean error within 1.25x:
-    a truncating bf16 cast (the interpreter's own, see ``_cast_out``) doubles the mean but not the max error."""
+    a truncating bf16 cast (the interpreter's own, see ``_common.cast_out``) doubles the mean but not the max error."""
     args = _inputs((2, 12, 8, 8), True, dtype=dtype, param_dtype=param_dtype)
     ours = _run(bn.batch_norm, *args, training)
     ref = _run(F.batch_norm, *args, training)

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from sswp_fast.kernels import dwpw
+from sswp_fast.kernels._common import cast_out
 from sswp_fast.kernels.dwpw import ReluDwPw, dwpw_backward, dwpw_forward, dwpw_reference, relu_dw_pw
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -78,11 +79,11 @@ def test_half_precision_error_at_most_twice_pytorch(dtype, k, padding, dilation,
 @triton.jit
 def _store_rounded(x_ptr, y_ptr, N: tl.constexpr):
     offs = tl.arange(0, N)
-    tl.store(y_ptr + offs, dwpw._to_out(tl.load(x_ptr + offs), y_ptr, True))
+    tl.store(y_ptr + offs, cast_out(tl.load(x_ptr + offs), y_ptr, True))
 
 
 def test_bf16_output_rounding_is_round_to_nearest_even():
-    """The by-hand rounding in ``_to_out`` (the interpreter's own fp32→bf16 cast truncates) equals torch's.
+    """The by-hand rounding in ``cast_out`` (the interpreter's own fp32→bf16 cast truncates) equals torch's.
 
     Normal numbers only: the interpreter also mangles subnormal bf16 values, which this op never produces."""
     base = torch.randint(0x0080, 0x7F00, (1020,), dtype=torch.int32) << 16  # normal magnitudes; 4*1020+16 = 4096
@@ -172,6 +173,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from sswp_fast.kernels import dwpw
+from sswp_fast.kernels._common import cast_out
 assert not dwpw._INTERPRETED
 shapes = [(36, 32, 3, 1, 1, 1), (144, 8, 5, 2, 4, 2)]  # the first CIFAR cell's sep_conv_3x3; dil_conv_5x5, C=144
 count = 0
