@@ -5,7 +5,9 @@ stride ``s``, padding ``p`` and dilation ``d`` (the search space uses sep k3 p1 
 and dil k5 p4 d2, with s ∈ {1, 2}; any k, s, p, d work). Shapes: ``x`` [N, C, H, W], ``w_dw`` [C, 1, k, k],
 ``w_pw`` [C_out, C, 1, 1], ``y`` [N, C_out, Ho, Wo] with ``Ho = (H + 2p - d(k-1) - 1) // s + 1``.
 
-Contents (one concept, Liger-Kernel style):
+Contents (one concept, Liger-Kernel style). Each kernel is a thin wrapper that places one image and calls its
+``@triton.jit`` tile function (``fwd_tile``, ``bwd_act_tile``, ``bwd_dx_tile``), which the slotted kernels of
+:mod:`.sampled_dwpw` call too, with a variant's constants chosen per program:
 
 * ``_dwpw_fwd_kernel``: one kernel for the whole forward. A program owns ``BLOCK_P`` output pixels of one
   image (a rectangle of ``BLOCK_W``-wide rows) and all ``C_out`` channels; it loops over input-channel blocks,
@@ -80,22 +82,21 @@ def _tap(x_img, offs_c, mask_c, ih0, iw0, mask_p, H, W, kh: tl.constexpr, kw: tl
 
 
 @triton.jit
-def _dwpw_fwd_kernel(
-    x_ptr, wdw_ptr, wpw_ptr, y_ptr,
+def fwd_tile(
+    x_img, wdw_ptr, wpw_ptr, y_img, pid_p,
     C, C_OUT, H, W, HO, WO,
     STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, K: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    ROUND_BF16: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ROUND_BF16: tl.constexpr,
 ):
-    """Grid (pixel tiles of Ho×Wo, N): y[n, :, pixels] = W_pw @ dw(relu(x[n]))[:, pixels]."""
-    pid_p = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
+    """Output tile ``pid_p`` of one image: y_img[:, pixels] = W_pw @ dw(relu(x_img))[:, pixels].
+
+    ``x_img`` / ``y_img`` point at one image's [C, H, W] input and [C_OUT, HO, WO] output (channel strides H*W
+    and HO*WO); ``wdw_ptr`` at the [C, K*K] and ``wpw_ptr`` at the [C_OUT, C] weights."""
     P = HO * WO
     offs_p, mask_p, ih0, iw0 = _output_tile(pid_p, HO, WO, STRIDE, PAD, BLOCK_P, BLOCK_W)
     offs_co = tl.arange(0, BLOCK_CO)
     mask_co = offs_co < C_OUT
-    x_img = x_ptr + n * C * H * W
 
     acc = tl.zeros((BLOCK_P, BLOCK_CO), dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
@@ -112,29 +113,42 @@ def _dwpw_fwd_kernel(
                       mask=mask_c[:, None] & mask_co[None, :], other=0.0).to(tl.float32)
         acc = tl.dot(act, wpw, acc, input_precision=DOT_PRECISION)
 
-    y_ptrs = y_ptr + n * C_OUT * P + offs_co[None, :] * P + offs_p[:, None]
-    tl.store(y_ptrs, cast_out(acc, y_ptr, ROUND_BF16), mask=mask_p[:, None] & mask_co[None, :])
+    y_ptrs = y_img + offs_co[None, :] * P + offs_p[:, None]
+    tl.store(y_ptrs, cast_out(acc, y_img, ROUND_BF16), mask=mask_p[:, None] & mask_co[None, :])
 
 
 @triton.jit
-def _dwpw_bwd_act_kernel(
-    x_ptr, wdw_ptr, wpw_ptr, dy_ptr, g_ptr, gwdw_ptr, gwpw_ptr,
+def _dwpw_fwd_kernel(
+    x_ptr, wdw_ptr, wpw_ptr, y_ptr,
+    C, C_OUT, H, W, HO, WO,
+    STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, K: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    ROUND_BF16: tl.constexpr,
+):
+    """Grid (pixel tiles of Ho×Wo, N): y[n, :, pixels] = W_pw @ dw(relu(x[n]))[:, pixels]."""
+    n = tl.program_id(1).to(tl.int64)
+    fwd_tile(x_ptr + n * C * H * W, wdw_ptr, wpw_ptr, y_ptr + n * C_OUT * HO * WO, tl.program_id(0),
+             C, C_OUT, H, W, HO, WO, STRIDE, PAD, DIL, K, BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO,
+             DOT_PRECISION, ROUND_BF16)
+
+
+@triton.jit
+def bwd_act_tile(
+    x_img, wdw_ptr, wpw_ptr, dy_img, g_img, gwdw_ptr, gwpw_ptr, pid_p,
     C, C_OUT, H, W, HO, WO,
     STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, K: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """Grid (pixel tiles of Ho×Wo, N): g = dy @ W_pw to g_ptr; atomically add dW_pw and dW_dw (fp32 buffers)."""
-    pid_p = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
+    """Output tile ``pid_p`` of one image: g = dy @ W_pw to ``g_img`` ([C, HO, WO], fp32); atomically add the
+    tile's share of dW_pw to ``gwpw_ptr`` ([C_OUT, C]) and of dW_dw to ``gwdw_ptr`` ([C, K*K]), fp32 buffers."""
     P = HO * WO
     offs_p, mask_p, ih0, iw0 = _output_tile(pid_p, HO, WO, STRIDE, PAD, BLOCK_P, BLOCK_W)
     offs_co = tl.arange(0, BLOCK_CO)
     mask_co = offs_co < C_OUT
-    x_img = x_ptr + n * C * H * W
-    g_img = g_ptr + n * C * P
 
-    dy = tl.load(dy_ptr + n * C_OUT * P + offs_co[None, :] * P + offs_p[:, None],
+    dy = tl.load(dy_img + offs_co[None, :] * P + offs_p[:, None],
                  mask=mask_p[:, None] & mask_co[None, :], other=0.0).to(tl.float32)  # [BLOCK_P, BLOCK_CO]
     dy_t = tl.trans(dy)  # [BLOCK_CO, BLOCK_P]
     for c0 in range(0, C, BLOCK_C):
@@ -158,22 +172,35 @@ def _dwpw_bwd_act_kernel(
 
 
 @triton.jit
-def _dwpw_bwd_dx_kernel(
-    x_ptr, wdw_ptr, g_ptr, dx_ptr,
+def _dwpw_bwd_act_kernel(
+    x_ptr, wdw_ptr, wpw_ptr, dy_ptr, g_ptr, gwdw_ptr, gwpw_ptr,
+    C, C_OUT, H, W, HO, WO,
+    STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, K: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Grid (pixel tiles of Ho×Wo, N): g = dy @ W_pw to g_ptr; atomically add dW_pw and dW_dw (fp32 buffers)."""
+    n = tl.program_id(1).to(tl.int64)
+    P = HO * WO
+    bwd_act_tile(x_ptr + n * C * H * W, wdw_ptr, wpw_ptr, dy_ptr + n * C_OUT * P, g_ptr + n * C * P,
+                 gwdw_ptr, gwpw_ptr, tl.program_id(0), C, C_OUT, H, W, HO, WO, STRIDE, PAD, DIL, K,
+                 BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION)
+
+
+@triton.jit
+def bwd_dx_tile(
+    x_img, wdw_ptr, g_img, dx_img, pid_q, pid_c,
     C, H, W, HO, WO,
     STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, K: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, ROUND_BF16: tl.constexpr,
 ):
-    """Grid (pixel tiles of H×W, cdiv(C, BLOCK_C), N): dx = (x > 0) * transposed depthwise conv of g."""
-    pid_q = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    n = tl.program_id(2).to(tl.int64)
+    """Input tile ``pid_q`` × channel block ``pid_c`` of one image: dx = (x > 0) * transposed depthwise conv
+    of g (``g_img`` [C, HO, WO] fp32; ``x_img`` / ``dx_img`` [C, H, W])."""
     Q = H * W
     P = HO * WO
     ih, iw, offs_q, mask_q = _pixel_tile(pid_q, H, W, BLOCK_Q, BLOCK_W)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    g_img = g_ptr + n * C * P
 
     acc = tl.zeros((BLOCK_Q, BLOCK_C), dtype=tl.float32)
     for kh in tl.static_range(K):
@@ -191,11 +218,25 @@ def _dwpw_bwd_dx_kernel(
             wt = tl.load(wdw_ptr + offs_c * (K * K) + (kh * K + kw), mask=mask_c, other=0.0).to(tl.float32)
             acc += gv * wt[None, :]
 
-    offs = n * C * Q + offs_c[None, :] * Q + offs_q[:, None]
+    offs = offs_c[None, :] * Q + offs_q[:, None]
     mask = mask_q[:, None] & mask_c[None, :]
-    xv = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    xv = tl.load(x_img + offs, mask=mask, other=0.0).to(tl.float32)
     dx = tl.where(xv > 0, acc, 0.0)
-    tl.store(dx_ptr + offs, cast_out(dx, dx_ptr, ROUND_BF16), mask=mask)
+    tl.store(dx_img + offs, cast_out(dx, dx_img, ROUND_BF16), mask=mask)
+
+
+@triton.jit
+def _dwpw_bwd_dx_kernel(
+    x_ptr, wdw_ptr, g_ptr, dx_ptr,
+    C, H, W, HO, WO,
+    STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, K: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, ROUND_BF16: tl.constexpr,
+):
+    """Grid (pixel tiles of H×W, cdiv(C, BLOCK_C), N): dx = (x > 0) * transposed depthwise conv of g."""
+    n = tl.program_id(2).to(tl.int64)
+    img = n * C * H * W
+    bwd_dx_tile(x_ptr + img, wdw_ptr, g_ptr + n * C * HO * WO, dx_ptr + img, tl.program_id(0), tl.program_id(1),
+                C, H, W, HO, WO, STRIDE, PAD, DIL, K, BLOCK_Q, BLOCK_W, BLOCK_C, ROUND_BF16)
 
 
 # ----------------------------------------------------------------------------------------------------------
