@@ -1,0 +1,309 @@
+"""Sampled ReLU → depthwise → pointwise for a group of edges, the variant of each chosen on the device.
+
+The edges of one node of a search cell each run one sampled op; for the separable and dilated convolutions
+the expensive part is a fused ReLU + depthwise k×k + pointwise 1×1 half (:mod:`.dwpw`), and which k, padding,
+dilation and weights it uses depends on the sampled op. Here one launch evaluates that half for every edge
+of the group, each with the *variant* its device-side index selects, so no host synchronisation decides what
+runs and the sequence of launches is the same whatever was sampled (what CUDA-graph capture needs).
+
+Layout: the ``G`` edges (slots) of a group are stacked along channels, ``x`` is [N, G*C, H, W] with slot ``g``
+in channels ``g*C:(g+1)*C`` (so per-slot BatchNorm is one BatchNorm over G*C channels), and so is the output
+[N, G*C, Ho, Wo]. ``variant`` is a [G] integer tensor on the device: ``variant[g] = v`` runs variant ``v`` of
+``variants`` on slot ``g``; a negative value leaves the slot's output zero (and its input gradient zero).
+A :class:`Variant` fixes the depthwise kernel size, padding and dilation; its weights are banks
+``w_dw`` [G, C, 1, k, k] and ``w_pw`` [G, C, C, 1, 1] (slot ``g``'s weights for that variant at index ``g``,
+e.g. ``torch.stack`` of the edges' module parameters, through which autograd returns the gradients). Every
+variant must give the same output size (the DARTS ops all keep the size at stride 1 and halve it at stride 2).
+
+Contents: ``_sampled_fwd_kernel``, ``_sampled_bwd_act_kernel``, ``_sampled_bwd_dx_kernel`` (the tile functions
+of :mod:`.dwpw` behind a runtime branch on the slot's variant; up to four variants), the launchers
+``sampled_dwpw_forward`` / ``sampled_dwpw_backward``, the autograd function ``SampledDwPw``, the entry point
+``sampled_dwpw`` and the pure-PyTorch reference ``sampled_dwpw_reference`` (which reads the indices on the host).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from . import dwpw
+from .dwpw import bwd_act_tile, bwd_dx_tile, dwpw_reference, fwd_tile
+
+__all__ = ["SampledDwPw", "Variant", "sampled_dwpw", "sampled_dwpw_backward", "sampled_dwpw_forward",
+           "sampled_dwpw_reference"]
+
+MAX_VARIANTS = 4
+
+
+class Variant(NamedTuple):
+    """Depthwise kernel size, padding and dilation of one selectable half."""
+
+    kernel: int
+    padding: int
+    dilation: int
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Triton kernels: one branch per variant, each calling the dwpw tile function with that variant's constants
+# ----------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _sampled_fwd_kernel(
+    x_ptr, var_ptr, wdw0, wpw0, wdw1, wpw1, wdw2, wpw2, wdw3, wpw3, y_ptr,
+    G, C, H, W, HO, WO,
+    STRIDE: tl.constexpr,
+    K0: tl.constexpr, P0: tl.constexpr, D0: tl.constexpr, K1: tl.constexpr, P1: tl.constexpr, D1: tl.constexpr,
+    K2: tl.constexpr, P2: tl.constexpr, D2: tl.constexpr, K3: tl.constexpr, P3: tl.constexpr, D3: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ROUND_BF16: tl.constexpr,
+):
+    """Grid (pixel tiles of Ho×Wo, N, G): slot g of image n through its variant (nothing when negative)."""
+    pid_p = tl.program_id(0)
+    n = tl.program_id(1).to(tl.int64)
+    g = tl.program_id(2).to(tl.int64)
+    v = tl.load(var_ptr + g)
+    x_img = x_ptr + (n * G + g) * C * H * W
+    y_img = y_ptr + (n * G + g) * C * HO * WO
+    if v == 0:
+        fwd_tile(x_img, wdw0 + g * C * K0 * K0, wpw0 + g * C * C, y_img, pid_p, C, C, H, W, HO, WO, STRIDE, P0, D0,
+                 K0, BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION, ROUND_BF16)
+    elif v == 1:
+        fwd_tile(x_img, wdw1 + g * C * K1 * K1, wpw1 + g * C * C, y_img, pid_p, C, C, H, W, HO, WO, STRIDE, P1, D1,
+                 K1, BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION, ROUND_BF16)
+    elif v == 2:
+        fwd_tile(x_img, wdw2 + g * C * K2 * K2, wpw2 + g * C * C, y_img, pid_p, C, C, H, W, HO, WO, STRIDE, P2, D2,
+                 K2, BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION, ROUND_BF16)
+    elif v == 3:
+        fwd_tile(x_img, wdw3 + g * C * K3 * K3, wpw3 + g * C * C, y_img, pid_p, C, C, H, W, HO, WO, STRIDE, P3, D3,
+                 K3, BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION, ROUND_BF16)
+
+
+@triton.jit
+def _sampled_bwd_act_kernel(
+    x_ptr, var_ptr, wdw0, wpw0, wdw1, wpw1, wdw2, wpw2, wdw3, wpw3, dy_ptr, g_ptr,
+    gwdw0, gwpw0, gwdw1, gwpw1, gwdw2, gwpw2, gwdw3, gwpw3,
+    G, C, H, W, HO, WO,
+    STRIDE: tl.constexpr,
+    K0: tl.constexpr, P0: tl.constexpr, D0: tl.constexpr, K1: tl.constexpr, P1: tl.constexpr, D1: tl.constexpr,
+    K2: tl.constexpr, P2: tl.constexpr, D2: tl.constexpr, K3: tl.constexpr, P3: tl.constexpr, D3: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Grid (pixel tiles of Ho×Wo, N, G): backward part 1 of slot g of image n (see ``dwpw.bwd_act_tile``);
+    the weight gradients go to the slot's row of its variant's fp32 gradient banks."""
+    pid_p = tl.program_id(0)
+    n = tl.program_id(1).to(tl.int64)
+    g = tl.program_id(2).to(tl.int64)
+    v = tl.load(var_ptr + g)
+    img = (n * G + g) * C
+    x_img = x_ptr + img * H * W
+    dy_img = dy_ptr + img * HO * WO
+    g_img = g_ptr + img * HO * WO
+    if v == 0:
+        bwd_act_tile(x_img, wdw0 + g * C * K0 * K0, wpw0 + g * C * C, dy_img, g_img, gwdw0 + g * C * K0 * K0,
+                     gwpw0 + g * C * C, pid_p, C, C, H, W, HO, WO, STRIDE, P0, D0, K0,
+                     BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION)
+    elif v == 1:
+        bwd_act_tile(x_img, wdw1 + g * C * K1 * K1, wpw1 + g * C * C, dy_img, g_img, gwdw1 + g * C * K1 * K1,
+                     gwpw1 + g * C * C, pid_p, C, C, H, W, HO, WO, STRIDE, P1, D1, K1,
+                     BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION)
+    elif v == 2:
+        bwd_act_tile(x_img, wdw2 + g * C * K2 * K2, wpw2 + g * C * C, dy_img, g_img, gwdw2 + g * C * K2 * K2,
+                     gwpw2 + g * C * C, pid_p, C, C, H, W, HO, WO, STRIDE, P2, D2, K2,
+                     BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION)
+    elif v == 3:
+        bwd_act_tile(x_img, wdw3 + g * C * K3 * K3, wpw3 + g * C * C, dy_img, g_img, gwdw3 + g * C * K3 * K3,
+                     gwpw3 + g * C * C, pid_p, C, C, H, W, HO, WO, STRIDE, P3, D3, K3,
+                     BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION)
+
+
+@triton.jit
+def _sampled_bwd_dx_kernel(
+    x_ptr, var_ptr, wdw0, wdw1, wdw2, wdw3, g_ptr, dx_ptr,
+    G, C, H, W, HO, WO,
+    STRIDE: tl.constexpr,
+    K0: tl.constexpr, P0: tl.constexpr, D0: tl.constexpr, K1: tl.constexpr, P1: tl.constexpr, D1: tl.constexpr,
+    K2: tl.constexpr, P2: tl.constexpr, D2: tl.constexpr, K3: tl.constexpr, P3: tl.constexpr, D3: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, ROUND_BF16: tl.constexpr,
+):
+    """Grid (pixel tiles of H×W, cdiv(C, BLOCK_C), N*G): backward part 2 (``dwpw.bwd_dx_tile``) of one slot."""
+    pid_q = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    ng = tl.program_id(2).to(tl.int64)
+    g = ng % G
+    v = tl.load(var_ptr + g)
+    x_img = x_ptr + ng * C * H * W
+    g_img = g_ptr + ng * C * HO * WO
+    dx_img = dx_ptr + ng * C * H * W
+    if v == 0:
+        bwd_dx_tile(x_img, wdw0 + g * C * K0 * K0, g_img, dx_img, pid_q, pid_c, C, H, W, HO, WO, STRIDE, P0, D0, K0,
+                    BLOCK_Q, BLOCK_W, BLOCK_C, ROUND_BF16)
+    elif v == 1:
+        bwd_dx_tile(x_img, wdw1 + g * C * K1 * K1, g_img, dx_img, pid_q, pid_c, C, H, W, HO, WO, STRIDE, P1, D1, K1,
+                    BLOCK_Q, BLOCK_W, BLOCK_C, ROUND_BF16)
+    elif v == 2:
+        bwd_dx_tile(x_img, wdw2 + g * C * K2 * K2, g_img, dx_img, pid_q, pid_c, C, H, W, HO, WO, STRIDE, P2, D2, K2,
+                    BLOCK_Q, BLOCK_W, BLOCK_C, ROUND_BF16)
+    elif v == 3:
+        bwd_dx_tile(x_img, wdw3 + g * C * K3 * K3, g_img, dx_img, pid_q, pid_c, C, H, W, HO, WO, STRIDE, P3, D3, K3,
+                    BLOCK_Q, BLOCK_W, BLOCK_C, ROUND_BF16)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _output_size(size: int, variant: Variant, stride: int) -> int:
+    return (size + 2 * variant.padding - variant.dilation * (variant.kernel - 1) - 1) // stride + 1
+
+
+def _check(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: tuple[Variant, ...],
+           banks: tuple[torch.Tensor, ...]) -> tuple[int, int, int, int]:
+    """Validate the arguments; return (G, C, Ho, Wo)."""
+    if not x.is_cuda and not dwpw._INTERPRETED:
+        raise RuntimeError("sampled_dwpw Triton kernels got CPU tensors but TRITON_INTERPRET=1 was not set when "
+                           "sswp_fast.kernels was imported: export it before starting Python, or use CUDA tensors")
+    if not 1 <= len(variants) <= MAX_VARIANTS:
+        raise ValueError(f"need 1 to {MAX_VARIANTS} variants, got {len(variants)}")
+    if len(banks) != 2 * len(variants):
+        raise ValueError(f"need a (w_dw, w_pw) bank pair per variant: {len(variants)} variants, {len(banks)} banks")
+    if variant.dim() != 1 or variant.dtype not in (torch.int32, torch.int64) or variant.device != x.device:
+        raise ValueError(f"variant must be a 1-D int32/int64 tensor on {x.device}, got {variant.dtype} "
+                         f"{tuple(variant.shape)} on {variant.device}")
+    if x.dim() != 4:
+        raise ValueError(f"x must be [N, G*C, H, W], got shape {tuple(x.shape)}")
+    g = variant.shape[0]
+    n, gc, h, w = x.shape
+    if g == 0 or gc % g:
+        raise ValueError(f"x has {gc} channels, not a multiple of the {g} slots of variant")
+    c = gc // g
+    sizes = {(_output_size(h, v, stride), _output_size(w, v, stride)) for v in variants}
+    if len(sizes) != 1:
+        raise ValueError(f"the variants give different output sizes {sorted(sizes)}; they must agree")
+    ho, wo = sizes.pop()
+    if ho < 1 or wo < 1:
+        raise ValueError(f"empty output: input {h}x{w} at stride {stride}")
+    for v, w_dw, w_pw in zip(variants, banks[0::2], banks[1::2], strict=True):
+        if tuple(w_dw.shape) != (g, c, 1, v.kernel, v.kernel):
+            raise ValueError(f"w_dw bank must be {(g, c, 1, v.kernel, v.kernel)}, got {tuple(w_dw.shape)}")
+        if tuple(w_pw.shape) != (g, c, c, 1, 1):
+            raise ValueError(f"w_pw bank must be {(g, c, c, 1, 1)}, got {tuple(w_pw.shape)}")
+    return g, c, ho, wo
+
+
+def _constants(variants: tuple[Variant, ...]) -> dict[str, int]:
+    """K0/P0/D0 ... K3/P3/D3; unused variant slots repeat the first (never taken: their index never occurs)."""
+    padded = list(variants) + [variants[0]] * (MAX_VARIANTS - len(variants))
+    out: dict[str, int] = {}
+    for i, v in enumerate(padded):
+        out[f"K{i}"], out[f"P{i}"], out[f"D{i}"] = v.kernel, v.padding, v.dilation
+    return out
+
+
+def _padded(tensors: list[torch.Tensor], count: int) -> list[torch.Tensor]:
+    return tensors + [tensors[0]] * (count - len(tensors))
+
+
+def sampled_dwpw_forward(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: tuple[Variant, ...],
+                         *banks: torch.Tensor) -> torch.Tensor:
+    """``y[:, slot g] = conv1x1(conv_dw(relu(x[:, slot g])))`` with variant ``variant[g]``'s constants and
+    weights (zero where ``variant[g] < 0``), all slots in one launch; ``banks`` = w_dw, w_pw per variant."""
+    g, c, ho, wo = _check(x, variant, stride, variants, banks)
+    x = x.contiguous()
+    banks = tuple(b.contiguous() for b in banks)
+    n, _, h, w = x.shape
+    y = torch.zeros((n, g * c, ho, wo), device=x.device, dtype=x.dtype)
+    if n == 0:
+        return y
+    b = dwpw._block_sizes(ho, wo, h, w, c, c, stride, dwpw._INTERPRETED)
+    _sampled_fwd_kernel[(dwpw._grid_tiles(ho, wo, b.p, b.pw), n, g)](
+        x, variant, *_padded(list(banks), 2 * MAX_VARIANTS), y, g, c, h, w, ho, wo,
+        STRIDE=stride, **_constants(variants),
+        BLOCK_P=b.p, BLOCK_W=b.pw, BLOCK_C=b.c, BLOCK_CO=b.co, DOT_PRECISION=dwpw._dot_precision(x.dtype),
+        ROUND_BF16=x.dtype == torch.bfloat16, num_warps=b.num_warps,
+    )
+    return y
+
+
+def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor, stride: int,
+                          variants: tuple[Variant, ...], *banks: torch.Tensor
+                          ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``(dx, bank gradients)`` of :func:`sampled_dwpw_forward`, recomputing the activations from ``x``.
+
+    Two launches (the weight gradients reduced with fp32 atomics, as in :func:`.dwpw.dwpw_backward`). A bank's
+    gradient is zero in the rows of the slots that did not run its variant; ``dx`` is zero for slots that ran
+    none. Gradients have the banks' dtypes."""
+    g, c, ho, wo = _check(x, variant, stride, variants, banks)
+    x = x.contiguous()
+    banks = tuple(b.contiguous() for b in banks)
+    n, _, h, w = x.shape
+    if dy.shape != (n, g * c, ho, wo):
+        raise ValueError(f"dy must be {(n, g * c, ho, wo)}, got shape {tuple(dy.shape)}")
+    dy = dy.contiguous()
+    dx = torch.zeros_like(x)
+    grads = [torch.zeros(bank.shape, device=x.device, dtype=torch.float32) for bank in banks]
+    if n > 0:
+        b = dwpw._block_sizes(ho, wo, h, w, c, c, stride, dwpw._INTERPRETED)
+        constants = _constants(variants)
+        tmp = torch.empty((n, g * c, ho, wo), device=x.device, dtype=torch.float32)
+        _sampled_bwd_act_kernel[(dwpw._grid_tiles(ho, wo, b.p, b.pw), n, g)](
+            x, variant, *_padded(list(banks), 2 * MAX_VARIANTS), dy, tmp, *_padded(grads, 2 * MAX_VARIANTS),
+            g, c, h, w, ho, wo, STRIDE=stride, **constants,
+            BLOCK_P=b.p, BLOCK_W=b.pw, BLOCK_C=b.c, BLOCK_CO=b.co, DOT_PRECISION=dwpw._dot_precision(x.dtype),
+            num_warps=b.num_warps,
+        )
+        _sampled_bwd_dx_kernel[(dwpw._grid_tiles(h, w, b.q, b.qw), triton.cdiv(c, b.c), n * g)](
+            x, variant, *_padded(list(banks[0::2]), MAX_VARIANTS), tmp, dx, g, c, h, w, ho, wo,
+            STRIDE=stride, **constants, BLOCK_Q=b.q, BLOCK_W=b.qw, BLOCK_C=b.c,
+            ROUND_BF16=x.dtype == torch.bfloat16, num_warps=b.num_warps,
+        )
+    return dx, [grad.to(bank.dtype) for grad, bank in zip(grads, banks, strict=True)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Autograd and reference
+# ----------------------------------------------------------------------------------------------------------
+
+
+class SampledDwPw(torch.autograd.Function):
+    """``apply(x, variant, stride, variants, *banks)``; saves ``x``, ``variant`` and the banks only (the
+    backward recomputes the depthwise activations)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, variant: torch.Tensor, stride: int, variants: tuple[Variant, ...],
+                *banks: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, variant, *banks)
+        ctx.conv = (stride, variants)
+        return sampled_dwpw_forward(x, variant, stride, variants, *banks)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, variant, *banks = ctx.saved_tensors
+        dx, grads = sampled_dwpw_backward(dy, x, variant, *ctx.conv, *banks)
+        need = ctx.needs_input_grad
+        return (dx if need[0] else None, None, None, None,
+                *(grad if need[4 + i] else None for i, grad in enumerate(grads)))
+
+
+def sampled_dwpw(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: tuple[Variant, ...],
+                 *banks: torch.Tensor) -> torch.Tensor:
+    """Differentiable :func:`sampled_dwpw_forward` (see :class:`SampledDwPw`)."""
+    return SampledDwPw.apply(x, variant, stride, tuple(Variant(*v) for v in variants), *banks)
+
+
+def sampled_dwpw_reference(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: tuple[Variant, ...],
+                           *banks: torch.Tensor) -> torch.Tensor:
+    """Pure-PyTorch reference: each slot through :func:`.dwpw.dwpw_reference` with its variant, read on the host."""
+    chosen = variant.tolist()
+    slots = x.chunk(len(chosen), dim=1)
+    outs = []
+    for g, (v, xs) in enumerate(zip(chosen, slots, strict=True)):
+        _, pad, dil = variants[max(v, 0)]
+        y = dwpw_reference(xs, banks[2 * max(v, 0)][g], banks[2 * max(v, 0) + 1][g], stride, pad, dil)
+        outs.append(y if v >= 0 else torch.zeros_like(y))
+    return torch.cat(outs, dim=1)

@@ -1,0 +1,151 @@
+"""The slotted, device-dispatched ReLU → depthwise → pointwise kernels (``sswp_fast.kernels.sampled_dwpw``).
+
+One launch runs every slot of a group through the variant its device-side index selects; compared, slot by
+slot, with the plain PyTorch reference at fp64 (output, input gradient and every bank's gradient, zero rows
+for the variants a slot did not run). Interpreter on CPU (tests/conftest.py), so shapes are small.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sswp_fast.kernels.sampled_dwpw import Variant, sampled_dwpw, sampled_dwpw_reference
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+FIRST_HALVES = (Variant(3, 1, 1), Variant(5, 2, 1), Variant(3, 2, 2), Variant(5, 4, 2))  # sep3 sep5 dil3 dil5
+SECOND_HALVES = (Variant(3, 1, 1), Variant(5, 2, 1))  # the stride-1 halves of sep3 and sep5
+
+
+def make(variants, slots: int, c: int, h: int, w: int, dtype=torch.float32, n: int = 2):
+    x = torch.randn(n, slots * c, h, w, device=DEVICE, dtype=dtype)
+    banks = []
+    for v in variants:
+        banks += [torch.randn(slots, c, 1, v.kernel, v.kernel, device=DEVICE, dtype=dtype) / v.kernel,
+                  torch.randn(slots, c, c, 1, 1, device=DEVICE, dtype=dtype) / c**0.5]
+    return x, banks
+
+
+def run(fn, x, chosen, stride, variants, banks, dy, dtype=None):
+    leaves = [t.detach().to(dtype or t.dtype).requires_grad_() for t in (x, *banks)]
+    y = fn(leaves[0], chosen, stride, variants, *leaves[1:])
+    grads = torch.autograd.grad(y, leaves, dy.to(y.dtype), allow_unused=True, materialize_grads=True)
+    return y, grads
+
+
+@pytest.mark.parametrize("stride,h,w", [(1, 7, 7), (2, 8, 8), (2, 7, 6)])
+@pytest.mark.parametrize("variants,chosen", [
+    pytest.param(FIRST_HALVES, [2, -1, 0, 3, 1], id="first-halves"),
+    pytest.param(SECOND_HALVES, [1, -1, 0], id="second-halves"),
+])
+def test_every_slot_runs_its_variant(variants, chosen, stride, h, w):
+    c = 5  # not a power of two
+    chosen = torch.tensor(chosen, device=DEVICE)
+    x, banks = make(variants, len(chosen), c, h, w)
+    dy = torch.randn_like(sampled_dwpw_reference(x, chosen, stride, variants, *banks))
+    y, grads = run(sampled_dwpw, x, chosen, stride, variants, banks, dy)
+    y_ref, grads_ref = run(sampled_dwpw_reference, x, chosen, stride, variants, banks, dy.double(), torch.float64)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4)
+    for i, (a, b) in enumerate(zip(grads, grads_ref, strict=True)):
+        assert a.shape == b.shape, i
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4, msg=f"gradient {i}")
+    slots_off = (chosen < 0).nonzero().flatten().tolist()
+    assert all(y.view(2, len(chosen), c, *y.shape[2:])[:, g].abs().max() == 0 for g in slots_off)
+    for v, (g_dw, g_pw) in enumerate(zip(grads[1::2], grads[2::2], strict=True)):
+        unused = (chosen != v).nonzero().flatten()
+        assert g_dw[unused].abs().max() == 0 and g_pw[unused].abs().max() == 0, f"variant {v} rows of other slots"
+
+
+def test_one_compiled_kernel_serves_every_assignment():
+    """The launch does not depend on the indices: the same inputs with the indices permuted give the permuted
+    slots (what replaying one captured graph with new indices relies on)."""
+    c, variants = 4, FIRST_HALVES
+    x, banks = make(variants, 4, c, 6, 6)
+    a = torch.tensor([0, 1, 2, 3], device=DEVICE)
+    b = torch.tensor([3, 2, 1, 0], device=DEVICE)
+    for chosen in (a, b):
+        torch.testing.assert_close(sampled_dwpw(x, chosen, 1, variants, *banks),
+                                   sampled_dwpw_reference(x, chosen, 1, variants, *banks), rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_error_is_no_worse_than_twice_pytorchs():
+    c, stride, variants = 6, 1, FIRST_HALVES
+    chosen = torch.tensor([3, 0, 2], device=DEVICE)
+    x, banks = make(variants, 3, c, 6, 6)
+    truth = sampled_dwpw_reference(x.double(), chosen, stride, variants, *(b.double() for b in banks))
+    ours = sampled_dwpw(x.bfloat16(), chosen, stride, variants, *(b.bfloat16() for b in banks))
+    theirs = sampled_dwpw_reference(x.bfloat16(), chosen, stride, variants, *(b.bfloat16() for b in banks))
+    assert ours.dtype == torch.bfloat16
+    assert (ours.double() - truth).abs().max() <= 2 * (theirs.double() - truth).abs().max()
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda a: {**a, "variants": FIRST_HALVES + FIRST_HALVES[:1]}, "1 to 4 variants"),
+    (lambda a: {**a, "banks": a["banks"][:-1]}, "bank pair per variant"),
+    (lambda a: {**a, "chosen": a["chosen"].float()}, "int32/int64"),
+    (lambda a: {**a, "x": a["x"][:, :-1]}, "not a multiple"),
+    (lambda a: {**a, "variants": (Variant(3, 1, 1), Variant(3, 0, 1))}, "different output sizes"),
+    (lambda a: {**a, "banks": [a["banks"][0][:, :, :, :2, :2], *a["banks"][1:]]}, "w_dw bank must be"),
+])
+def test_bad_arguments_are_named(change, message):
+    x, banks = make(SECOND_HALVES, 2, 4, 6, 6)
+    args = change({"x": x, "chosen": torch.tensor([0, 1], device=DEVICE), "variants": SECOND_HALVES,
+                   "banks": banks})
+    with pytest.raises(ValueError, match=message):
+        sampled_dwpw(args["x"], args["chosen"], 1, args["variants"], *args["banks"])
+
+
+_COMPILE_SCRIPT = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from sswp_fast.kernels import dwpw, sampled_dwpw as sd
+assert not dwpw._INTERPRETED
+variants = (sd.Variant(3, 1, 1), sd.Variant(5, 2, 1), sd.Variant(3, 2, 2), sd.Variant(5, 4, 2))
+count = 0
+c, size, stride = 144, 16, 2  # the widest CIFAR search shape (most registers): the last reduction, C = 144
+out = (size - 1) // stride + 1
+b = dwpw._block_sizes(out, out, size, size, c, c, stride, False)
+common = {"STRIDE": stride, **sd._constants(variants), "BLOCK_C": b.c}
+for dtype, precision, cap in (("fp32", "ieee", 80), ("bf16", "tf32", 90)):
+    tile = {**common, "BLOCK_P": b.p, "BLOCK_W": b.pw, "BLOCK_CO": b.co, "DOT_PRECISION": precision}
+    cases = [
+        (sd._sampled_fwd_kernel, {**tile, "ROUND_BF16": dtype == "bf16"}),
+        (sd._sampled_bwd_act_kernel, tile),
+        (sd._sampled_bwd_dx_kernel, {**common, "BLOCK_Q": b.q, "BLOCK_W": b.qw, "ROUND_BF16": dtype == "bf16"}),
+    ]
+    for fn, constexprs in cases:
+        sig = {}
+        for a in fn.arg_names:
+            if a in constexprs:
+                sig[a] = "constexpr"
+            elif a == "var_ptr":
+                sig[a] = "*i64"
+            elif a == "g_ptr" or a.startswith("gw"):
+                sig[a] = "*fp32"
+            elif a.endswith("_ptr") or a.startswith("w"):
+                sig[a] = f"*{dtype}"
+            else:
+                sig[a] = "i32"
+        compiled = triton.compile(ASTSource(fn, sig, constexprs=constexprs), target=GPUTarget("cuda", cap, 32))
+        assert "cubin" in compiled.asm
+        count += 1
+print(count, "ok")
+"""
+
+
+@pytest.mark.slow
+def test_sampled_kernels_compile_for_sm80_sm90(tmp_path):
+    """Compile-only check (no GPU needed): the three branchy kernels with all four variants at the widest CIFAR
+    search shape, fp32 to an sm_80 and bf16 to an sm_90 cubin, without TRITON_INTERPRET (about a minute each:
+    every branch unrolls its taps)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("6 ok"), proc.stderr[-3000:]
