@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +27,14 @@ from torch import nn
 from .arch_update import ArchAdam, ArchAdamConfig, alpha_grad_full, alpha_grad_two, rescale_pair
 from .backend import resolve_kernels
 from .config import SearchConfig
+from .errors import ConfigError
 from .losses import byol_loss, info_nce_with_topk, topk_accuracy
 from .ops import NUM_CANDIDATES, use_kernels
-from .sampling import sample_paths
-from .supernet import EDGES_PER_CELL, ExecutionPlan, SearchNetwork
+from .sampling import one_hot, sample_paths
+from .supernet import EDGES_PER_CELL, DevicePlan, ExecutionPlan, SearchNetwork
+
+if TYPE_CHECKING:
+    from .dispatch import MaskedWeightUpdate
 
 
 @dataclass
@@ -93,6 +98,11 @@ class SearchEngine:
         self.net.to(memory_format=self.memory_format)
         self.kernels = resolve_kernels(config.kernels, self.device)
         use_kernels(self.net, self.kernels)
+        self.dispatch = self.kernels == "triton"
+        """Device-side dispatch (:mod:`sswp_fast.dispatch`): the sampled path is never read on the host."""
+        if self.dispatch and config.weight_optm != "sgd":
+            raise ConfigError(f"--kernels triton supports --weight_optm sgd only, got {config.weight_optm}; "
+                              "use --kernels torch for adam")
         weights = self.net.weight_parameters()
         self.byol: BYOLHeads | None = None
         if config.data_mode == "byol":
@@ -101,11 +111,16 @@ class SearchEngine:
             self.target_net = copy.deepcopy(self.net).requires_grad_(False)
             self.target_projector = copy.deepcopy(self.byol.projector).requires_grad_(False)
         self.weight_params = weights
+        self.masked_update: MaskedWeightUpdate | None = None
         if config.weight_optm == "sgd":
             self.weight_optimizer: torch.optim.Optimizer = torch.optim.SGD(
                 weights, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
         else:
             self.weight_optimizer = torch.optim.Adam(weights, lr=config.lr, weight_decay=config.weight_decay)
+        if self.dispatch:
+            from .dispatch import MaskedWeightUpdate
+
+            self.masked_update = MaskedWeightUpdate(self.net, self.weight_optimizer)
         self.arch_optimizer = ArchAdam(config.layers * EDGES_PER_CELL, self.device, ArchAdamConfig(
             lr=config.arch_lr, beta1=config.arch_adam_beta1, beta2=config.arch_adam_beta2,
             weight_decay=config.arch_weight_decay))
@@ -129,7 +144,7 @@ class SearchEngine:
         for c in cells:
             self.net.arch_frozen[c] = True
             self._frozen_host[c] = True
-            self.net.arch_gates[c] = F.one_hot(self.net.arch_alpha[c].argmax(-1), NUM_CANDIDATES).float()
+            self.net.arch_gates[c] = one_hot(self.net.arch_alpha[c].argmax(-1))
             if self.gate_grad_sum is not None:
                 self.gate_grad_sum[c] = 0
 
@@ -145,24 +160,34 @@ class SearchEngine:
                                         pool_drop_prob=pool_drop_prob, warmup=warmup, generator=self.generator)
         frozen = self.frozen[:, None]
         active = torch.where(frozen, alpha.argmax(-1), active)
-        self.net.arch_gates.copy_(F.one_hot(active, NUM_CANDIDATES).float())
+        self.net.arch_gates.copy_(one_hot(active))
         return active, inactive
 
     def _plan(self, active: torch.Tensor, inactive: torch.Tensor | None, probe: bool,
-              arch: bool = False) -> ExecutionPlan:
-        """Host-side plan: one transfer of the path; probing plans list the extra ops of non-frozen cells.
-        Arch plans also skip autograd below the lowest probed cell (no gate and no weight is trained there)."""
+              arch: bool = False) -> ExecutionPlan | DevicePlan:
+        """The plan of the path: probing plans list the extra ops of non-frozen cells. Arch plans also skip
+        autograd below the lowest probed cell (no gate and no weight is trained there). Under device-side
+        dispatch the path stays on the device; otherwise it is transferred to the host once."""
+        probed = [not f for f in self._frozen_host]
+        first = probed.index(True) if arch and any(probed) else 0
+        if self.dispatch:
+            if not probe:
+                return DevicePlan(active)
+            if self.two:
+                others = inactive[..., None]
+            else:  # the six other ops of every edge
+                others = (active[..., None] + torch.arange(1, NUM_CANDIDATES, device=active.device)) % NUM_CANDIDATES
+            gates = one_hot(active).requires_grad_(True)
+            return DevicePlan(active, probed, others, gates, no_grad_cells=first)
         active_list = active.tolist()
         if not probe:
             return ExecutionPlan(active_list)
-        probed = [not f for f in self._frozen_host]
         if self.two:
             inactive_list = inactive.tolist()
             others = [[[b] for b in row] for row in inactive_list]
         else:
             others = [[[k for k in range(NUM_CANDIDATES) if k != a] for a in row] for row in active_list]
-        gates = F.one_hot(active, NUM_CANDIDATES).float().requires_grad_(True)
-        first = probed.index(True) if arch and any(probed) else 0
+        gates = one_hot(active).requires_grad_(True)
         return ExecutionPlan(active_list, probed, others, gates, no_grad_cells=first)
 
     # ---- objectives ------------------------------------------------------------------------------------
@@ -171,7 +196,7 @@ class SearchEngine:
         """The views stacked along the batch, in the engine's memory format."""
         return torch.cat(views, dim=0).contiguous(memory_format=self.memory_format)
 
-    def _loss(self, batch: Batch, plan: ExecutionPlan) -> StepResult:
+    def _loss(self, batch: Batch, plan: ExecutionPlan | DevicePlan) -> StepResult:
         mode = self.config.data_mode
         if mode == "SimCLR":
             x = self._input(batch.views)
@@ -184,13 +209,13 @@ class SearchEngine:
             return StepResult(loss, top1, top5, logits.shape[0])
         return self._byol_loss(batch, plan)
 
-    def _byol_loss(self, batch: Batch, plan: ExecutionPlan) -> StepResult:
+    def _byol_loss(self, batch: Batch, plan: ExecutionPlan | DevicePlan) -> StepResult:
         assert self.byol is not None
         v1, _ = batch.views
         x = self._input(batch.views)
         online = self.byol.predictor(self.byol.projector(self.net.features(x, plan)))
         with torch.no_grad():
-            target_plan = ExecutionPlan(plan.active)
+            target_plan = type(plan)(plan.active)
             target = self.target_projector(self.target_net.features(x, target_plan))
         p1, p2 = online.chunk(2)
         z1, z2 = target.chunk(2)
@@ -230,7 +255,10 @@ class SearchEngine:
         self.weight_optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         nn.utils.clip_grad_norm_(self.weight_params, self.config.grad_clip)
-        self.weight_optimizer.step()
+        if self.masked_update is not None:
+            self.masked_update.step(active)
+        else:
+            self.weight_optimizer.step()
         if plan.gates is not None and self.gate_grad_sum is not None:
             self._accumulate(plan.gates.grad)
         if self.byol is not None:
@@ -277,7 +305,8 @@ class SearchEngine:
     def eval_step(self, batch: Batch) -> StepResult:
         """Evaluate the argmax architecture (eval-mode BN) on a batch."""
         self.net.eval()
-        plan = ExecutionPlan(self.net.arch_alpha.argmax(-1).tolist())
+        argmax = self.net.arch_alpha.argmax(-1)
+        plan = DevicePlan(argmax) if self.dispatch else ExecutionPlan(argmax.tolist())
         if self.config.data_mode == "byol":
             self.byol.eval()
             self.target_net.eval()

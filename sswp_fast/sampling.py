@@ -30,6 +30,12 @@ def _uniform(shape: torch.Size, like: torch.Tensor, generator: torch.Generator |
     return torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
 
 
+def one_hot(index: torch.Tensor, classes: int = NUM_CANDIDATES) -> torch.Tensor:
+    """``float`` one-hot of ``index`` along a new last dimension. Unlike ``F.one_hot``, which checks the range of
+    its input on the host for CPU tensors, this never reads ``index``: paths stay on the device."""
+    return (index[..., None] == torch.arange(classes, device=index.device)).float()
+
+
 def sample_paths(alpha: torch.Tensor, *, mode: str = "two", skip_drop_prob: float = 0.0,
                  pool_drop_prob: float = 0.0, warmup: bool = False,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -10,7 +10,9 @@ Which op each edge runs is decided by an :class:`ExecutionPlan` (built from the 
 host transfer per step). A plain plan runs exactly one op per edge. A *probing* plan additionally measures
 the gate gradient ``G_k = <op_k(x), dL/d edge_out>`` of the sampled ops of the non-frozen cells (spec §5.5):
 the edge output is ``Σ_k g_k·y_k`` with a one-hot leaf tensor ``g``, the active op differentiable and the
-others evaluated without autograd, so ``grad(g)`` is ``G`` and every value equals the reference's.
+others evaluated without autograd, so ``grad(g)`` is ``G`` and every value equals the reference's. A
+:class:`DevicePlan` holds the same path as device tensors for the device-side dispatch executor
+(:mod:`sswp_fast.dispatch`, used with the Triton kernels), which never reads it on the host.
 """
 
 from __future__ import annotations
@@ -46,6 +48,22 @@ class ExecutionPlan:
     active: list[list[int]]
     probed: list[bool] | None = None
     others: list[list[list[int]]] | None = None
+    gates: torch.Tensor | None = None
+    no_grad_cells: int = 0
+
+
+@dataclass
+class DevicePlan:
+    """Which op every edge runs, as device tensors: the plan of the device-side dispatch executor
+    (:mod:`sswp_fast.dispatch`), which never reads it on the host.
+
+    ``active`` ``[cells, 14]``: the op of every edge. For probing plans ``others`` ``[cells, 14, P]`` lists the
+    further ops evaluated (without autograd) on the probed cells' edges; ``probed``, ``gates`` and
+    ``no_grad_cells`` are as in :class:`ExecutionPlan`."""
+
+    active: torch.Tensor
+    probed: list[bool] | None = None
+    others: torch.Tensor | None = None
     gates: torch.Tensor | None = None
     no_grad_cells: int = 0
 
@@ -177,21 +195,26 @@ class SearchNetwork(nn.Module):
         s = self.stem(x)
         return s, s
 
-    def features(self, x: torch.Tensor, plan: ExecutionPlan) -> torch.Tensor:
+    def features(self, x: torch.Tensor, plan: ExecutionPlan | DevicePlan) -> torch.Tensor:
         """Pooled ``[B, feature_dim]`` features of ``x`` along ``plan``."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and plan.no_grad_cells == 0):
             s0, s1 = self.stem_forward(x)
         for idx, cell in enumerate(self.cells):
             probe = plan.gates is not None and plan.probed is not None and plan.probed[idx]
             with torch.set_grad_enabled(torch.is_grad_enabled() and idx >= plan.no_grad_cells):
-                if probe:
+                if isinstance(plan, DevicePlan):
+                    from .dispatch import run_cell
+
+                    out = run_cell(cell, NODE_EDGES, s0, s1, plan.active[idx], plan.others[idx] if probe else None,
+                                   plan.gates[idx] if probe else None)
+                elif probe:
                     out = cell(s0, s1, plan.active[idx], plan.others[idx], plan.gates[idx])
                 else:
                     out = cell(s0, s1, plan.active[idx])
             s0, s1 = s1, out
         return self.globalpooling(s1).flatten(1)
 
-    def forward(self, x: torch.Tensor, plan: ExecutionPlan) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, plan: ExecutionPlan | DevicePlan) -> torch.Tensor:
         return self.classifier(self.features(x, plan))
 
 
