@@ -12,6 +12,10 @@ closed-form alpha gradients → Adam (β1 = 0) → pair rescale. Nothing is comp
 no inactive op in weight steps, no weight gradients in arch steps, no autograd below the lowest non-frozen
 cell. ``reference_quirks=True`` instead accumulates gate gradients over every pass since the start, as the
 reference does (§16.1), which needs the inactive op in weight steps too.
+
+With the Triton kernels (``kernels="triton"``) the sampled path never leaves the device: the steps run through
+the device-side dispatch executor (:mod:`sswp_fast.dispatch`) and the same results come from the same launches
+whatever was sampled; otherwise the path is read on the host once per step and only the sampled modules run.
 """
 
 from __future__ import annotations
