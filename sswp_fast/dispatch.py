@@ -16,6 +16,9 @@ are stacked along channels, ``[N, G*C, H, W]``, and evaluated together:
 3. the second half of ``sep_conv_*`` (one launch, the other slots idle) and its BatchNorm;
 4. the node is the sum of its slots (weighted by the one-hot gates when gate gradients are measured).
 
+Under autograd a group keeps only its stacked input: the backward pass evaluates it again and differentiates
+that (recompute), so no slot's intermediate activation, and no pool of a slot that did not pool, is stored.
+
 Every candidate's parameters are stacked into per-op banks each call, so autograd gives every parameter a
 gradient, zero for the ops that did not run; :class:`MaskedWeightUpdate` makes the optimizer step leave those
 untouched, exactly as the PyTorch executor (where they have no gradient at all) does.
@@ -63,7 +66,8 @@ class _SlotBatchNorm:
             return tensor
         return torch.stack([torch.stack([value(bn) for bn in row]) for row in self.rows])
 
-    def __call__(self, x: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, ops: torch.Tensor, update: bool = True) -> torch.Tensor:
+        """BN of ``x`` [N, G*C, H, W]; in training mode ``update`` writes the running statistics back."""
         slots = torch.arange(ops.shape[0], device=ops.device)
         running_mean = self._stack(lambda bn: bn.running_mean, 0.0)
         running_var = self._stack(lambda bn: bn.running_var, 1.0)
@@ -74,7 +78,7 @@ class _SlotBatchNorm:
             weight = self._stack(lambda bn: bn.weight, 1.0)[ops, slots].reshape(-1)
             bias = self._stack(lambda bn: bn.bias, 0.0)[ops, slots].reshape(-1)
         out = batch_norm(x, mean, var, weight, bias, self.training, self.momentum, self.eps)
-        if self.training:
+        if self.training and update:
             self._write_back(running_mean, running_var, mean, var, ops, slots)
         return out
 
@@ -121,9 +125,20 @@ class _SlotGroup:
             banks += [torch.stack([dw.weight for dw, _, _ in halves]), torch.stack([pw.weight for _, pw, _ in halves])]
         return banks
 
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for ops in self.ops for p in ops.parameters()]
+
     def __call__(self, x: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
         """``[N, G, C, Ho, Wo]``: slot ``g`` is op ``ops[g]`` of edge ``start + g`` on slot ``g`` of ``x``
-        ``[N, G*C, H, W]``."""
+        ``[N, G*C, H, W]``. Under autograd only ``x`` is kept for the backward pass, which recomputes the rest
+        (:class:`_Recomputed`)."""
+        params = self.parameters()
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+            return _Recomputed.apply(self, x, ops, *params)
+        return self.evaluate(x, ops)
+
+    def evaluate(self, x: torch.Tensor, ops: torch.Tensor, update: bool = True) -> torch.Tensor:
+        """:meth:`__call__` as plain autograd operations; ``update=False`` leaves the BN running statistics."""
         n, c, g = x.shape[0], self.channels, len(self.ops)
         slot = ops.view(1, g, 1, 1, 1)
         first = PARAMETRIC_INDICES[0]
@@ -145,7 +160,7 @@ class _SlotGroup:
             bn_rows[op] = [_bn_of(ops[op]) for ops in self.ops]
         for op in PARAMETRIC_INDICES:
             bn_rows[op] = [bn for _, _, bn in self._halves(op, 0)]
-        out = slots(_SlotBatchNorm(bn_rows, c, x)(pre.reshape(n, g * c, ho, wo), ops))
+        out = slots(_SlotBatchNorm(bn_rows, c, x)(pre.reshape(n, g * c, ho, wo), ops, update))
         if self.stride == 1:
             out = torch.where(slot == SKIP_INDEX, slots(x), out)
 
@@ -155,7 +170,7 @@ class _SlotGroup:
         bn2_rows = [[None] * g for _ in range(NUM_CANDIDATES)]
         for op in SEP_INDICES:
             bn2_rows[op] = [bn for _, _, bn in self._halves(op, 1)]
-        out2 = slots(_SlotBatchNorm(bn2_rows, c, x)(conv2, ops))
+        out2 = slots(_SlotBatchNorm(bn2_rows, c, x)(conv2, ops, update))
         return torch.where((slot == SEP_INDICES[0]) | (slot == SEP_INDICES[1]), out2, out)
 
     def _factorized_reduce(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,6 +181,31 @@ class _SlotGroup:
         odd = F.conv2d(x[:, :, 1::2, 1::2], torch.cat([ops[SKIP_INDEX].conv_2.weight for ops in self.ops]), groups=g)
         n, _, h, w = even.shape
         return torch.stack([even.view(n, g, half, h, w), odd.view(n, g, half, h, w)], dim=2).view(n, g * 2 * half, h, w)
+
+
+class _Recomputed(torch.autograd.Function):
+    """A slot group that saves only its input for backward: the backward pass evaluates the group again (the
+    same batch statistics, no second running-statistics update) and differentiates that. Every activation
+    between the stacked input and the group's output is rebuilt rather than stored."""
+
+    @staticmethod
+    def forward(ctx, group: _SlotGroup, x: torch.Tensor, ops: torch.Tensor, *params: nn.Parameter) -> torch.Tensor:
+        ctx.group = group
+        ctx.save_for_backward(x, ops)
+        with torch.no_grad():
+            return group.evaluate(x, ops)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, ops = ctx.saved_tensors
+        params = ctx.group.parameters()
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(ctx.needs_input_grad[1])
+            y = ctx.group.evaluate(leaf, ops, update=False)
+            inputs = [leaf, *params] if ctx.needs_input_grad[1] else params
+            grads = torch.autograd.grad(y, inputs, dy, allow_unused=True, materialize_grads=True)
+        dx = grads[0] if ctx.needs_input_grad[1] else None
+        return (None, dx, None, *grads[-len(params):])
 
 
 def _groups(cell: nn.Module, node_edges: Sequence[Sequence[int]], channels: int) -> list[list[tuple[_SlotGroup, int]]]:

@@ -16,7 +16,7 @@ import torch
 from conftest import tiny_config
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from sswp_fast.dispatch import MaskedWeightUpdate, run_cell
+from sswp_fast.dispatch import MaskedWeightUpdate, _groups, run_cell
 from sswp_fast.engine import SearchEngine
 from sswp_fast.errors import ConfigError
 from sswp_fast.supernet import NODE_EDGES, DevicePlan, SearchNetwork
@@ -187,3 +187,18 @@ def test_masked_update_leaves_the_ops_that_did_not_run_untouched():
             else:
                 assert torch.equal(p, before[id(p)])
                 assert opt.state[p]["momentum_buffer"].abs().max() == 0
+
+
+def test_a_slot_group_keeps_only_its_input_for_backward():
+    """Recompute: of a whole node (five slots, every op), autograd stores the stacked input and the op indices;
+    the intermediates are rebuilt in the backward pass (exactness: the tests above)."""
+    cell, _, _ = cell_and_inputs(False, False)
+    group, _ = _groups(cell, NODE_EDGES, 4)[3][0]
+    x = torch.randn(2, 5 * 4, 6, 6, requires_grad=True)
+    ops = torch.tensor([0, 1, 3, 5, 6])
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = group(x, ops)
+    assert sorted(t.data_ptr() for t in saved) == sorted((x.data_ptr(), ops.data_ptr()))
+    (dx,) = torch.autograd.grad(y.sum(), [x])
+    assert dx.abs().sum() > 0
