@@ -33,7 +33,7 @@ from .backend import resolve_kernels
 from .config import SearchConfig
 from .errors import ConfigError
 from .losses import byol_loss, info_nce_with_topk, topk_accuracy
-from .ops import NUM_CANDIDATES, use_kernels
+from .ops import NUM_CANDIDATES
 from .sampling import one_hot, sample_paths
 from .supernet import EDGES_PER_CELL, DevicePlan, ExecutionPlan, SearchNetwork
 
@@ -101,7 +101,6 @@ class SearchEngine:
         self.memory_format = pick_memory_format(config.memory_format, self.device)
         self.net.to(memory_format=self.memory_format)
         self.kernels = resolve_kernels(config.kernels, self.device)
-        use_kernels(self.net, self.kernels)
         self.dispatch = self.kernels == "triton"
         """Device-side dispatch (:mod:`sswp_fast.dispatch`): the sampled path is never read on the host."""
         if self.dispatch and config.weight_optm != "sgd":
