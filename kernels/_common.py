@@ -1,8 +1,9 @@
-"""Triton helpers shared by the kernel modules: the fp32 → output-dtype cast, with bf16 rounded to nearest even
-where the interpreter would truncate."""
+"""What the kernel modules share: the fp32 → output-dtype cast (bf16 rounded to nearest even where the
+interpreter would truncate), whether the kernels are interpreted, and the device check of their launchers."""
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -18,3 +19,15 @@ def cast_out(y, ptr, ROUND_BF16: tl.constexpr):
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
         y = tl.where(y == y, bits.to(tl.float32, bitcast=True), y)
     return y.to(ptr.dtype.element_ty)
+
+
+INTERPRETED = type(cast_out).__name__ == "InterpretedFunction"
+"""Whether the kernels were decorated under ``TRITON_INTERPRET=1`` (decided once, when the package loaded)."""
+
+
+def check_device(*tensors: torch.Tensor | None) -> None:
+    """One-line error for CPU tensors when the kernels were compiled for a GPU rather than interpreted."""
+    for t in tensors:
+        if t is not None and not t.is_cuda and not INTERPRETED:
+            raise RuntimeError("sswp_fast Triton kernels got CPU tensors but TRITON_INTERPRET=1 was not set when "
+                               "sswp_fast.kernels was imported: export it before starting Python, or use CUDA tensors")

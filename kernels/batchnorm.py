@@ -55,7 +55,8 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from ._common import cast_out
+from . import _common
+from ._common import cast_out, check_device
 
 __all__ = [
     "BatchNormFn",
@@ -248,16 +249,6 @@ def _bn_bwd_dx_kernel(
 # Launch planning and checks
 # ----------------------------------------------------------------------------------------------------------
 
-_INTERPRETED = type(_bn_apply_kernel).__name__ == "InterpretedFunction"
-"""Whether the kernels were decorated under ``TRITON_INTERPRET=1`` (decided once, when this module loaded)."""
-
-_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_MAX_SPLITS = 1024  # chunks per channel; the finalize kernel holds all of a channel's chunks in one tile
-_FINALIZE_TILE = 4096  # elements of the finalize kernel's [BLOCK_C, BLOCK_S] tile
-_INTERP_MAX_BLOCK = 4096  # interpreter plan (the tests shrink both to exercise multi-chunk, multi-block paths)
-_INTERP_PROGRAMS = 32
-
-
 @functools.cache
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
@@ -279,14 +270,11 @@ def _plan(m: int, c: int, device: torch.device) -> tuple[int, int, int, int]:
     return block, iters, splits, num_warps
 
 
-def _check_device(*tensors: torch.Tensor | None) -> None:
-    for t in tensors:
-        if t is not None and not t.is_cuda and not _INTERPRETED:
-            raise RuntimeError(
-                "batchnorm Triton kernels got CPU tensors but TRITON_INTERPRET=1 was not set when "
-                "sswp_fast.kernels.batchnorm was imported: set TRITON_INTERPRET=1 before importing it, "
-                "or use CUDA tensors"
-            )
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_MAX_SPLITS = 1024  # chunks per channel; the finalize kernel holds all of a channel's chunks in one tile
+_FINALIZE_TILE = 4096  # elements of the finalize kernel's [BLOCK_C, BLOCK_S] tile
+_INTERP_MAX_BLOCK = 4096  # interpreter plan (the tests shrink both to exercise multi-chunk, multi-block paths)
+_INTERP_PROGRAMS = 32
 
 
 def _shape(x: torch.Tensor) -> tuple[int, int, int]:
@@ -303,7 +291,7 @@ def _shape(x: torch.Tensor) -> tuple[int, int, int]:
 
 def _rtne_bf16(*outputs: torch.Tensor) -> bool:
     """Whether the kernels must round bf16 outputs themselves (only under the interpreter, see ``_cast_out``)."""
-    return _INTERPRETED and any(t.dtype == torch.bfloat16 for t in outputs)
+    return _common.INTERPRETED and any(t.dtype == torch.bfloat16 for t in outputs)
 
 
 def _bump_versions(*tensors: torch.Tensor) -> None:
@@ -336,7 +324,7 @@ def bn_stats(
     running buffers are given they are updated in place, fused into the finalize kernel:
     ``running = (1 - momentum) * running + momentum * batch`` (batch variance unbiased).
     """
-    _check_device(x, running_mean, running_var)
+    check_device(x, running_mean, running_var)
     if (running_mean is None) != (running_var is None):
         raise ValueError("bn_stats needs both running_mean and running_var, or neither")
     if running_mean is not None and not (running_mean.is_contiguous() and running_var.is_contiguous()):
@@ -376,7 +364,7 @@ def update_running_stats(
 ) -> None:
     """In place: ``running_mean = (1 - momentum) * running_mean + momentum * mean``, same for the variance
     (pass the unbiased batch variance, as ``bn_stats`` returns it). Buffers must be contiguous [C]."""
-    _check_device(running_mean, running_var, mean, var_unbiased)
+    check_device(running_mean, running_var, mean, var_unbiased)
     if not (running_mean.is_contiguous() and running_var.is_contiguous()):
         raise ValueError("update_running_stats needs contiguous running buffers (they are updated in place)")
     c = running_mean.numel()
@@ -396,7 +384,7 @@ def bn_forward(
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(x - mean) * rstd * weight + bias`` per channel (weight/bias optional), in the input dtype."""
-    _check_device(x, mean, rstd, weight, bias)
+    check_device(x, mean, rstd, weight, bias)
     x = x.contiguous()
     _, c, hw = _shape(x)
     y = torch.empty_like(x)
@@ -432,7 +420,7 @@ def bn_backward(
     ``dbias = sum(dout)`` per channel, fp32, returned when ``need_param_grads`` (default: ``weight is not None``);
     otherwise None. ``dx`` has the dtype of ``x`` (None unless ``need_dx``).
     """
-    _check_device(dout, x, mean, rstd, weight)
+    check_device(dout, x, mean, rstd, weight)
     if need_param_grads is None:
         need_param_grads = weight is not None
     x = x.contiguous()
@@ -529,7 +517,7 @@ def batch_norm(
     ``num_batches_tracked`` is the module's business, as with ``F.batch_norm``. One difference: the output is
     always contiguous (NCHW), where PyTorch keeps a channels_last input's memory format.
     """
-    _check_device(input, running_mean, running_var, weight, bias)
+    check_device(input, running_mean, running_var, weight, bias)
     if input.dim() < 2:
         raise ValueError(f"batch_norm expects an input of shape [N, C, *], got {tuple(input.shape)}")
     if training:

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from . import _common
 from ._common import cast_out
 
 __all__ = ["ReluDwPw", "dwpw_backward", "dwpw_forward", "dwpw_reference", "relu_dw_pw"]
@@ -243,10 +244,6 @@ def _dwpw_bwd_dx_kernel(
 # Block sizes and launchers
 # ----------------------------------------------------------------------------------------------------------
 
-_INTERPRETED = type(_dwpw_fwd_kernel).__name__ == "InterpretedFunction"
-"""Whether the kernels were decorated under ``TRITON_INTERPRET=1`` (decided once, when this module loaded)."""
-
-
 class _Blocks(NamedTuple):
     p: int  # output pixels per program (forward and backward part 1): a (p // pw) × pw rectangle
     pw: int  # its width
@@ -296,9 +293,7 @@ def _block_sizes(ho: int, wo: int, h: int, w: int, c: int, c_out: int, stride: i
 def _check(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int, padding: int,
            dilation: int) -> tuple[int, int]:
     """Validate the arguments; return the output size (Ho, Wo)."""
-    if not x.is_cuda and not _INTERPRETED:
-        raise RuntimeError("dwpw Triton kernels got CPU tensors but TRITON_INTERPRET=1 was not set when "
-                           "sswp_fast.kernels.dwpw was imported: export it before starting Python, or use CUDA tensors")
+    _common.check_device(x)
     if x.dim() != 4:
         raise ValueError(f"x must be [N, C, H, W], got shape {tuple(x.shape)}")
     n, c, h, w = x.shape
@@ -331,7 +326,7 @@ def dwpw_forward(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride
     y = torch.empty((n, c_out, ho, wo), device=x.device, dtype=x.dtype)
     if n == 0:
         return y
-    b = _block_sizes(ho, wo, h, w, c, c_out, stride, _INTERPRETED)
+    b = _block_sizes(ho, wo, h, w, c, c_out, stride, _common.INTERPRETED)
     _dwpw_fwd_kernel[(_grid_tiles(ho, wo, b.p, b.pw), n)](
         x, w_dw, w_pw, y, c, c_out, h, w, ho, wo,
         STRIDE=stride, PAD=padding, DIL=dilation, K=k,
@@ -361,7 +356,7 @@ def dwpw_backward(dy: torch.Tensor, x: torch.Tensor, w_dw: torch.Tensor, w_pw: t
     g_wdw = torch.zeros((c, k * k), device=x.device, dtype=torch.float32)
     g_wpw = torch.zeros((c_out, c), device=x.device, dtype=torch.float32)
     if n > 0:
-        b = _block_sizes(ho, wo, h, w, c, c_out, stride, _INTERPRETED)
+        b = _block_sizes(ho, wo, h, w, c, c_out, stride, _common.INTERPRETED)
         g = torch.empty((n, c, ho, wo), device=x.device, dtype=torch.float32)
         _dwpw_bwd_act_kernel[(_grid_tiles(ho, wo, b.p, b.pw), n)](
             x, w_dw, w_pw, dy, g, g_wdw, g_wpw, c, c_out, h, w, ho, wo,

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import dwpw
+from . import _common, dwpw
 from .dwpw import bwd_act_tile, bwd_dx_tile, dwpw_reference, fwd_tile
 
 __all__ = ["SampledDwPw", "Variant", "sampled_dwpw", "sampled_dwpw_backward", "sampled_dwpw_forward",
@@ -165,9 +165,7 @@ def _output_size(size: int, variant: Variant, stride: int) -> int:
 def _check(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: tuple[Variant, ...],
            banks: tuple[torch.Tensor, ...]) -> tuple[int, int, int, int]:
     """Validate the arguments; return (G, C, Ho, Wo)."""
-    if not x.is_cuda and not dwpw._INTERPRETED:
-        raise RuntimeError("sampled_dwpw Triton kernels got CPU tensors but TRITON_INTERPRET=1 was not set when "
-                           "sswp_fast.kernels was imported: export it before starting Python, or use CUDA tensors")
+    _common.check_device(x)
     if not 1 <= len(variants) <= MAX_VARIANTS:
         raise ValueError(f"need 1 to {MAX_VARIANTS} variants, got {len(variants)}")
     if len(banks) != 2 * len(variants):
@@ -220,7 +218,7 @@ def sampled_dwpw_forward(x: torch.Tensor, variant: torch.Tensor, stride: int, va
     y = torch.zeros((n, g * c, ho, wo), device=x.device, dtype=x.dtype)
     if n == 0:
         return y
-    b = dwpw._block_sizes(ho, wo, h, w, c, c, stride, dwpw._INTERPRETED)
+    b = dwpw._block_sizes(ho, wo, h, w, c, c, stride, _common.INTERPRETED)
     _sampled_fwd_kernel[(dwpw._grid_tiles(ho, wo, b.p, b.pw), n, g)](
         x, variant, *_padded(list(banks), 2 * MAX_VARIANTS), y, g, c, h, w, ho, wo,
         STRIDE=stride, **_constants(variants),
@@ -248,7 +246,7 @@ def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tens
     dx = torch.zeros_like(x)
     grads = [torch.zeros(bank.shape, device=x.device, dtype=torch.float32) for bank in banks]
     if n > 0:
-        b = dwpw._block_sizes(ho, wo, h, w, c, c, stride, dwpw._INTERPRETED)
+        b = dwpw._block_sizes(ho, wo, h, w, c, c, stride, _common.INTERPRETED)
         constants = _constants(variants)
         tmp = torch.empty((n, g * c, ho, wo), device=x.device, dtype=torch.float32)
         _sampled_bwd_act_kernel[(dwpw._grid_tiles(ho, wo, b.p, b.pw), n, g)](

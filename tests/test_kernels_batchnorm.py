@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sswp_fast.kernels import _common
 from sswp_fast.kernels import batchnorm as bn
 
 ATOL = RTOL = 1e-4
@@ -173,7 +174,7 @@ def test_errors_like_f_batch_norm(monkeypatch):
         bn.batch_norm(torch.randn(2, 3, 4, 4), None, None, training=False)
     with pytest.raises(TypeError, match="float64"):
         bn.batch_norm(torch.randn(2, 3, 4, 4, dtype=torch.float64), None, None, training=True)
-    monkeypatch.setattr(bn, "_INTERPRETED", False)  # as if imported without TRITON_INTERPRET=1
+    monkeypatch.setattr(_common, "INTERPRETED", False)  # as if imported without TRITON_INTERPRET=1
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         bn.batch_norm(torch.randn(2, 3, 4, 4), None, None, training=True)
 
@@ -183,7 +184,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from sswp_fast.kernels import batchnorm as bn
-assert not bn._INTERPRETED
+from sswp_fast.kernels import _common
+assert not _common.INTERPRETED
 io = {"x_ptr": "*bf16", "y_ptr": "*bf16", "dy_ptr": "*bf16", "dx_ptr": "*bf16", "rm_ptr": "*bf16", "rv_ptr": "*bf16"}
 cases = [
     (bn._bn_stats_partial_kernel, {"BLOCK": 1024}),

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sswp_fast.kernels import dwpw
+from sswp_fast.kernels import _common, dwpw
 from sswp_fast.kernels._common import cast_out
 from sswp_fast.kernels.dwpw import ReluDwPw, dwpw_backward, dwpw_forward, dwpw_reference, relu_dw_pw
 
@@ -154,7 +154,7 @@ def test_autograd_saves_only_input_and_weights():
 
 
 def test_cpu_tensors_without_interpreter_raise(monkeypatch):
-    monkeypatch.setattr(dwpw, "_INTERPRETED", False)
+    monkeypatch.setattr(_common, "INTERPRETED", False)
     x, w_dw, w_pw = make_inputs(5, 6, 7, 7, 3)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         dwpw_forward(x.cpu(), w_dw.cpu(), w_pw.cpu(), 1, 1, 1)
@@ -172,9 +172,9 @@ _COMPILE_SCRIPT = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from sswp_fast.kernels import dwpw
+from sswp_fast.kernels import _common, dwpw
 from sswp_fast.kernels._common import cast_out
-assert not dwpw._INTERPRETED
+assert not _common.INTERPRETED
 shapes = [(36, 32, 3, 1, 1, 1), (144, 8, 5, 2, 4, 2)]  # the first CIFAR cell's sep_conv_3x3; dil_conv_5x5, C=144
 count = 0
 for c, size, k, stride, pad, dil in shapes:

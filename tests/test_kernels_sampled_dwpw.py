@@ -104,8 +104,8 @@ _COMPILE_SCRIPT = r"""
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from sswp_fast.kernels import dwpw, sampled_dwpw as sd
-assert not dwpw._INTERPRETED
+from sswp_fast.kernels import _common, dwpw, sampled_dwpw as sd
+assert not _common.INTERPRETED
 variants = (sd.Variant(3, 1, 1), sd.Variant(5, 2, 1), sd.Variant(3, 2, 2), sd.Variant(5, 4, 2))
 count = 0
 c, size, stride = 144, 16, 2  # the widest CIFAR search shape (most registers): the last reduction, C = 144
