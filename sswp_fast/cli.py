@@ -58,7 +58,7 @@ SEARCH_FLAGS: list[tuple[str, object, str, bool]] = [
     ("seed", int, "random seed", False),
     ("report_freq", int, "log a train line every k steps (and on the last)", False),
     ("valid_freq", int, "validation stride after pruning", False),
-    ("local_rank", int, "accepted for compatibility (single-process run)", False),
+    ("local_rank", int, "accepted for compatibility; multi-process runs take their rank from torchrun", False),
     ("temperature", float, "InfoNCE temperature (the reference hard-codes 0.07)", True),
     ("byol_decay", float, "EMA decay of the BYOL target network, updated after every weight step", True),
     ("reference_quirks", "flag", "reproduce the reference bugs that change results (see README)", True),
@@ -138,10 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "search":
+            from .distributed import world_from_env
             from .trainer import run_search
 
             run_dir = run_search(config_from_args(args))
-            print(f"run folder: {run_dir}")
+            if world_from_env().main:
+                print(f"run folder: {run_dir}")
         elif args.command == "doctor":
             for name, state in doctor_report():
                 print(f"{name:<22} {state}")

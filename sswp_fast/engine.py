@@ -31,6 +31,15 @@ from torch import nn
 from .arch_update import ArchAdam, ArchAdamConfig, alpha_grad_full, alpha_grad_two, rescale_pair
 from .backend import resolve_kernels
 from .config import SearchConfig
+from .distributed import (
+    SINGLE,
+    World,
+    average_gradients,
+    average_tensor,
+    broadcast_state,
+    gather_views,
+    sync_batch_norms,
+)
 from .errors import ConfigError
 from .losses import byol_loss, info_nce_with_topk, topk_accuracy
 from .ops import NUM_CANDIDATES
@@ -81,19 +90,25 @@ def pick_memory_format(name: str, device: torch.device) -> torch.memory_format:
     return torch.channels_last if name == "channels_last" else torch.contiguous_format
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else is passed to :class:`torch.device`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def pick_device(name: str, local_rank: int | None = None) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; anything else is passed to :class:`torch.device`. With
+    ``local_rank`` (a multi-process run) a CUDA device without an index becomes ``cuda:{local_rank}``."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    if device.type == "cuda" and device.index is None and local_rank is not None:
+        device = torch.device("cuda", local_rank)
+    return device
 
 
 class SearchEngine:
     """The super-network, both optimizers and the architecture state of one search."""
 
-    def __init__(self, config: SearchConfig, num_classes: int, device: torch.device | str = "cpu"):
+    def __init__(self, config: SearchConfig, num_classes: int, device: torch.device | str = "cpu",
+                 world: World = SINGLE):
+        """``world``: this process's place in a multi-process run (:mod:`sswp_fast.distributed`); batches given
+        to the steps are then this rank's slice of every view."""
         self.config = config
         self.device = torch.device(device)
+        self.world = world
         self.two = config.net_mode == "two"
         self.quirks = config.reference_quirks
         self.net = SearchNetwork(config.init_channels, num_classes, config.layers, config.data_mode,
@@ -106,10 +121,19 @@ class SearchEngine:
         if self.dispatch and config.weight_optm != "sgd":
             raise ConfigError(f"--kernels triton supports --weight_optm sgd only, got {config.weight_optm}; "
                               "use --kernels torch for adam")
+        if self.dispatch and world.distributed:
+            raise ConfigError("--kernels triton runs in a single process only (its BatchNorm does not synchronise "
+                              "across processes yet); use --kernels torch with torchrun")
+        if world.distributed:
+            sync_batch_norms(self.net)
+        broadcast_state(self.net, world)
         weights = self.net.weight_parameters()
         self.byol: BYOLHeads | None = None
         if config.data_mode == "byol":
             self.byol = BYOLHeads(self.net.feature_dim).to(self.device)
+            if world.distributed:
+                sync_batch_norms(self.byol)
+            broadcast_state(self.byol, world)
             weights += list(self.byol.parameters())
             self.target_net = copy.deepcopy(self.net).requires_grad_(False)
             self.target_projector = copy.deepcopy(self.byol.projector).requires_grad_(False)
@@ -196,35 +220,40 @@ class SearchEngine:
     # ---- objectives ------------------------------------------------------------------------------------
 
     def _input(self, views: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """The views stacked along the batch, in the engine's memory format."""
-        return torch.cat(views, dim=0).contiguous(memory_format=self.memory_format)
+        """The views stacked along the batch, in the network's dtype and the engine's memory format."""
+        x = torch.cat(views, dim=0).to(self.net.arch_alpha.dtype)
+        return x.contiguous(memory_format=self.memory_format)
 
-    def _loss(self, batch: Batch, plan: ExecutionPlan | DevicePlan) -> StepResult:
+    def _loss(self, batch: Batch, plan: ExecutionPlan | DevicePlan, gather: bool = True) -> StepResult:
+        """The objective on ``batch``; with ``gather`` (training steps) over the global batch of all ranks,
+        otherwise over ``batch`` alone."""
         mode = self.config.data_mode
+        world = self.world if gather else SINGLE
+        views = len(batch.views)
         if mode == "SimCLR":
-            x = self._input(batch.views)
-            loss, top1, top5 = info_nce_with_topk(self.net(x, plan), self.config.temperature)
-            return StepResult(loss, top1, top5, x.shape[0])
+            features = gather_views(self.net(self._input(batch.views), plan), views, world)
+            loss, top1, top5 = info_nce_with_topk(features, self.config.temperature)
+            return StepResult(loss, top1, top5, features.shape[0])
         if mode == "supervised":
-            logits = self.net(self._input(batch.views), plan)
-            loss = F.cross_entropy(logits, batch.labels)
-            top1, top5 = topk_accuracy(logits, batch.labels)
+            logits = gather_views(self.net(self._input(batch.views), plan), views, world)
+            labels = gather_views(batch.labels, views, world)
+            loss = F.cross_entropy(logits, labels)
+            top1, top5 = topk_accuracy(logits, labels)
             return StepResult(loss, top1, top5, logits.shape[0])
-        return self._byol_loss(batch, plan)
+        return self._byol_loss(batch, plan, world)
 
-    def _byol_loss(self, batch: Batch, plan: ExecutionPlan | DevicePlan) -> StepResult:
+    def _byol_loss(self, batch: Batch, plan: ExecutionPlan | DevicePlan, world: World) -> StepResult:
         assert self.byol is not None
-        v1, _ = batch.views
         x = self._input(batch.views)
-        online = self.byol.predictor(self.byol.projector(self.net.features(x, plan)))
+        online = gather_views(self.byol.predictor(self.byol.projector(self.net.features(x, plan))), 2, world)
         with torch.no_grad():
             target_plan = type(plan)(plan.active)
-            target = self.target_projector(self.target_net.features(x, target_plan))
+            target = gather_views(self.target_projector(self.target_net.features(x, target_plan)), 2, world)
         p1, p2 = online.chunk(2)
         z1, z2 = target.chunk(2)
         loss = byol_loss(p1, z2) + byol_loss(p2, z1)
         zero = torch.zeros((), device=x.device)
-        return StepResult(loss, zero, zero, v1.shape[0])
+        return StepResult(loss, zero, zero, p1.shape[0])
 
     @torch.no_grad()
     def update_target(self) -> None:
@@ -257,6 +286,7 @@ class SearchEngine:
         result = self._loss(batch, plan)
         self.weight_optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
+        average_gradients(self.weight_params + ([plan.gates] if plan.gates is not None else []), self.world)
         nn.utils.clip_grad_norm_(self.weight_params, self.config.grad_clip)
         if self.masked_update is not None:
             self.masked_update.step(active)
@@ -283,7 +313,7 @@ class SearchEngine:
         plan = self._plan(active, inactive, probe=True, arch=True)
         result = self._loss(batch, plan)
         (gate_grad,) = torch.autograd.grad(result.loss, [plan.gates])
-        gate_grad = gate_grad.masked_fill(self.frozen[:, None, None], 0)
+        gate_grad = average_tensor(gate_grad, self.world).masked_fill(self.frozen[:, None, None], 0)
         if self.gate_grad_sum is not None:
             self.gate_grad_sum += gate_grad
             gate_grad = self.gate_grad_sum
@@ -314,7 +344,7 @@ class SearchEngine:
             self.byol.eval()
             self.target_net.eval()
             self.target_projector.eval()
-        result = self._loss(batch, plan)
+        result = self._loss(batch, plan, gather=False)
         return StepResult(result.loss.detach(), result.top1, result.top5, result.rows)
 
     # ---- persistence -----------------------------------------------------------------------------------

@@ -33,6 +33,23 @@ def open_log(run_dir: Path, name: str = "sswp_fast.run") -> logging.Logger:
     return logger
 
 
+def quiet_log(name: str = "sswp_fast.run.quiet") -> logging.Logger:
+    """A logger that drops every message: the log of the ranks other than 0 in a multi-process run."""
+    logger = logging.getLogger(name)
+    logger.propagate = False
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+    return logger
+
+
+class Silent:
+    """Stands in for any reporter below (metrics, alpha history, TensorBoard, progress) on the ranks other than 0
+    of a multi-process run: every method call does nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
 def close_log(logger: logging.Logger) -> None:
     for handler in list(logger.handlers):
         handler.close()

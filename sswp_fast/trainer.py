@@ -19,13 +19,24 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .checkpoint import atomic_save, load_checkpoint
 from .config import SearchConfig
 from .data import EvalTransform, SimCLRAugment, SupervisedAugment, build_search_loaders, load_dataset
 from .engine import Batch, SearchEngine, StepResult, pick_device
 from .errors import CheckpointError, ConfigError, SSWPError
 from .export import append_net_config, derive_architecture
-from .reporting import AlphaHistory, MetricsFile, Progress, TensorBoard, close_log, format_seconds, open_log
+from .reporting import (
+    AlphaHistory,
+    MetricsFile,
+    Progress,
+    Silent,
+    TensorBoard,
+    close_log,
+    format_seconds,
+    open_log,
+    quiet_log,
+)
 from .schedule import EpochPlan, Schedule, phase_lengths
 
 RESUME_FILE = "resume.pth.tar"
@@ -36,9 +47,9 @@ def run_dir_for(config: SearchConfig, root: Path | str = ".") -> Path:
     return Path(root) / "exps" / config.exp_group / f"search-{config.note}"
 
 
-def prepare_run_dir(config: SearchConfig, root: Path | str = ".") -> Path:
+def prepare_run_dir(config: SearchConfig, root: Path | str = ".", create: bool = True) -> Path:
     """Create the run folder; an existing one is continued (``--resume``) or wiped (``--force``), never
-    silently overwritten."""
+    silently overwritten. ``create=False`` (ranks other than 0) only checks."""
     run_dir = run_dir_for(config, root)
     exists = run_dir.exists() and any(run_dir.iterdir())
     if config.resume:
@@ -48,8 +59,10 @@ def prepare_run_dir(config: SearchConfig, root: Path | str = ".") -> Path:
         if not config.force:
             raise ConfigError(f"experiment folder {run_dir} already exists; pass --resume to continue it, "
                               "--force to overwrite it, or choose another --note")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        if create:
+            shutil.rmtree(run_dir)
+    if create:
+        run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
@@ -76,23 +89,33 @@ class Meter:
 class Views:
     """Turns uint8 batches into model inputs: two SimCLR views (SimCLR, BYOL) or one supervised view."""
 
-    def __init__(self, config: SearchConfig, dataset, generator: torch.Generator):
+    def __init__(self, config: SearchConfig, dataset, generator: torch.Generator, rows: slice = slice(None)):
+        """``rows``: this rank's slice of every training batch (all rows in a single-process run); every rank
+        draws the augmentations of the whole batch, so the views equal the single-process ones."""
         self.mode = config.data_mode
         self.generator = generator
+        self.rows = rows
         self.contrastive = SimCLRAugment(dataset.image_size, dataset.mean, dataset.std)
         self.supervised = SupervisedAugment(dataset.image_size, dataset.mean, dataset.std)
         self.plain = EvalTransform(dataset.mean, dataset.std)
 
     def train(self, images: torch.Tensor, labels: torch.Tensor) -> Batch:
+        """This rank's rows of the training views of a batch."""
+        batch = self._augmented(images, labels)
+        rows = self.rows
+        return Batch(tuple(view[rows] for view in batch.views), labels[rows])
+
+    def _augmented(self, images: torch.Tensor, labels: torch.Tensor) -> Batch:
         if self.mode == "supervised":
             return Batch((self.supervised(images, self.generator),), labels)
         return Batch((self.contrastive(images, self.generator), self.contrastive(images, self.generator)), labels)
 
     def test(self, images: torch.Tensor, labels: torch.Tensor) -> Batch:
-        """Validation inputs; SimCLR validation uses random two-view augmentations like the reference."""
+        """Validation inputs, the whole batch on every rank; SimCLR validation uses random two-view augmentations
+        like the reference."""
         if self.mode == "supervised":
             return Batch((self.plain(images),), labels)
-        return self.train(images, labels)
+        return self._augmented(images, labels)
 
 
 def _cycle(loader) -> Iterator:
@@ -123,22 +146,29 @@ def _namespace_line(config: SearchConfig, run_dir: Path, schedule: Schedule, num
 class SearchRun:
     """State of one run; :meth:`run` executes the remaining epochs."""
 
-    def __init__(self, config: SearchConfig, root: Path | str = "."):
+    def __init__(self, config: SearchConfig, root: Path | str = ".", world: distributed.World | None = None):
+        """``world``: this process's place in a multi-process run; by default read from ``torchrun``'s
+        environment (:func:`sswp_fast.distributed.world_from_env`). Only rank 0 writes files and logs."""
         self.config = config = config.resolved()
-        self.device = pick_device(config.device)
-        self.run_dir = prepare_run_dir(config, root)
-        self.log = open_log(self.run_dir)
+        self.world = world = world if world is not None else distributed.world_from_env()
+        self.device = pick_device(config.device, world.local_rank if world.distributed else None)
+        rows = distributed.shard(config.batch_size, world)
+        distributed.init(world, self.device)
+        self.main = world.main
+        self.run_dir = prepare_run_dir(config, root, create=self.main)
+        distributed.barrier(world)
+        self.log = open_log(self.run_dir) if self.main else quiet_log()
         self.dataset = load_dataset(config.dataset, config.data_path)
         self.schedule = Schedule(config.epochs, phase_lengths(config.epochs, config.epoch_ratios, config.min_warmup),
                                  config.layers, config.prune_direct, config.valid_freq, config.reference_quirks,
                                  config.compatible_mode)
         torch.manual_seed(config.seed)
-        self.engine = SearchEngine(config, self.dataset.num_classes, self.device)
+        self.engine = SearchEngine(config, self.dataset.num_classes, self.device, world)
         self.data_generator = torch.Generator(self.device).manual_seed(config.seed + 1)
         self.train_loader, self.valid_loader, self.test_loader = build_search_loaders(
             self.dataset, config.train_ratio, config.batch_size, self.device, self.data_generator,
             debug=config.debug, max_batches=config.steps_per_epoch, num_workers=config.num_workers)
-        self.views = Views(config, self.dataset, self.data_generator)
+        self.views = Views(config, self.dataset, self.data_generator, rows)
         self.start_epoch = 0
         self.best_acc = -math.inf
         self.best_loss = math.inf
@@ -147,14 +177,19 @@ class SearchRun:
             self._load_resume()
         else:
             self.log.info(_namespace_line(config, self.run_dir, self.schedule, self.dataset.num_classes))
-        self.metrics = MetricsFile(self.run_dir, self.start_epoch)
-        self.alpha_history = AlphaHistory(self.run_dir, self.start_epoch)
-        self.tensorboard = TensorBoard(self.run_dir)
-        self.progress = Progress(config.progress, config.epochs)
+        if self.main:
+            self.metrics = MetricsFile(self.run_dir, self.start_epoch)
+            self.alpha_history = AlphaHistory(self.run_dir, self.start_epoch)
+            self.tensorboard = TensorBoard(self.run_dir)
+            self.progress = Progress(config.progress, config.epochs)
+        else:
+            self.metrics = self.alpha_history = self.tensorboard = self.progress = Silent()
 
     # ---- persistence -----------------------------------------------------------------------------------
 
     def _save_resume(self, next_epoch: int) -> None:
+        if not self.main:
+            return
         atomic_save({
             "format": "sswp-fast-search-resume/1",
             "config": self.config.to_dict(),
@@ -194,6 +229,8 @@ class SearchRun:
 
     def _save_arch_weights(self, name: str, arch: list) -> None:
         """Append ``name:{arch}`` (the restricted export) to ``net.config`` and write ``{name}.pth.tar`` (§8.2)."""
+        if not self.main:
+            return
         atomic_save(self.engine.net.state_dict(), self.run_dir / f"{name}.pth.tar")
         append_net_config(self.run_dir / "net.config", name, arch)
 
@@ -310,10 +347,16 @@ class SearchRun:
         self._save_resume(epoch + 1)
         remaining = seconds * (cfg.epochs - epoch - 1)
         self.progress.message("")
-        print(f"Time per epoch: {format_seconds(seconds)}, Est. complete in: {format_seconds(remaining)}")
-        print("-" * 120)
+        if self.main:
+            print(f"Time per epoch: {format_seconds(seconds)}, Est. complete in: {format_seconds(remaining)}")
+            print("-" * 120)
 
 
 def run_search(config: SearchConfig, root: Path | str = ".") -> Path:
-    """Run (or resume) a search and return its run folder."""
-    return SearchRun(config, root).run()
+    """Run (or resume) a search and return its run folder; under ``torchrun``, one rank of a multi-process
+    search (:mod:`sswp_fast.distributed`)."""
+    world = distributed.world_from_env()
+    try:
+        return SearchRun(config, root, world).run()
+    finally:
+        distributed.shutdown(world)
