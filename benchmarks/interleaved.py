@@ -24,6 +24,24 @@ import torch  # noqa: E402
 from bench_common import CPU_CONFIG, CUDA_CONFIG, IMPLEMENTATIONS, STEPS, Stepper  # noqa: E402
 
 
+def time_interleaved(steppers: dict[str, Stepper], rounds: int, warmup: int) -> dict[str, dict[str, list[float]]]:
+    """Seconds of every timed step, per implementation and step kind: ``warmup`` untimed rounds, then ``rounds``
+    rounds of one weight step and one arch step of each implementation in turn."""
+    for stepper in steppers.values():
+        for _ in range(warmup):
+            stepper.weight()
+            stepper.arch()
+    times: dict[str, dict[str, list[float]]] = {impl: {step: [] for step in STEPS} for impl in steppers}
+    for _ in range(rounds):
+        for impl, stepper in steppers.items():
+            for step in STEPS:
+                fn = stepper.step_fn(step)
+                t0 = time.perf_counter()
+                fn()
+                times[impl][step].append(time.perf_counter() - t0)
+    return times
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--impls", default=",".join(IMPLEMENTATIONS))
@@ -39,19 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = CPU_CONFIG if args.device == "cpu" else CUDA_CONFIG
     impls = [i for i in args.impls.split(",") if i]
     steppers = {impl: Stepper(impl, cfg, args.device, frozen=args.frozen) for impl in impls}
-    for stepper in steppers.values():
-        for _ in range(args.warmup):
-            stepper.weight()
-            stepper.arch()
-    times: dict[str, dict[str, list[float]]] = {impl: {step: [] for step in STEPS} for impl in impls}
     load_before = os.getloadavg()
-    for _ in range(args.rounds):
-        for impl, stepper in steppers.items():
-            for step in STEPS:
-                fn = stepper.step_fn(step)
-                t0 = time.perf_counter()
-                fn()
-                times[impl][step].append(time.perf_counter() - t0)
+    times = time_interleaved(steppers, args.rounds, args.warmup)
     result = {
         "device": args.device,
         "torch_threads": torch.get_num_threads(),
