@@ -1,5 +1,5 @@
 """What the kernel modules share: the fp32 → output-dtype cast (bf16 rounded to nearest even where the
-interpreter would truncate), whether the kernels are interpreted, and the device check of their launchers."""
+interpreter would truncate), whether the kernels are interpreted, and the device checks of their launchers."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ def cast_out(y, ptr, ROUND_BF16: tl.constexpr):
 
 INTERPRETED = type(cast_out).__name__ == "InterpretedFunction"
 """Whether the kernels were decorated under ``TRITON_INTERPRET=1`` (decided once, when the package loaded)."""
+
+
+def runs_on_triton(x: torch.Tensor) -> bool:
+    """Whether the kernels can run on ``x``: CUDA tensors, and CPU tensors under the interpreter."""
+    return x.is_cuda or INTERPRETED
 
 
 def check_device(*tensors: torch.Tensor | None) -> None:

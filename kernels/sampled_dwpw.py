@@ -17,8 +17,10 @@ variant must give the same output size (the DARTS ops all keep the size at strid
 
 Contents: ``_sampled_fwd_kernel``, ``_sampled_bwd_act_kernel``, ``_sampled_bwd_dx_kernel`` (the tile functions
 of :mod:`.dwpw` behind a runtime branch on the slot's variant; up to four variants), the launchers
-``sampled_dwpw_forward`` / ``sampled_dwpw_backward``, the autograd function ``SampledDwPw``, the entry point
-``sampled_dwpw`` and the pure-PyTorch reference ``sampled_dwpw_reference`` (which reads the indices on the host).
+``sampled_dwpw_forward`` / ``sampled_dwpw_backward``, the custom ops ``sswp_fast::sampled_dwpw`` (with autograd
+and fake kernels, so ``torch.compile`` traces it) and ``sswp_fast::sampled_dwpw_backward``, the entry point
+``sampled_dwpw`` and the pure-PyTorch reference ``sampled_dwpw_reference`` (which reads the indices on the host,
+and is the op's kernel for CPU tensors outside the interpreter).
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from . import _common, dwpw
 from .dwpw import bwd_act_tile, bwd_dx_tile, dwpw_reference, fwd_tile
 
-__all__ = ["SampledDwPw", "Variant", "sampled_dwpw", "sampled_dwpw_backward", "sampled_dwpw_forward",
+__all__ = ["Variant", "sampled_dwpw", "sampled_dwpw_backward", "sampled_dwpw_forward",
            "sampled_dwpw_reference"]
 
 MAX_VARIANTS = 4
@@ -163,9 +166,10 @@ def _output_size(size: int, variant: Variant, stride: int) -> int:
 
 
 def _check(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: tuple[Variant, ...],
-           banks: tuple[torch.Tensor, ...]) -> tuple[int, int, int, int]:
-    """Validate the arguments; return (G, C, Ho, Wo)."""
-    _common.check_device(x)
+           banks: tuple[torch.Tensor, ...], device: bool = True) -> tuple[int, int, int, int]:
+    """Validate the arguments (``device``: also that Triton can run on ``x``'s device); return (G, C, Ho, Wo)."""
+    if device:
+        _common.check_device(x)
     if not 1 <= len(variants) <= MAX_VARIANTS:
         raise ValueError(f"need 1 to {MAX_VARIANTS} variants, got {len(variants)}")
     if len(banks) != 2 * len(variants):
@@ -268,30 +272,98 @@ def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tens
 # ----------------------------------------------------------------------------------------------------------
 
 
-class SampledDwPw(torch.autograd.Function):
-    """``apply(x, variant, stride, variants, *banks)``; saves ``x``, ``variant`` and the banks only (the
-    backward recomputes the depthwise activations)."""
+def _flat(variants: tuple[Variant, ...]) -> list[int]:
+    return [value for v in variants for value in v]
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, variant: torch.Tensor, stride: int, variants: tuple[Variant, ...],
-                *banks: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, variant, *banks)
-        ctx.conv = (stride, variants)
-        return sampled_dwpw_forward(x, variant, stride, variants, *banks)
 
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        x, variant, *banks = ctx.saved_tensors
-        dx, grads = sampled_dwpw_backward(dy, x, variant, *ctx.conv, *banks)
-        need = ctx.needs_input_grad
-        return (dx if need[0] else None, None, None, None,
-                *(grad if need[4 + i] else None for i, grad in enumerate(grads)))
+def _unflat(flat: list[int]) -> tuple[Variant, ...]:
+    return tuple(Variant(*flat[i:i + 3]) for i in range(0, len(flat), 3))
+
+
+@torch.library.custom_op("sswp_fast::sampled_dwpw", mutates_args=())
+def _sampled_dwpw_op(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: list[int],
+                     banks: list[torch.Tensor]) -> torch.Tensor:
+    if _common.runs_on_triton(x):
+        return sampled_dwpw_forward(x, variant, stride, _unflat(variants), *banks)
+    _check(x, variant, stride, _unflat(variants), tuple(banks), device=False)
+    return sampled_dwpw_reference(x, variant, stride, _unflat(variants), *banks).contiguous()
+
+
+@torch.library.custom_op("sswp_fast::sampled_dwpw_backward", mutates_args=())
+def _sampled_dwpw_backward_op(
+    dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor, stride: int, variants: list[int],
+    banks: list[torch.Tensor],
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    if _common.runs_on_triton(x):
+        dx, grads = sampled_dwpw_backward(dy, x, variant, stride, _unflat(variants), *banks)
+    else:
+        dx, grads = _reference_backward(dy, x, variant, stride, _unflat(variants), banks)
+    return dx.contiguous(), [grad.contiguous() for grad in grads]
+
+
+@_sampled_dwpw_op.register_fake
+def _(x, variant, stride, variants, banks):
+    first = _unflat(variants)[0]
+    n, _, h, w = x.shape
+    return x.new_empty((n, x.shape[1], _output_size(h, first, stride), _output_size(w, first, stride)))
+
+
+@_sampled_dwpw_backward_op.register_fake
+def _(dy, x, variant, stride, variants, banks):
+    return x.new_empty(x.shape), [bank.new_empty(bank.shape) for bank in banks]
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, variant, stride, variants, banks = inputs
+    ctx.save_for_backward(x, variant, *banks)
+    ctx.conv = (stride, variants)
+
+
+def _backward(ctx, dy: torch.Tensor):
+    x, variant, *banks = ctx.saved_tensors
+    dx, grads = torch.ops.sswp_fast.sampled_dwpw_backward(dy, x, variant, *ctx.conv, banks)
+    return dx, None, None, None, grads
+
+
+_sampled_dwpw_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def sampled_dwpw(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: tuple[Variant, ...],
                  *banks: torch.Tensor) -> torch.Tensor:
-    """Differentiable :func:`sampled_dwpw_forward` (see :class:`SampledDwPw`)."""
-    return SampledDwPw.apply(x, variant, stride, tuple(Variant(*v) for v in variants), *banks)
+    """Differentiable :func:`sampled_dwpw_forward` as the custom op ``torch.ops.sswp_fast.sampled_dwpw``, which
+    ``torch.compile`` traces as one call: the Triton kernels on CUDA (and on CPU under the interpreter), the
+    PyTorch reference on other CPU tensors. Autograd saves ``x``, ``variant`` and the banks only (the backward
+    recomputes the depthwise activations)."""
+    return torch.ops.sswp_fast.sampled_dwpw(x, variant, stride, _flat(tuple(Variant(*v) for v in variants)),
+                                            list(banks))
+
+
+def _reference_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor, stride: int,
+                        variants: tuple[Variant, ...], banks: list[torch.Tensor]
+                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """:func:`sampled_dwpw_backward` in PyTorch, slot by slot (the indices read on the host), with explicit
+    convolution gradients: a custom op's kernel runs below autograd."""
+    slots = variant.shape[0]
+    c = x.shape[1] // slots
+    dx = torch.zeros_like(x)
+    grads = [torch.zeros_like(bank) for bank in banks]
+    for g, v in enumerate(variant.tolist()):
+        if v < 0:
+            continue
+        k, pad, dil = variants[v]
+        rows = slice(g * c, (g + 1) * c)
+        relu = torch.relu(x[:, rows])
+        w_dw, w_pw = banks[2 * v][g], banks[2 * v + 1][g]
+        hidden = F.conv2d(relu, w_dw, stride=stride, padding=pad, dilation=dil, groups=c)
+        d_hidden, d_pw, _ = torch.ops.aten.convolution_backward(
+            dy[:, rows].contiguous(), hidden, w_pw, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, False])
+        d_relu, d_dw, _ = torch.ops.aten.convolution_backward(
+            d_hidden, relu, w_dw, None, [stride, stride], [pad, pad], [dil, dil], False, [0, 0], c,
+            [True, True, False])
+        dx[:, rows] = d_relu * (x[:, rows] > 0)
+        grads[2 * v][g] = d_dw
+        grads[2 * v + 1][g] = d_pw
+    return dx, grads
 
 
 def sampled_dwpw_reference(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: tuple[Variant, ...],

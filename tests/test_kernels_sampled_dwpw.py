@@ -61,6 +61,29 @@ def test_every_slot_runs_its_variant(variants, chosen, stride, h, w):
         assert g_dw[unused].abs().max() == 0 and g_pw[unused].abs().max() == 0, f"variant {v} rows of other slots"
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_pytorch_kernel_of_the_op_outside_the_interpreter(monkeypatch, layout):
+    """CPU tensors without the interpreter take the op's PyTorch kernel (explicit convolution gradients, as a
+    custom op's kernel runs below autograd): equal to the reference, and consistent with the op's fake kernel,
+    schema and autograd registration (``torch.library.opcheck``), channels-last inputs included."""
+    from sswp_fast.kernels import _common
+
+    monkeypatch.setattr(_common, "INTERPRETED", False)
+    torch.manual_seed(0)
+    x, banks = make(FIRST_HALVES, 5, 3, 8, 8, dtype=torch.float64, n=2)
+    x = x.cpu().contiguous(memory_format=layout)
+    banks = [b.cpu() for b in banks]
+    chosen = torch.tensor([2, -1, 0, 3, 1])
+    dy = torch.randn(2, 15, 4, 4, dtype=torch.float64)
+    ours = run(sampled_dwpw, x, chosen, 2, FIRST_HALVES, banks, dy)
+    ref = run(sampled_dwpw_reference, x, chosen, 2, FIRST_HALVES, banks, dy)
+    for a, b in zip((ours[0], *ours[1]), (ref[0], *ref[1]), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    flat = [value for v in FIRST_HALVES for value in v]
+    torch.library.opcheck(torch.ops.sswp_fast.sampled_dwpw.default,
+                          (x.requires_grad_(), chosen, 2, flat, [b.requires_grad_() for b in banks]))
+
+
 def test_one_compiled_kernel_serves_every_assignment():
     """The launch does not depend on the indices: the same inputs with the indices permuted give the permuted
     slots (what replaying one captured graph with new indices relies on)."""
