@@ -85,9 +85,9 @@ class Stepper:
     """One implementation at one configuration: ``weight()`` / ``arch()`` run one step on fixed batches."""
 
     def __init__(self, impl: str, cfg: BenchConfig, device: torch.device | str = "cpu", frozen: int = 0,
-                 kernels: str = "auto"):
+                 kernels: str = "auto", compile: str = "off"):
         """``frozen``: freeze the first ``frozen`` cells (argmax ops), as the reference's forward pruning does;
-        ``kernels``: our engine's backend (``--kernels``: auto, triton or torch)."""
+        ``kernels`` and ``compile``: our engine's ``--kernels`` and ``--compile``."""
         if impl not in IMPLEMENTATIONS:
             raise ValueError(f"unknown implementation {impl!r}; use one of {IMPLEMENTATIONS}")
         self.impl = impl
@@ -111,7 +111,8 @@ class Stepper:
             from sswp_fast import Batch, SearchConfig, SearchEngine
 
             config = SearchConfig(layers=cfg.layers, init_channels=cfg.C, batch_size=cfg.batch, dataset="cifar10",
-                                  seed=SEED, reference_quirks=impl == "quirks", kernels=kernels).resolved()
+                                  seed=SEED, reference_quirks=impl == "quirks", kernels=kernels,
+                                  compile=compile).resolved()
             self.engine = SearchEngine(config, num_classes=10, device=self.device)
             with torch.no_grad():
                 self.engine.net.arch_alpha.copy_(alpha.to(self.device))

@@ -70,12 +70,18 @@ SEARCH_FLAGS: list[tuple[str, object, str, bool]] = [
     ("memory_format", str, "tensor layout: auto (channels_last on CPU, contiguous on CUDA), channels_last, "
      "contiguous", True),
     ("kernels", str, "auto (Triton on CUDA, PyTorch on CPU), triton, torch; $SSWP_FAST_KERNELS overrides", True),
+    ("compile", str, "torch.compile the steps: off, default or max-autotune (runs the device-side dispatch "
+     "executor; one graph per step kind and frozen prefix)", True),
+    ("compile_cache", str, "folder for compiled code (default $TORCHINDUCTOR_CACHE_DIR or "
+     "~/.cache/sswp-fast/inductor)", True),
 ]
 
 
 def _default_text(name: str) -> str:
     value = getattr(_DEFAULTS, name)
-    return "dataset-dependent" if value is None else repr(value)
+    if value is None:
+        return "dataset-dependent" if name in ("min_warmup", "batch_size", "layers", "init_channels") else "none"
+    return repr(value)
 
 
 def build_parser() -> argparse.ArgumentParser:

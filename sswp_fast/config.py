@@ -19,7 +19,8 @@ IMAGENET_LIKE = ("imagenet", "imagenet-tiny")
 _CIFAR_DEFAULTS = {"min_warmup": 40, "batch_size": 96, "layers": 20, "init_channels": 36}
 _IMAGENET_DEFAULTS = {"min_warmup": 10, "batch_size": 256, "layers": 14, "init_channels": 48}
 
-RESULT_NEUTRAL_FIELDS = frozenset({"resume", "force", "device", "num_workers", "report_freq", "progress", "kernels"})
+RESULT_NEUTRAL_FIELDS = frozenset({"resume", "force", "device", "num_workers", "report_freq", "progress", "kernels",
+                                   "compile", "compile_cache"})
 """Fields that may differ when a run is resumed; every other field must match the checkpoint's."""
 
 
@@ -77,6 +78,8 @@ class SearchConfig:
     device: str = "auto"
     memory_format: str = "auto"
     kernels: str = "auto"
+    compile: str = "off"
+    compile_cache: str | None = None
     progress: str = "auto"
 
     def resolved(self) -> SearchConfig:
@@ -137,6 +140,8 @@ class SearchConfig:
              f"--memory_format must be auto, channels_last or contiguous, got {self.memory_format}")
         need(self.kernels in ("auto", "triton", "torch"),
              f"--kernels must be auto, triton or torch, got {self.kernels}")
+        need(self.compile in ("off", "default", "max-autotune"),
+             f"--compile must be off, default or max-autotune, got {self.compile}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -22,6 +22,12 @@ that (recompute), so no slot's intermediate activation, and no pool of a slot th
 Every candidate's parameters are stacked into per-op banks each call, so autograd gives every parameter a
 gradient, zero for the ops that did not run; :class:`MaskedWeightUpdate` makes the optimizer step leave those
 untouched, exactly as the PyTorch executor (where they have no gradient at all) does.
+
+Where Triton does not run (CPU tensors outside the interpreter) the slotted convolution is the PyTorch kernel
+of the same custom op and BatchNorm is ``F.batch_norm``; that is how ``--compile`` runs this executor on a CPU.
+Under ``torch.compile`` BatchNorm is ``F.batch_norm`` everywhere (the compiler generates its kernels) and the
+recompute boundary is left to the compiler's partitioner. The groups of a cell are built once
+(:func:`slot_groups`).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kernels._common import runs_on_triton
 from .kernels.batchnorm import batch_norm
 from .kernels.sampled_dwpw import Variant, sampled_dwpw
 from .ops import CANDIDATES, NUM_CANDIDATES, PARAMETRIC_INDICES, POOL_INDICES, SKIP_INDEX, FactorizedReduce
@@ -77,15 +84,20 @@ class _SlotBatchNorm:
         if self.affine:
             weight = self._stack(lambda bn: bn.weight, 1.0)[ops, slots].reshape(-1)
             bias = self._stack(lambda bn: bn.bias, 0.0)[ops, slots].reshape(-1)
-        out = batch_norm(x, mean, var, weight, bias, self.training, self.momentum, self.eps)
+        norm = batch_norm if runs_on_triton(x) and not torch.compiler.is_compiling() else F.batch_norm
+        out = norm(x, mean, var, weight, bias, self.training, self.momentum, self.eps)
         if self.training and update:
             self._write_back(running_mean, running_var, mean, var, ops, slots)
         return out
 
-    @torch.no_grad()
     def _write_back(self, running_mean: torch.Tensor, running_var: torch.Tensor, mean: torch.Tensor,
                     var: torch.Tensor, ops: torch.Tensor, slots: torch.Tensor) -> None:
         """Updated statistics (and one more batch counted) into the BN modules of the ops that ran."""
+        with torch.no_grad():
+            self._copy_back(running_mean, running_var, mean, var, ops, slots)
+
+    def _copy_back(self, running_mean: torch.Tensor, running_var: torch.Tensor, mean: torch.Tensor,
+                   var: torch.Tensor, ops: torch.Tensor, slots: torch.Tensor) -> None:
         running_mean[ops, slots] = mean.view(-1, self.channels)
         running_var[ops, slots] = var.view(-1, self.channels)
         ran = one_hot(ops, len(self.rows)).long().T  # [rows, G]
@@ -133,6 +145,8 @@ class _SlotGroup:
         ``[N, G*C, H, W]``. Under autograd only ``x`` is kept for the backward pass, which recomputes the rest
         (:class:`_Recomputed`)."""
         params = self.parameters()
+        if torch.compiler.is_compiling():  # the compiler's partitioner decides what to recompute
+            return self.evaluate(x, ops)
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
             return _Recomputed.apply(self, x, ops, *params)
         return self.evaluate(x, ops)
@@ -208,14 +222,21 @@ class _Recomputed(torch.autograd.Function):
         return (None, dx, None, *grads[-len(params):])
 
 
-def _groups(cell: nn.Module, node_edges: Sequence[Sequence[int]], channels: int) -> list[list[tuple[_SlotGroup, int]]]:
-    """Per node, its slot groups with the index of the first state each reads (states are read in order)."""
+def slot_groups(cell: nn.Module, node_edges: Sequence[Sequence[int]]) -> list[list[tuple[_SlotGroup, int]]]:
+    """Per node, its slot groups with the index of the first state each reads (states are read in order).
+    Built once per cell and kept on it (not as a submodule); call it before compiling, so that the compiled code
+    only reads them."""
+    cached = cell.__dict__.get("_slot_groups")
+    if cached is not None:
+        return cached
+    channels = cell.edges[0]._ops[PARAMETRIC_INDICES[0]].halves()[0][0].weight.shape[0]
     nodes = []
     for edges in node_edges:
         split = 2 if cell.reduction else 0
         parts = [(0, split, 2), (split, len(edges), 1)] if split else [(0, len(edges), 1)]
         nodes.append([(_SlotGroup(cell.edges, edges[0] + a, edges[0] + b, stride, channels), a)
                       for a, b, stride in parts if b > a])
+    cell.__dict__["_slot_groups"] = nodes
     return nodes
 
 
@@ -227,8 +248,7 @@ def run_cell(cell: nn.Module, node_edges: Sequence[Sequence[int]], s0: torch.Ten
     With ``gates`` (``[14, 7]``, one-hot), each edge's output is ``gates[e, active[e]] * y_active +
     sum_k gates[e, others[e, k]] * y_others[k]``, the other ops evaluated without autograd (spec §5.4)."""
     states = [cell.preprocess0(s0), cell.preprocess1(s1)]
-    channels = states[0].shape[1]
-    for node in _groups(cell, node_edges, channels):
+    for node in slot_groups(cell, node_edges):
         total = None
         for group, first in node:
             inputs = states[first:first + len(group.ops)]

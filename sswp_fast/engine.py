@@ -16,6 +16,8 @@ reference does (§16.1), which needs the inactive op in weight steps too.
 With the Triton kernels (``kernels="triton"``) the sampled path never leaves the device: the steps run through
 the device-side dispatch executor (:mod:`sswp_fast.dispatch`) and the same results come from the same launches
 whatever was sampled; otherwise the path is read on the host once per step and only the sampled modules run.
+``compile`` (``--compile``) runs the steps' forward pass and loss under ``torch.compile`` on the dispatch
+executor (:mod:`sswp_fast.step_compiler`).
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ from .errors import ConfigError
 from .losses import byol_loss, info_nce_with_topk, topk_accuracy
 from .ops import NUM_CANDIDATES
 from .sampling import one_hot, sample_paths
-from .supernet import EDGES_PER_CELL, DevicePlan, ExecutionPlan, SearchNetwork
+from .step_compiler import compile_step
+from .supernet import EDGES_PER_CELL, NODE_EDGES, DevicePlan, ExecutionPlan, SearchNetwork
 
 if TYPE_CHECKING:
     from .dispatch import MaskedWeightUpdate
@@ -116,14 +119,16 @@ class SearchEngine:
         self.memory_format = pick_memory_format(config.memory_format, self.device)
         self.net.to(memory_format=self.memory_format)
         self.kernels = resolve_kernels(config.kernels, self.device)
-        self.dispatch = self.kernels == "triton"
-        """Device-side dispatch (:mod:`sswp_fast.dispatch`): the sampled path is never read on the host."""
+        self.dispatch = self.kernels == "triton" or config.compile != "off"
+        """Device-side dispatch (:mod:`sswp_fast.dispatch`): the sampled path is never read on the host. It runs
+        the Triton kernels, and the compiled steps (with the PyTorch ops where Triton does not run)."""
         if self.dispatch and config.weight_optm != "sgd":
-            raise ConfigError(f"--kernels triton supports --weight_optm sgd only, got {config.weight_optm}; "
-                              "use --kernels torch for adam")
+            raise ConfigError(f"--kernels triton and --compile support --weight_optm sgd only, got "
+                              f"{config.weight_optm}; use --kernels torch --compile off for adam")
         if self.dispatch and world.distributed:
-            raise ConfigError("--kernels triton runs in a single process only (its BatchNorm does not synchronise "
-                              "across processes yet); use --kernels torch with torchrun")
+            raise ConfigError("--kernels triton and --compile run in a single process only (the dispatch executor's "
+                              "BatchNorm does not synchronise across processes yet); use --kernels torch "
+                              "--compile off with torchrun")
         if world.distributed:
             sync_batch_norms(self.net)
         broadcast_state(self.net, world)
@@ -155,6 +160,16 @@ class SearchEngine:
         self.gate_grad_sum = torch.zeros_like(self.net.arch_alpha) if self.quirks else None
         self._frozen_host = [False] * config.layers
         """Host copy of ``arch_frozen`` (it changes only in :meth:`freeze`), so planning needs no sync."""
+        self._step_loss = self._loss
+        """The objective of the training steps: :meth:`_loss`, compiled with ``--compile``."""
+        self._compiled_kinds: set[tuple] | None = None
+        if config.compile != "off":
+            from .dispatch import slot_groups
+
+            for cell in self.net.cells:
+                slot_groups(cell, NODE_EDGES)
+            self._step_loss = compile_step(self._loss, config.compile, config.compile_cache)
+            self._compiled_kinds = set()
 
     # ---- architecture state --------------------------------------------------------------------------
 
@@ -174,6 +189,17 @@ class SearchEngine:
             self.net.arch_gates[c] = one_hot(self.net.arch_alpha[c].argmax(-1))
             if self.gate_grad_sum is not None:
                 self.gate_grad_sum[c] = 0
+
+    def will_compile(self, kind: str) -> bool:
+        """True when the next ``kind`` (``"weight"`` or ``"arch"``) step is the first of its graph under
+        ``--compile`` (it compiles, or loads the compiled code from the cache), so a progress bar can say so."""
+        if self._compiled_kinds is None:
+            return False
+        key = (kind, tuple(self._frozen_host) if kind == "arch" or self.quirks else ())
+        if key in self._compiled_kinds:
+            return False
+        self._compiled_kinds.add(key)
+        return True
 
     def set_lr(self, lr: float) -> None:
         for group in self.weight_optimizer.param_groups:
@@ -283,7 +309,7 @@ class SearchEngine:
         active, inactive = self.sample(skip_drop_prob=skip_drop_prob, pool_drop_prob=pool_drop_prob,
                                        warmup=warmup)
         plan = self._plan(active, inactive, probe=self.quirks)
-        result = self._loss(batch, plan)
+        result = self._step_loss(batch, plan)
         self.weight_optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         average_gradients(self.weight_params + ([plan.gates] if plan.gates is not None else []), self.world)
@@ -311,7 +337,7 @@ class SearchEngine:
         active, inactive = self.sample(skip_drop_prob=skip_drop_prob, pool_drop_prob=pool_drop_prob,
                                        warmup=False)
         plan = self._plan(active, inactive, probe=True, arch=True)
-        result = self._loss(batch, plan)
+        result = self._step_loss(batch, plan)
         (gate_grad,) = torch.autograd.grad(result.loss, [plan.gates])
         gate_grad = average_tensor(gate_grad, self.world).masked_fill(self.frozen[:, None, None], 0)
         if self.gate_grad_sum is not None:

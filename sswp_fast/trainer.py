@@ -38,6 +38,7 @@ from .reporting import (
     quiet_log,
 )
 from .schedule import EpochPlan, Schedule, phase_lengths
+from .step_compiler import cache_dir, compiled_graphs
 
 RESUME_FILE = "resume.pth.tar"
 
@@ -247,6 +248,12 @@ class SearchRun:
             raise SSWPError(f"loss became {value} at epoch {epoch} step {step}; {kept}; "
                             "lower --lr or --arch_lr and resume with --resume")
 
+    def _say_if_compiling(self, kind: str) -> None:
+        """Under ``--compile``, the first step of each graph compiles (or loads it from the cache): say so."""
+        if self.engine.will_compile(kind):
+            self.progress.message(f"compiling the {kind} step (once per configuration; cached in "
+                                  f"{cache_dir(self.config.compile_cache)})...")
+
     def train_epoch(self, plan: EpochPlan, skip: float, pool: float) -> dict:
         """Weight steps over the train half, each ``update_arch_every``-th followed by arch steps."""
         cfg = self.config
@@ -257,6 +264,7 @@ class SearchRun:
         steps = len(self.train_loader)
         try:
             for step, (images, labels) in enumerate(self.train_loader):
+                self._say_if_compiling("weight")
                 result = engine.weight_step(self.views.train(images, labels), warmup=plan.warmup_sampling,
                                             skip_drop_prob=skip, pool_drop_prob=pool)
                 weights.add(result)
@@ -264,6 +272,7 @@ class SearchRun:
                 if plan.arch_steps and (step + 1) % cfg.update_arch_every == 0:
                     for _ in range(cfg.arch_update_steps):
                         valid_images, valid_labels = next(arch_batches)
+                        self._say_if_compiling("arch")
                         arch_result = engine.arch_step(self.views.train(valid_images, valid_labels),
                                                        skip_drop_prob=cfg.arch_skip_drop_prob,
                                                        pool_drop_prob=cfg.arch_pool_drop_prob)
@@ -342,6 +351,8 @@ class SearchRun:
                     self.log.info("Epoch_%d_%s_Cell%d:%s", epoch, tag, idx, cell)
         seconds = time.monotonic() - started
         record.update(frozen_cells=self.engine.frozen_cells(), seconds=seconds)
+        if cfg.compile != "off":
+            record["compiled_graphs"] = compiled_graphs()
         self.metrics.write(record)
         self.alpha_history.append(epoch, self.engine.net.arch_alpha.detach().cpu().numpy())
         self._save_resume(epoch + 1)

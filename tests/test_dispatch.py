@@ -16,7 +16,7 @@ import torch
 from conftest import tiny_config
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from sswp_fast.dispatch import MaskedWeightUpdate, _groups, run_cell
+from sswp_fast.dispatch import MaskedWeightUpdate, run_cell, slot_groups
 from sswp_fast.engine import SearchEngine
 from sswp_fast.errors import ConfigError
 from sswp_fast.supernet import NODE_EDGES, DevicePlan, SearchNetwork
@@ -156,7 +156,7 @@ def test_the_engine_plans_on_the_device_without_reading_the_path():
 
 
 def test_adam_weights_are_refused_with_the_fix():
-    with pytest.raises(ConfigError, match="use --kernels torch for adam"):
+    with pytest.raises(ConfigError, match="use --kernels torch --compile off for adam"):
         SearchEngine(tiny_config(kernels="triton", weight_optm="adam"), num_classes=10)
 
 
@@ -193,7 +193,7 @@ def test_a_slot_group_keeps_only_its_input_for_backward():
     """Recompute: of a whole node (five slots, every op), autograd stores the stacked input and the op indices;
     the intermediates are rebuilt in the backward pass (exactness: the tests above)."""
     cell, _, _ = cell_and_inputs(False, False)
-    group, _ = _groups(cell, NODE_EDGES, 4)[3][0]
+    group, _ = slot_groups(cell, NODE_EDGES)[3][0]
     x = torch.randn(2, 5 * 4, 6, 6, requires_grad=True)
     ops = torch.tensor([0, 1, 3, 5, 6])
     saved: list[torch.Tensor] = []

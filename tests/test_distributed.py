@@ -87,5 +87,5 @@ def test_bad_multi_process_configurations_are_named(monkeypatch) -> None:
     assert shard(8, World(1, 2, 1)) == slice(4, 8)
     config = SearchConfig(layers=3, init_channels=4, batch_size=8, dataset="digits", kernels="triton").resolved()
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    with pytest.raises(ConfigError, match="--kernels triton runs in a single process only"):
+    with pytest.raises(ConfigError, match="--kernels triton and --compile run in a single process only"):
         SearchEngine(config, 10, "cpu", World(0, 2, 0))
