@@ -5,7 +5,9 @@
 #                                                     # a warm machine keeps the build between calls)
 # Builds the package (C++/CUDA extensions), records the machine, then, most valuable first and each under its own
 # time limit: the GPU InfoNCE tests and benchmark, the Triton kernel benchmarks (per op and whole steps), the
-# saved-activation comparison, and the Triton kernel tests on CUDA. Results land in benchmarks/results/ and,
+# saved-activation comparison, seconds per search epoch with the fraction of the GPU floor, and the Triton
+# kernel tests on CUDA (`python benchmarks/bench_compile.py --device cuda` is left out: its cold compile takes
+# longer than a device call). Results land in benchmarks/results/ and,
 # when $OUT is set (the device tool), are copied there after every stage, so a timeout loses nothing measured.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,5 +46,6 @@ stage 240 kernel-bench-ops python -m pytest -q benchmarks/test_bench_kernels.py 
 stage 240 kernel-bench-steps python -m pytest -q benchmarks/test_bench_kernels.py -k search_step \
     --benchmark-only --benchmark-json="$results/kernels_steps_cuda.json" --benchmark-columns=mean,stddev,rounds
 stage 120 saved-activations python benchmarks/bench_saved_activations.py --device cuda
+stage 240 epoch python benchmarks/bench_epoch.py --device cuda --rounds 3
 stage 300 kernel-tests python -m pytest -q -x tests/test_kernels_sampled_dwpw.py tests/test_dispatch.py \
     tests/test_kernels_fused_conv.py tests/test_kernels_dwpw.py tests/test_kernels_batchnorm.py -m "not slow"
