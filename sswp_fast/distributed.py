@@ -90,12 +90,17 @@ def shutdown(world: World) -> None:
         dist.destroy_process_group()
 
 
-def shard(batch_size: int, world: World) -> slice:
-    """This rank's rows of a global batch of ``batch_size`` rows."""
+def check_batch_size(batch_size: int, world: World) -> None:
+    """One-line error unless the global batch splits evenly over the processes."""
     if batch_size % world.size:
         raise ConfigError(f"--batch_size {batch_size} does not split over {world.size} processes; "
                           f"use a multiple of {world.size}")
-    per_rank = batch_size // world.size
+
+
+def shard(rows: int, world: World) -> slice:
+    """This rank's rows of a global batch of ``rows`` rows: equal parts in rank order; the last ``rows % k`` rows
+    (only an epoch's short last batch can have them) are left out, as every rank must gather equal parts."""
+    per_rank = rows // world.size
     return slice(world.rank * per_rank, (world.rank + 1) * per_rank)
 
 

@@ -90,12 +90,13 @@ class Meter:
 class Views:
     """Turns uint8 batches into model inputs: two SimCLR views (SimCLR, BYOL) or one supervised view."""
 
-    def __init__(self, config: SearchConfig, dataset, generator: torch.Generator, rows: slice = slice(None)):
-        """``rows``: this rank's slice of every training batch (all rows in a single-process run); every rank
+    def __init__(self, config: SearchConfig, dataset, generator: torch.Generator,
+                 world: distributed.World = distributed.SINGLE):
+        """``world``: training views are this rank's share of every batch (:func:`distributed.shard`); every rank
         draws the augmentations of the whole batch, so the views equal the single-process ones."""
         self.mode = config.data_mode
         self.generator = generator
-        self.rows = rows
+        self.world = world
         self.contrastive = SimCLRAugment(dataset.image_size, dataset.mean, dataset.std)
         self.supervised = SupervisedAugment(dataset.image_size, dataset.mean, dataset.std)
         self.plain = EvalTransform(dataset.mean, dataset.std)
@@ -103,7 +104,9 @@ class Views:
     def train(self, images: torch.Tensor, labels: torch.Tensor) -> Batch:
         """This rank's rows of the training views of a batch."""
         batch = self._augmented(images, labels)
-        rows = self.rows
+        if not self.world.distributed:
+            return batch
+        rows = distributed.shard(images.shape[0], self.world)
         return Batch(tuple(view[rows] for view in batch.views), labels[rows])
 
     def _augmented(self, images: torch.Tensor, labels: torch.Tensor) -> Batch:
@@ -153,7 +156,7 @@ class SearchRun:
         self.config = config = config.resolved()
         self.world = world = world if world is not None else distributed.world_from_env()
         self.device = pick_device(config.device, world.local_rank if world.distributed else None)
-        rows = distributed.shard(config.batch_size, world)
+        distributed.check_batch_size(config.batch_size, world)
         distributed.init(world, self.device)
         self.main = world.main
         self.run_dir = prepare_run_dir(config, root, create=self.main)
@@ -169,7 +172,7 @@ class SearchRun:
         self.train_loader, self.valid_loader, self.test_loader = build_search_loaders(
             self.dataset, config.train_ratio, config.batch_size, self.device, self.data_generator,
             debug=config.debug, max_batches=config.steps_per_epoch, num_workers=config.num_workers)
-        self.views = Views(config, self.dataset, self.data_generator, rows)
+        self.views = Views(config, self.dataset, self.data_generator, world)
         self.start_epoch = 0
         self.best_acc = -math.inf
         self.best_loss = math.inf

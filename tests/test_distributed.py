@@ -14,7 +14,7 @@ from torch import nn
 
 from sswp_fast import SearchConfig, SearchEngine
 from sswp_fast.checkpoint import load_checkpoint
-from sswp_fast.distributed import SINGLE, World, gather_views, shard, sync_batch_norms
+from sswp_fast.distributed import SINGLE, World, check_batch_size, gather_views, shard, sync_batch_norms
 from sswp_fast.errors import ConfigError
 from sswp_fast.supernet import SearchNetwork
 
@@ -83,8 +83,9 @@ def test_gather_views_is_the_identity_in_one_process() -> None:
 
 def test_bad_multi_process_configurations_are_named(monkeypatch) -> None:
     with pytest.raises(ConfigError, match="--batch_size 10 does not split over 4 processes"):
-        shard(10, World(0, 4, 0))
+        check_batch_size(10, World(0, 4, 0))
     assert shard(8, World(1, 2, 1)) == slice(4, 8)
+    assert shard(7, World(1, 2, 1)) == slice(3, 6)  # a short last batch: equal parts, one row left out
     config = SearchConfig(layers=3, init_channels=4, batch_size=8, dataset="digits", kernels="triton").resolved()
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(ConfigError, match="--kernels triton and --compile run in a single process only"):
