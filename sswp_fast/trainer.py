@@ -159,8 +159,12 @@ class SearchRun:
         distributed.check_batch_size(config.batch_size, world)
         distributed.init(world, self.device)
         self.main = world.main
-        self.run_dir = prepare_run_dir(config, root, create=self.main)
-        distributed.barrier(world)
+        self.run_dir = prepare_run_dir(config, root, create=not world.distributed)
+        if world.distributed:  # every rank checks before rank 0 creates, so all raise the same error
+            distributed.barrier(world)
+            if self.main:
+                prepare_run_dir(config, root)
+            distributed.barrier(world)
         self.log = open_log(self.run_dir) if self.main else quiet_log()
         self.dataset = load_dataset(config.dataset, config.data_path)
         self.schedule = Schedule(config.epochs, phase_lengths(config.epochs, config.epoch_ratios, config.min_warmup),

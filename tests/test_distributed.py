@@ -29,7 +29,7 @@ def _run(cwd: Path, processes: int, *extra: str) -> subprocess.CompletedProcess:
     if processes == 1:
         launcher = [sys.executable]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS.parent)}
-    cwd.mkdir()
+    cwd.mkdir(exist_ok=True)
     return subprocess.run([*launcher, str(TESTS / "fp64_cli.py"), "search", *TINY, *extra], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -58,6 +58,16 @@ def test_two_processes_end_with_the_single_process_weights_and_alphas(tmp_path, 
     logged = [line for line in (tmp_path / "two" / run / "log.txt").read_text().splitlines()
               if line.startswith("train ")]
     assert len(logged) == 8  # one log, written once
+
+
+def test_an_existing_run_folder_stops_every_rank_with_the_one_line_error(tmp_path) -> None:
+    existing = tmp_path / "exps/exp/search-exp"
+    existing.mkdir(parents=True)
+    (existing / "log.txt").write_text("an earlier run\n")
+    done = _run(tmp_path, 2)
+    assert done.returncode != 0
+    assert done.stderr.count("already exists; pass --resume to continue it") == 2
+    assert (existing / "log.txt").read_text() == "an earlier run\n"
 
 
 def test_synced_batch_norm_keeps_keys_parameters_and_single_process_values() -> None:
