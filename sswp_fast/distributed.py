@@ -63,6 +63,9 @@ def world_from_env() -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return SINGLE
+    if "RANK" not in os.environ:
+        raise ConfigError(f"WORLD_SIZE is {size} but RANK is not set; start multi-process runs with torchrun "
+                          "(torchrun --nproc_per_node K -m sswp_fast.cli search ...)")
     return World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
 
 

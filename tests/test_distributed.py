@@ -14,7 +14,15 @@ from torch import nn
 
 from sswp_fast import SearchConfig, SearchEngine
 from sswp_fast.checkpoint import load_checkpoint
-from sswp_fast.distributed import SINGLE, World, check_batch_size, gather_views, shard, sync_batch_norms
+from sswp_fast.distributed import (
+    SINGLE,
+    World,
+    check_batch_size,
+    gather_views,
+    shard,
+    sync_batch_norms,
+    world_from_env,
+)
 from sswp_fast.errors import ConfigError
 from sswp_fast.supernet import SearchNetwork
 
@@ -92,6 +100,14 @@ def test_gather_views_is_the_identity_in_one_process() -> None:
 
 
 def test_bad_multi_process_configurations_are_named(monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(ConfigError, match="RANK is not set; start multi-process runs with torchrun"):
+        world_from_env()
+    monkeypatch.setenv("RANK", "1")
+    assert world_from_env() == World(1, 2, 0)
+    monkeypatch.delenv("WORLD_SIZE")
+    assert world_from_env() is SINGLE
     with pytest.raises(ConfigError, match="--batch_size 10 does not split over 4 processes"):
         check_batch_size(10, World(0, 4, 0))
     assert shard(8, World(1, 2, 1)) == slice(4, 8)
