@@ -87,17 +87,13 @@ class _SlotBatchNorm:
         norm = batch_norm if runs_on_triton(x) and not torch.compiler.is_compiling() else F.batch_norm
         out = norm(x, mean, var, weight, bias, self.training, self.momentum, self.eps)
         if self.training and update:
-            self._write_back(running_mean, running_var, mean, var, ops, slots)
+            with torch.no_grad():  # a context, not a decorator: torch.compile traces it
+                self._write_back(running_mean, running_var, mean, var, ops, slots)
         return out
 
     def _write_back(self, running_mean: torch.Tensor, running_var: torch.Tensor, mean: torch.Tensor,
                     var: torch.Tensor, ops: torch.Tensor, slots: torch.Tensor) -> None:
         """Updated statistics (and one more batch counted) into the BN modules of the ops that ran."""
-        with torch.no_grad():
-            self._copy_back(running_mean, running_var, mean, var, ops, slots)
-
-    def _copy_back(self, running_mean: torch.Tensor, running_var: torch.Tensor, mean: torch.Tensor,
-                   var: torch.Tensor, ops: torch.Tensor, slots: torch.Tensor) -> None:
         running_mean[ops, slots] = mean.view(-1, self.channels)
         running_var[ops, slots] = var.view(-1, self.channels)
         ran = one_hot(ops, len(self.rows)).long().T  # [rows, G]
