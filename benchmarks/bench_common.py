@@ -13,6 +13,7 @@ steps; no drops for arch steps), as the reference's own measurements were.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import subprocess
@@ -144,6 +145,13 @@ class Stepper:
         if step not in STEPS:
             raise ValueError(f"unknown step {step!r}; use one of {STEPS}")
         return self.weight if step == "weight" else self.arch
+
+
+def write_results(out_dir: Path, name: str, report: dict, markdown: str) -> None:
+    """``{out_dir}/{name}.json`` (the report) and ``{name}.md`` (its table), the folder created if needed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / f"{name}.md").write_text(markdown + "\n")
 
 
 # ---- machine facts ---------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ give the ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from bench_common import CPU_CONFIG, CUDA_CONFIG, STEPS, Stepper, config_info, machine_info  # noqa: E402
+from bench_common import CPU_CONFIG, CUDA_CONFIG, STEPS, Stepper, config_info, machine_info, write_results  # noqa: E402
 from interleaved import time_interleaved  # noqa: E402
 
 from sswp_fast.step_compiler import cache_dir, compiled_graphs  # noqa: E402
@@ -56,10 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         "median_s": median,
         "eager_over_compiled": {step: median["eager"][step] / median["compiled"][step] for step in STEPS},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"compile_{args.device}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(render(report, cfg.label()) + "\n")
+    write_results(args.out, f"compile_{args.device}", report, render(report, cfg.label()))
     print(render(report, cfg.label()))
     return 0
 

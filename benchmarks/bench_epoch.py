@@ -39,7 +39,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import reference_harness  # noqa: E402
-from bench_common import STEPS, BenchConfig, Stepper, machine_info  # noqa: E402
+from bench_common import STEPS, BenchConfig, Stepper, machine_info, write_results  # noqa: E402
 from interleaved import time_interleaved  # noqa: E402
 
 TRAIN_IMAGES = 25_000
@@ -148,10 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         if gpu is not None:
             report["fraction_of_floor"] = {step: report["gpu_floor_s"][gpu][step] / median["ours"][step]
                                            for step in STEPS}
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"epoch_{args.device}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(render(report) + "\n")
+    write_results(args.out, f"epoch_{args.device}", report, render(report))
     print(render(report))
     return 0
 

@@ -21,7 +21,6 @@ counts of the large one: ``--layers 8`` (default) stands for L=8, C=16, batch 32
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections import Counter
@@ -36,7 +35,7 @@ if not torch.cuda.is_available():
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from bench_common import BenchConfig, Stepper, machine_info  # noqa: E402
+from bench_common import BenchConfig, Stepper, machine_info, write_results  # noqa: E402
 
 SYNC_OPS = ("aten._local_scalar_dense", "aten.item", "aten.nonzero", "aten.equal", "aten.is_nonzero")
 
@@ -131,9 +130,6 @@ def main(argv: list[str] | None = None) -> int:
             print(rows[-1], flush=True)
     report = {"machine": machine_info(), "layers": args.layers, "device": device,
               "note": "counts are independent of C, batch and image size; measured at C=4, batch 2", "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"launch_counts_{device}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# Launches and host synchronisations per step, L={args.layers} ({device})", "",
              f"Measured {report['machine']['date']}, torch {report['machine']['torch']}, triton "
              f"{report['machine']['triton']}. Counts do not depend on C, batch or image size.", "",
@@ -141,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['kernels']} | {r['step']} | {r['aten']} | {r['aten_compute']} | {r['triton']} | "
               f"{r['launches']} | {r['syncs']} |" for r in rows]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, f"launch_counts_{device}", report, "\n".join(lines))
     return 0
 
 

@@ -16,7 +16,6 @@ Writes ``benchmarks/results/saved_activations_{cpu,cuda}.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ if not torch.cuda.is_available():  # the Triton kernels run on CPU tensors only 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from bench_common import CUDA_CONFIG, BenchConfig, Stepper, config_info, machine_info  # noqa: E402
+from bench_common import CUDA_CONFIG, BenchConfig, Stepper, config_info, machine_info, write_results  # noqa: E402
 
 CPU_CONFIG = BenchConfig(layers=5, C=8, batch=8)
 
@@ -76,9 +75,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{step}: torch {result['torch'] / 2**20:.1f} MiB, triton {result['triton'] / 2**20:.1f} MiB, "
               f"ratio {rows[-1]['ratio']:.2f}", flush=True)
     report = {"machine": machine_info(), "config": config_info(cfg), "device": args.device, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"saved_activations_{args.device}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# Saved activations per step, {args.device} ({report['machine']['cuda_device'] or 'CPU'})", "",
              f"{cfg.label()}; measured {report['machine']['date']}, torch {report['machine']['torch']}, "
              f"triton {report['machine']['triton']}. Bytes autograd keeps from the forward pass for the backward "
@@ -86,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
              "| step | --kernels torch | --kernels triton | triton / torch |", "|---|---|---|---|"]
     lines += [f"| {r['step']} | {r['torch_bytes'] / 2**20:.1f} MiB | {r['triton_bytes'] / 2**20:.1f} MiB | "
               f"{r['ratio']:.2f} |" for r in rows]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, f"saved_activations_{args.device}", report, "\n".join(lines))
     return 0
 
 

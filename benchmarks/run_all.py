@@ -33,6 +33,7 @@ from bench_common import (  # noqa: E402
     STEPS,
     config_info,
     machine_info,
+    write_results,
 )
 from reference_harness import skip_reason  # noqa: E402
 
@@ -261,10 +262,7 @@ def main(argv: list[str] | None = None) -> None:
         "memory": memory,
         "timings": [{"name": b["name"], "extra_info": b["extra_info"], "stats": b["stats"]} for b in timings],
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"search_step_{args.device}"
-    (args.out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out_dir / f"{stem}.md").write_text(markdown(result))
+    write_results(args.out_dir, f"search_step_{args.device}", result, markdown(result))
     print(markdown(result))
 
 
