@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from . import distributed
+from . import distributed, run_folder
 from .checkpoint import atomic_save, load_checkpoint
 from .config import SearchConfig
 from .data import EvalTransform, SimCLRAugment, SupervisedAugment, build_search_loaders, load_dataset
@@ -40,31 +39,12 @@ from .reporting import (
 from .schedule import EpochPlan, Schedule, phase_lengths
 from .step_compiler import cache_dir, compiled_graphs
 
-RESUME_FILE = "resume.pth.tar"
+RESUME_FILE = run_folder.RESUME_FILE
 
 
 def run_dir_for(config: SearchConfig, root: Path | str = ".") -> Path:
     """``{root}/exps/{exp_group}/search-{note}`` (the reference's place)."""
-    return Path(root) / "exps" / config.exp_group / f"search-{config.note}"
-
-
-def prepare_run_dir(config: SearchConfig, root: Path | str = ".", create: bool = True) -> Path:
-    """Create the run folder; an existing one is continued (``--resume``) or wiped (``--force``), never
-    silently overwritten. ``create=False`` (ranks other than 0) only checks."""
-    run_dir = run_dir_for(config, root)
-    exists = run_dir.exists() and any(run_dir.iterdir())
-    if config.resume:
-        if not (run_dir / RESUME_FILE).exists():
-            raise CheckpointError(f"--resume: no {RESUME_FILE} in {run_dir}; start the run without --resume")
-    elif exists:
-        if not config.force:
-            raise ConfigError(f"experiment folder {run_dir} already exists; pass --resume to continue it, "
-                              "--force to overwrite it, or choose another --note")
-        if create:
-            shutil.rmtree(run_dir)
-    if create:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    return run_folder.run_dir_for(root, config.exp_group, "search", config.note)
 
 
 class Meter:
@@ -159,12 +139,8 @@ class SearchRun:
         distributed.check_batch_size(config.batch_size, world)
         distributed.init(world, self.device)
         self.main = world.main
-        self.run_dir = prepare_run_dir(config, root, create=not world.distributed)
-        if world.distributed:  # every rank checks before rank 0 creates, so all raise the same error
-            distributed.barrier(world)
-            if self.main:
-                prepare_run_dir(config, root)
-            distributed.barrier(world)
+        self.run_dir = run_folder.prepare_run_dir_on_all_ranks(run_dir_for(config, root), config.resume,
+                                                               config.force, world)
         self.log = open_log(self.run_dir) if self.main else quiet_log()
         self.dataset = load_dataset(config.dataset, config.data_path)
         self.schedule = Schedule(config.epochs, phase_lengths(config.epochs, config.epoch_ratios, config.min_warmup),

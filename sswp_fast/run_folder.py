@@ -1,0 +1,49 @@
+"""The experiment folder of a run (``exps/{exp_group}/{stage}-{note}``): created once, continued only with
+``--resume``, replaced only with ``--force``, never silently overwritten. Every command that writes a run
+(search, train, finetune, linear-eval, pretrain) prepares its folder here, and in a multi-process run every
+rank checks it before rank 0 creates it, so all ranks stop with the same error."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from . import distributed
+from .errors import CheckpointError, ConfigError
+
+RESUME_FILE = "resume.pth.tar"
+
+
+def run_dir_for(root: Path | str, exp_group: str, stage: str, note: str) -> Path:
+    """``{root}/exps/{exp_group}/{stage}-{note}`` (the reference's place)."""
+    return Path(root) / "exps" / exp_group / f"{stage}-{note}"
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, force: bool, create: bool = True) -> Path:
+    """Create ``run_dir``; an existing one is continued (``resume``) or wiped (``force``), never silently
+    overwritten. ``create=False`` only checks."""
+    exists = run_dir.exists() and any(run_dir.iterdir())
+    if resume:
+        if not (run_dir / RESUME_FILE).exists():
+            raise CheckpointError(f"--resume: no {RESUME_FILE} in {run_dir}; start the run without --resume")
+    elif exists:
+        if not force:
+            raise ConfigError(f"experiment folder {run_dir} already exists; pass --resume to continue it, "
+                              "--force to overwrite it, or choose another --note")
+        if create:
+            shutil.rmtree(run_dir)
+    if create:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def prepare_run_dir_on_all_ranks(run_dir: Path, resume: bool, force: bool, world: distributed.World) -> Path:
+    """:func:`prepare_run_dir` in a run of ``world``: every rank checks, then rank 0 alone creates."""
+    if not world.distributed:
+        return prepare_run_dir(run_dir, resume, force)
+    prepare_run_dir(run_dir, resume, force, create=False)
+    distributed.barrier(world)
+    if world.main:
+        prepare_run_dir(run_dir, resume, force)
+    distributed.barrier(world)
+    return run_dir
