@@ -99,23 +99,25 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict with ``torch.load(weights_only=True)``; failures raise CheckpointError."""
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu",
+                    fix: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint dict with ``torch.load(weights_only=True)``; failures raise CheckpointError, whose
+    message ends with ``fix`` (by default, advice about ``--resume``)."""
     name = os.fspath(path)
     if not os.path.exists(name):
-        raise CheckpointError(f"checkpoint {name} not found; check the path or point --resume at an "
-                              "existing one")
+        fix = fix or "check the path or point --resume at an existing one"
+        raise CheckpointError(f"checkpoint {name} not found; {fix}")
     if os.path.isdir(name):
-        raise CheckpointError(f"checkpoint {name} is a directory; point --resume at a .pth.tar file "
-                              "inside it")
+        fix = fix or "point --resume at a .pth.tar file inside it"
+        raise CheckpointError(f"checkpoint {name} is a directory; {fix}")
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise next to the error below
             warnings.simplefilter("ignore")
             obj = torch.load(name, map_location=map_location, weights_only=True)
     except Exception as exc:  # every way a bad file can fail to load maps to the same message
         raise CheckpointError(f"checkpoint {name} is corrupt or not a torch checkpoint ({_one_line(exc)}); "
-                              f"{_RESUME_HINT}") from None
+                              f"{fix or _RESUME_HINT}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {name} is corrupt or not a torch checkpoint (it holds a "
-                              f"{type(obj).__name__}, not a dict); {_RESUME_HINT}")
+                              f"{type(obj).__name__}, not a dict); {fix or _RESUME_HINT}")
     return obj

@@ -1,0 +1,28 @@
+"""The per-iteration learning-rate schedule of the compact-network stages (spec §11.3): a linear warm-up from 0
+over ``warmup_iters`` iterations, then a cosine from the peak down to ``lr_min`` over ``cosine_iters``.
+
+The reference builds it from two PyTorch schedulers stepped once per iteration (``LambdaLR`` during warm-up,
+then ``CosineAnnealingLR``); :func:`warmup_cosine_lr` is the same sequence in closed form, so a resumed run
+needs only the iteration count. Iteration 0 runs at LR 0 when there is a warm-up, as in the reference; a
+warm-up of 0 iterations (a ``ZeroDivisionError`` in the reference) starts the cosine at once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def warmup_cosine_lr(iteration: int, lr: float, lr_min: float, warmup_iters: int, cosine_iters: int) -> float:
+    """The learning rate of (0-based) ``iteration``."""
+    if iteration < warmup_iters:
+        return lr * iteration / warmup_iters
+    t = min(iteration - warmup_iters, cosine_iters)
+    return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * t / cosine_iters)) / 2 if cosine_iters else lr
+
+
+def set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
+    """Every parameter group of ``optimizer`` at learning rate ``value``."""
+    for group in optimizer.param_groups:
+        group["lr"] = value
