@@ -1,8 +1,11 @@
 """The ``sswp-fast`` command line: an argparse front that maps the reference's flags onto
-:class:`~sswp_fast.config.SearchConfig` and has no logic of its own.
+:class:`~sswp_fast.config.SearchConfig` and :class:`~sswp_fast.downstream_config.DownstreamConfig` and has no
+logic of its own.
 
 ``sswp-fast search [flags]`` accepts every flag of the reference's ``search_cifar.py`` /
-``search_imagenet.py`` with the same names and defaults; ``sswp-fast plot RUN_DIR`` draws a finished run.
+``search_imagenet.py`` with the same names and defaults; ``train``, ``finetune``, ``linear-eval`` and
+``pretrain`` those of ``train_cifar.py``, ``finetune.py``, ``linear_eval.py`` and ``simclr_weight_pretrain.py``;
+``sswp-fast knn`` scores any checkpoint with a kNN monitor; ``sswp-fast plot RUN_DIR`` draws a finished run.
 Any :class:`~sswp_fast.errors.SSWPError` is printed as one ``error:`` line (exit status 2).
 """
 
@@ -14,7 +17,9 @@ import sys
 from collections.abc import Sequence
 
 from .config import DATASETS, SearchConfig
+from .downstream_config import AMP_MODES, STAGES, DownstreamConfig, stage_defaults
 from .errors import SSWPError
+from .knn import KNN_K, KNN_TEMPERATURE
 
 _DEFAULTS = SearchConfig()
 
@@ -77,6 +82,80 @@ SEARCH_FLAGS: list[tuple[str, object, str, bool]] = [
 ]
 
 
+_TRAIN = ("train", "finetune", "linear-eval")
+_ALL = (*_TRAIN, "pretrain")
+
+# (flag, type, "flag" (store_true) or "bool" (--x / --no-x), help, stages) in the reference scripts' order, then ours.
+STAGE_FLAGS: list[tuple[str, object, str, tuple[str, ...]]] = [
+    ("note", str, "run name: exps/{exp_group}/{stage}-{note}_{arch_name}", _ALL),
+    ("exp_group", str, "output group folder under exps/", _ALL),
+    ("path", str, "search (or pretrain) folder holding net.config and {arch_name}.pth.tar", _ALL),
+    ("warmup_epochs", int, "linear LR warm-up epochs", _TRAIN),
+    ("train_epochs", int, "cosine epochs after the warm-up", _TRAIN),
+    ("epochs", int, "pretraining epochs (cosine LR, no warm-up)", ("pretrain",)),
+    ("data_mode", str, "supervised (train stages) or SimCLR (pretrain); accepted for compatibility", _ALL),
+    ("dataset", str, f"one of {', '.join(DATASETS)}", _ALL),
+    ("data_path", str, "dataset root", _ALL),
+    ("train_ratio", float, "labelled fraction: the class-balanced subset of the seed-0 split (spec 2.3)", _ALL),
+    ("batch_size", int, "global batch size", _ALL),
+    ("num_workers", int, "decoding threads for image-folder datasets", _ALL),
+    ("cutout", "bool", "cutout augmentation (--no-cutout turns it off)", _ALL),
+    ("cutout_length", int, "cutout square size", _ALL),
+    ("label_smooth", float, "label smoothing of the training loss", _TRAIN),
+    ("arch_name", str, "comma list of net.config names (or darts / pdarts without --path)", _ALL),
+    ("init_channels", int, "initial channels C (must equal the search's when starting from its weights)", _ALL),
+    ("drop_path_prob", float, "drop-path probability reached at the last epoch (linearly from 0)", _TRAIN),
+    ("auxiliary", "bool", "auxiliary head (--no-auxiliary turns it off)", _ALL),
+    ("auxiliary_weight", float, "weight of the auxiliary loss", _TRAIN),
+    ("affine", "bool", "affine BatchNorm in the ops (--no-affine turns it off)", _ALL),
+    ("fix", "flag", "finetune: train only the heads during the warm-up epochs", _TRAIN),
+    ("preserve_weight", "flag", "start from the search weights (projection head included)", ("pretrain",)),
+    ("optm", str, "optimizer: sgd or adam", _ALL),
+    ("lr", float, "peak learning rate", _ALL),
+    ("lr_min", float, "cosine floor of the learning rate", _ALL),
+    ("weight_decay", float, "weight decay", _ALL),
+    ("momentum", float, "SGD momentum", _ALL),
+    ("grad_clip", float, "gradient-norm clip", _ALL),
+    ("debug", "flag", "use 200-image subsets", _ALL),
+    ("seed", int, "random seed", _ALL),
+    ("report_freq", int, "log a train line every k steps (and on the last)", _ALL),
+    ("valid_freq", int, "validate every k epochs (and every epoch from 500 on, and the last)", _ALL),
+    ("local_rank", int, "accepted for compatibility; torchrun sets the rank", _ALL),
+    ("ddp", "flag", "accepted for compatibility; start several processes with torchrun", _ALL),
+    ("sync_bn", "flag", "BatchNorm over the global batch in multi-process runs", _ALL),
+    ("temperature", float, "InfoNCE temperature", ("pretrain",)),
+    ("resume", "flag", "continue the run in the existing folder from its last checkpoint", _ALL),
+    ("force", "flag", "overwrite an existing run folder", _ALL),
+    ("steps_per_epoch", int, "cap the steps per epoch (smoke tests)", _ALL),
+    ("device", str, "auto (CUDA if available), cpu, cuda, cuda:1, ...", _ALL),
+    ("progress", str, "progress bar: auto (on terminals), on, off", _ALL),
+]
+
+
+def _add_stage(commands, stage: str, text: str) -> None:
+    parser = commands.add_parser(stage, help=text)
+    defaults = stage_defaults(stage)
+    for name, kind, help_text, stages in STAGE_FLAGS:
+        if stage not in stages:
+            continue
+        default = getattr(defaults, name)
+        if kind == "flag":
+            parser.add_argument(f"--{name}", action="store_true", help=help_text)
+        elif kind == "bool":
+            parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=default,
+                                help=f"{help_text} (default: {'on' if default else 'off'})")
+        else:
+            parser.add_argument(f"--{name}", type=kind, default=default,
+                                help=f"{help_text} (default: {'none' if default is None else repr(default)})")
+    parser.add_argument("--amp", nargs="?", const="auto", default="off", choices=AMP_MODES,
+                        help="mixed precision: bare --amp is fp16 on CUDA and bf16 on CPU (default: off)")
+
+
+def stage_config_from_args(args: argparse.Namespace) -> DownstreamConfig:
+    names = {f.name for f in dataclasses.fields(DownstreamConfig)}
+    return dataclasses.replace(stage_defaults(args.command), **{k: v for k, v in vars(args).items() if k in names})
+
+
 def _default_text(name: str) -> str:
     value = getattr(_DEFAULTS, name)
     if value is None:
@@ -94,6 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             search.add_argument(f"--{name}", type=kind, default=getattr(_DEFAULTS, name),
                                 help=f"{text} (default: {_default_text(name)})")
+    _add_stage(commands, "train", "train a searched architecture from scratch (train_cifar.py flags)")
+    _add_stage(commands, "finetune", "fine-tune from the concomitant search weights (finetune.py flags)")
+    _add_stage(commands, "linear-eval", "linear probe on the frozen search weights (linear_eval.py flags)")
+    _add_stage(commands, "pretrain", "two-stage SimCLR pretraining baseline (simclr_weight_pretrain.py flags)")
+    knn = commands.add_parser("knn", help="kNN accuracy of any search or compact-network checkpoint")
+    knn.add_argument("--path", default=None, help="folder holding net.config and {arch_name}.pth.tar")
+    knn.add_argument("--arch_name", default="highest_acc", help="architecture (net.config name, or darts / pdarts)")
+    knn.add_argument("--checkpoint", default=None, help="weights file (default: {path}/{arch_name}.pth.tar)")
+    knn.add_argument("--dataset", default="cifar10", choices=DATASETS, help="dataset (default: cifar10)")
+    knn.add_argument("--data_path", default=None, help="dataset root")
+    knn.add_argument("--batch_size", type=int, default=256, help="images per forward pass (default: 256)")
+    knn.add_argument("--k", type=int, default=KNN_K, help=f"neighbours that vote (default: {KNN_K})")
+    knn.add_argument("--temperature", type=float, default=KNN_TEMPERATURE,
+                     help=f"vote weight exp(similarity / t) (default: {KNN_TEMPERATURE})")
+    knn.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     commands.add_parser("doctor", help="say which backends (compiled ops, Triton, device) are built and active")
     plot = commands.add_parser("plot", help="draw alpha heat-maps and genotype graphs of a run")
     plot.add_argument("run_dir", help="a search folder (exps/{exp_group}/search-{note})")
@@ -150,6 +244,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_dir = run_search(config_from_args(args))
             if world_from_env().main:
                 print(f"run folder: {run_dir}")
+        elif args.command in STAGES:
+            from .distributed import world_from_env
+            from .downstream import run_stage
+
+            run_dirs = run_stage(stage_config_from_args(args))
+            if world_from_env().main:
+                for run_dir in run_dirs:
+                    print(f"run folder: {run_dir}")
+        elif args.command == "knn":
+            from .downstream import knn_of_checkpoint
+
+            accuracy = knn_of_checkpoint(args.path, args.arch_name, args.checkpoint, args.dataset, args.data_path,
+                                         args.batch_size, args.k, args.temperature, args.device)
+            print(f"knn_top1 {accuracy:f}")
         elif args.command == "doctor":
             for name, state in doctor_report():
                 print(f"{name:<22} {state}")

@@ -1,0 +1,446 @@
+"""The compact-network stages that consume a search (spec §11): train from scratch, fine-tune from the
+concomitant search weights, linear evaluation, and the two-stage SimCLR pretrain baseline.
+
+Each stage picks architectures by name (``--arch_name``, comma-separated) from a search folder's
+``net.config`` (``--path``), or the built-in ``darts`` / ``pdarts`` without ``--path``, and runs once per
+name in ``exps/{exp_group}/{stage}-{note}_{name}/``. Fine-tune, linear evaluation and pretrain with
+``--preserve_weight`` start from ``{path}/{name}.pth.tar`` through the weight-preserving key mapping of
+:func:`sswp_fast.compact.load_search_weights`.
+
+Differences from the reference scripts, all deliberate:
+  * ``--cutout``, ``--auxiliary`` and ``--affine`` can be turned off (``--no-cutout``...; quirk 16.17);
+  * linear evaluation keeps the frozen backbone's BatchNorm in eval mode, a true linear probe, and has
+    ``--exp_group`` (quirk 16.18);
+  * the last epoch is always validated; mixed precision (``--amp``) and multi-process runs work for every stage,
+    with gradient clipping (quirk 16.19);
+  * a run writes ``resume.pth.tar`` atomically after every epoch and continues from it with ``--resume``.
+
+Several processes train together through ``torchrun``, as the search does: ``--batch_size`` is the global
+batch, every rank augments the whole batch from the shared generator and trains on its slice, gradients are
+averaged in one all-reduce (``--sync_bn``: BatchNorm over the global batch), and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import distributed, run_folder
+from .checkpoint import atomic_save, load_checkpoint
+from .compact import HEAD_PREFIXES, CompactNetwork, load_search_weights
+from .data import EvalTransform, FolderDataset, SimCLRAugment, SupervisedAugment, load_dataset
+from .data.loader import DEBUG_SUBSET, FolderBatches, ResidentBatches
+from .data.split import class_balanced_split
+from .downstream_config import DownstreamConfig
+from .engine import pick_device
+from .errors import ConfigError, SSWPError
+from .export import Arch, append_net_config, load_architectures
+from .genotypes import BUILTIN_NAMES, builtin_architecture
+from .knn import KNN_K, KNN_TEMPERATURE, knn_accuracy
+from .losses import info_nce, info_nce_topk, topk_accuracy
+from .lr_schedule import set_lr, warmup_cosine_lr
+from .reporting import MetricsFile, Progress, Silent, close_log, format_seconds, open_log, quiet_log
+
+FORMAT = "sswp-fast-stage-resume/1"
+LATE_VALIDATION_EPOCH = 500
+"""From this epoch on every epoch is validated (the reference's ``range(500, total)``)."""
+PRETRAIN_SNAPSHOT_EVERY = 50
+
+
+def select_architectures(config: DownstreamConfig) -> dict[str, Arch]:
+    """The architectures named by ``--arch_name``: from ``--path``'s ``net.config``, or built in."""
+    if config.path is not None:
+        return load_architectures(config.path, config.arch_name)
+    names = config.arch_name.split(",")
+    unknown = [n for n in names if n not in BUILTIN_NAMES]
+    if unknown:
+        raise ConfigError(f"no --path given and {', '.join(unknown)} is not a built-in architecture "
+                          f"({', '.join(BUILTIN_NAMES)}); pass --path SEARCH_FOLDER or --arch_name darts")
+    return {n: builtin_architecture(n) for n in names}
+
+
+def searched_channels(state: dict[str, torch.Tensor]) -> int | None:
+    """The ``--init_channels`` a checkpoint was made with, read from its stem (None if it has no stem)."""
+    if "stem.0.weight" in state:
+        return int(state["stem.0.weight"].shape[0]) // 3
+    if "stem0.3.weight" in state:
+        return int(state["stem0.3.weight"].shape[0])
+    return None
+
+
+def load_start_weights(model: CompactNetwork, config: DownstreamConfig, name: str) -> str:
+    """``{path}/{name}.pth.tar`` into ``model`` (spec §10); returns a one-line summary for the log."""
+    file = Path(config.path) / f"{name}.pth.tar"
+    state = load_checkpoint(file, fix=f"pass --path with the search folder that holds {name}.pth.tar")
+    channels = searched_channels(state)
+    if channels is not None and channels != config.init_channels:
+        raise ConfigError(f"{file} was made with --init_channels {channels}, not {config.init_channels}; "
+                          f"pass --init_channels {channels}")
+    report = load_search_weights(model, state)
+    return f"weights from {file}: {len(report.copied)} tensors copied, {len(report.fresh)} freshly initialised"
+
+
+def train_indices(labels: torch.Tensor, num_classes: int, train_ratio: float) -> torch.Tensor:
+    """The labelled subset of spec §2.3: with ``r < 1`` the complement of a class-balanced ``int(N - r·N)``
+    draw of the seed-0 split (the *last* images of each class in its permutation), else every image."""
+    n = int(labels.numel())
+    if train_ratio >= 1:
+        return torch.arange(n)
+    train, _ = class_balanced_split(labels, int(n - train_ratio * n), num_classes)
+    if train.numel() == 0:
+        raise ConfigError(f"--train_ratio {train_ratio} leaves none of the {n} training images; raise it")
+    return train
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "off":
+        return None
+    if amp == "auto":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+class StageRun:
+    """One stage on one architecture; :meth:`run` executes the remaining epochs."""
+
+    def __init__(self, config: DownstreamConfig, arch_name: str, arch: Arch, root: Path | str = ".",
+                 world: distributed.World | None = None):
+        config.validate()
+        self.config = config
+        self.arch_name, self.arch = arch_name, arch
+        self.world = world = world if world is not None else distributed.world_from_env()
+        self.main = world.main
+        self.device = pick_device(config.device, world.local_rank if world.distributed else None)
+        distributed.check_batch_size(config.batch_size, world)
+        distributed.init(world, self.device)
+        self.dataset = load_dataset(config.dataset, config.data_path)
+        self.contrastive = config.stage == "pretrain"
+        self.linear = config.stage == "linear-eval"
+        torch.manual_seed(config.seed)
+        self.model = CompactNetwork(config.init_channels, self.dataset.num_classes, arch,
+                                    auxiliary=config.auxiliary and not self.contrastive and not self.linear,
+                                    affine=config.affine, head="projection" if self.contrastive else "classifier",
+                                    imagenet=config.dataset == "imagenet")
+        start = None
+        if config.stage in ("finetune", "linear-eval") or (self.contrastive and config.preserve_weight):
+            start = load_start_weights(self.model, config, arch_name)
+        # the folder is made only once the inputs have proved good, so a failed start leaves nothing behind
+        self.run_dir = run_folder.prepare_run_dir_on_all_ranks(
+            run_folder.run_dir_for(root, config.exp_group, config.folder_stage, f"{config.note}_{arch_name}"),
+            config.resume, config.force, world)
+        self.log = open_log(self.run_dir, "sswp_fast.stage") if self.main else quiet_log()
+        self.model.to(self.device)
+        self.dtype = next(self.model.parameters()).dtype
+        if self.device.type == "cpu":
+            self.model.to(memory_format=torch.channels_last)
+        if config.sync_bn and world.distributed:
+            distributed.sync_batch_norms(self.model)
+        distributed.broadcast_state(self.model, world)
+        self.trained = self._trainable()
+        self.optimizer = self._optimizer()
+        self.amp_dtype = _amp_dtype(config.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.generator = torch.Generator(self.device).manual_seed(config.seed + 1)
+        self.train_loader, self.test_loader = self._loaders()
+        self.augment = self._augmentation()
+        self.plain = EvalTransform(self.dataset.mean, self.dataset.std)
+        self.steps = len(self.train_loader)
+        self.start_epoch = 0
+        self.best = {"top1": 0.0, "top5": 0.0}
+        if config.resume:
+            self._load_resume()
+        else:
+            self.log.info(repr(argparse.Namespace(**config.to_dict(), arch=arch_name, save_path=str(self.run_dir),
+                                                  num_classes=self.dataset.num_classes)))
+            if start:
+                self.log.info(start)
+            if self.main:
+                append_net_config(self.run_dir / "net.config", "pretrained" if self.contrastive else "model", arch)
+        if self.main:
+            self.metrics = MetricsFile(self.run_dir, self.start_epoch)
+            self.progress = Progress(config.progress, config.total_epochs)
+        else:
+            self.metrics = self.progress = Silent()
+
+    # ---- set-up ------------------------------------------------------------------------------------------
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        """The parameters the optimizer holds: only the classifier in linear evaluation, else all of them."""
+        if self.linear:
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(name.startswith("classifier."))
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        if c.optm == "adam":
+            return torch.optim.Adam(self.trained, lr=c.lr, weight_decay=c.weight_decay)
+        return torch.optim.SGD(self.trained, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+    def _loaders(self) -> tuple[ResidentBatches | FolderBatches, ResidentBatches | FolderBatches]:
+        c, data = self.config, self.dataset
+        train = train_indices(data.train_labels, data.num_classes, c.train_ratio)
+        test = torch.arange(int(data.test_labels.numel()))
+        if c.debug:
+            train, test = train[:DEBUG_SUBSET], test[:DEBUG_SUBSET]
+        if isinstance(data, FolderDataset):
+            return (FolderBatches(data, "train", train, c.batch_size, self.generator, max_batches=c.steps_per_epoch,
+                                  num_workers=c.num_workers, device=self.device),
+                    FolderBatches(data, "test", test, c.batch_size, self.generator, num_workers=c.num_workers,
+                                  device=self.device))
+        images, labels = data.train_images.to(self.device), data.train_labels.to(self.device)
+        return (ResidentBatches(images, labels, train, c.batch_size, self.generator, max_batches=c.steps_per_epoch),
+                ResidentBatches(data.test_images, data.test_labels, test, c.batch_size, self.generator))
+
+    def _augmentation(self):
+        data = self.dataset
+        if self.contrastive:
+            return SimCLRAugment(data.image_size, data.mean, data.std)
+        if isinstance(data, FolderDataset):  # the reference's ImageNet train transform
+            return SimCLRAugment(data.image_size, data.mean, data.std, jitter=(0.4, 0.4, 0.4, 0.2), jitter_p=1.0,
+                                 gray_p=0.0, blur_p=0.0)
+        return SupervisedAugment(data.image_size, data.mean, data.std,
+                                 self.config.cutout_length if self.config.cutout else 0)
+
+    # ---- persistence -------------------------------------------------------------------------------------
+
+    def _save_resume(self, next_epoch: int) -> None:
+        if not self.main:
+            return
+        atomic_save({"format": FORMAT, "config": self.config.to_dict(), "arch_name": self.arch_name,
+                     "epoch": next_epoch, "best": self.best, "model": self.model.state_dict(),
+                     "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                     "generator": self.generator.get_state(), "rng": _rng_state()},
+                    self.run_dir / run_folder.RESUME_FILE)
+
+    def _load_resume(self) -> None:
+        path = self.run_dir / run_folder.RESUME_FILE
+        state = load_checkpoint(path)
+        if state.get("format") != FORMAT:
+            raise SSWPError(f"{path} is not an sswp-fast {self.config.stage} checkpoint; start without --resume")
+        differences = self.config.differences(state["config"])
+        if differences:
+            detail = ", ".join(f"--{k} {state['config'].get(k)!r} → {getattr(self.config, k)!r}" for k in differences)
+            raise ConfigError(f"--resume with a different configuration ({detail}); "
+                              "rerun with the original flags or start a new --note")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.start_epoch, self.best = state["epoch"], state["best"]
+        self.log.info(f"resumed from {path} at epoch {self.start_epoch}")
+
+    def _save_weights(self, name: str) -> None:
+        if self.main:
+            atomic_save(self.model.state_dict(), self.run_dir / f"{name}.pth.tar")
+
+    # ---- steps -------------------------------------------------------------------------------------------
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in the network's dtype (float32 views into a float64 test network) and CPU layout."""
+        x = x.to(self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cpu" else x
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Loss and top-1 accuracy of this rank's slice of a global batch (augmented whole, as every rank
+        draws the same augmentations)."""
+        c = self.config
+        if self.contrastive:
+            v1, v2 = self.augment(images, self.generator), self.augment(images, self.generator)
+            rows = distributed.shard(images.shape[0], self.world)
+            with self._autocast():
+                projection, _ = self.model(self._input(torch.cat([v1[rows], v2[rows]])))
+            features = distributed.gather_views(projection.float(), 2, self.world)
+            return info_nce(features, c.temperature), info_nce_topk(features.detach(), (1,))[0], features.shape[0]
+        x = self.augment(images, self.generator)
+        rows = distributed.shard(images.shape[0], self.world)
+        x, labels = self._input(x[rows]), labels[rows]
+        with self._autocast():
+            if self.linear:
+                with torch.no_grad():
+                    features = self.model.features(x)
+                logits, aux = self.model.classifier(features), None
+            else:
+                logits, aux = self.model(x)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=c.label_smooth)
+        if aux is not None:
+            loss = loss + c.auxiliary_weight * F.cross_entropy(aux.float(), labels, label_smoothing=c.label_smooth)
+        return loss, topk_accuracy(logits.detach(), labels, (1,))[0], labels.shape[0]
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, int]:
+        loss, top1, rows = self._loss(images, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        distributed.average_gradients(self.trained, self.world)
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_([p for p in self.trained if p.grad is not None], self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach()), float(top1), rows
+
+    def _set_train_mode(self, epoch: int) -> None:
+        c = self.config
+        self.model.train(not self.linear)  # a linear probe keeps the frozen backbone's BatchNorm in eval mode
+        drops = not (self.contrastive or self.linear)
+        self.model.drop_path_prob = c.drop_path_prob * epoch / c.total_epochs if drops else 0.0
+        if c.stage == "finetune" and c.fix:  # spec §11.5: only the heads train during the warm-up epochs
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(epoch >= c.warmup_epochs or "classifier" in name)
+
+    def _lr(self, iteration: int) -> float:
+        c = self.config
+        if self.contrastive:
+            return warmup_cosine_lr(iteration, c.lr, c.lr_min, 0, c.epochs * self.steps)
+        return warmup_cosine_lr(iteration, c.lr, c.lr_min, c.warmup_epochs * self.steps, c.train_epochs * self.steps)
+
+    def train_epoch(self, epoch: int) -> dict:
+        self._set_train_mode(epoch)
+        loss_sum = acc_sum = rows_sum = 0.0
+        for step, (images, labels) in enumerate(self.train_loader):
+            lr = self._lr(epoch * self.steps + step)
+            set_lr(self.optimizer, lr)
+            loss, top1, rows = self._step(images, labels)
+            if not math.isfinite(loss):
+                raise SSWPError(f"loss became {loss} at epoch {epoch} step {step}; lower --lr and resume with "
+                                "--resume (the last good epoch is in resume.pth.tar)")
+            loss_sum, acc_sum, rows_sum = loss_sum + loss * rows, acc_sum + top1 * rows, rows_sum + rows
+            if step % self.config.report_freq == 0 or step == self.steps - 1:
+                self.log.info(f"train {step:05d} {loss_sum / rows_sum:e} {acc_sum / rows_sum:f} {lr:f}")
+            self.progress.update(epoch, step, self.steps, self.config.stage)
+        return {"train_loss": loss_sum / rows_sum, "train_acc": acc_sum / rows_sum, "lr": lr}
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Test-set loss and accuracy (pretrain: InfoNCE and instance top-1/top-5 on two augmented views)."""
+        self.model.eval()
+        sums = torch.zeros(3, dtype=torch.float64)
+        count = 0
+        for images, labels in self.test_loader:
+            if self.contrastive:
+                views = torch.cat([self.augment(images, self.generator), self.augment(images, self.generator)])
+                features = self.model(self._input(views))[0].float()
+                top1, top5 = info_nce_topk(features)
+                values, rows = (info_nce(features, self.config.temperature), top1, top5), features.shape[0]
+            else:
+                logits, _ = self.model(self._input(self.plain(images)))
+                top1, top5 = topk_accuracy(logits.float(), labels)
+                values, rows = (F.cross_entropy(logits.float(), labels), top1, top5), labels.shape[0]
+            sums += torch.tensor([float(v) for v in values], dtype=torch.float64) * rows
+            count += rows
+        loss, top1, top5 = (sums / count).tolist()
+        return {"valid_loss": loss, "valid_top1": top1, "valid_top5": top5}
+
+    def _validates(self, epoch: int) -> bool:
+        c = self.config
+        return epoch % c.valid_freq == 0 or epoch >= LATE_VALIDATION_EPOCH or epoch == c.total_epochs - 1
+
+    def run_epoch(self, epoch: int) -> None:
+        c = self.config
+        started = time.monotonic()
+        self.log.info(f"epoch {epoch}")
+        if self.contrastive and (epoch % PRETRAIN_SNAPSHOT_EVERY == 0 or epoch == c.epochs - 1) and self.main:
+            self._save_weights(f"Epoch_{epoch}")  # weights before the epoch, as the reference
+            append_net_config(self.run_dir / "net.config", f"Epoch_{epoch}", self.arch)
+        record = {"epoch": epoch, **self.train_epoch(epoch)}
+        self.log.info(f"train_acc {record['train_acc']:f}, train_loss {record['train_loss']:e}")
+        if self._validates(epoch):
+            record.update(self.validate())
+            self._report_validation(record)
+        record["seconds"] = time.monotonic() - started
+        self.metrics.write(record)
+        self.log.info(f"Time per epoch: {format_seconds(record['seconds'])}")
+        self._save_resume(epoch + 1)
+
+    def _report_validation(self, record: dict) -> None:
+        top1, top5, loss = record["valid_top1"], record["valid_top5"], record["valid_loss"]
+        if self.contrastive:
+            self.log.info(f"valid_acc {top1:f}, best_acc {self.best['top1']:f}, valid_loss {loss:e}")
+        else:
+            self.log.info(f"valid_top1 {top1:f}, best_top1 {self.best['top1']:f}, valid_top5 {top5:f}, "
+                          f"best_top5 {self.best['top5']:f}, valid_loss {loss:e}")
+        if top1 > self.best["top1"]:
+            self._save_weights("pretrained" if self.contrastive else "model")
+        self.best = {"top1": max(self.best["top1"], top1), "top5": max(self.best["top5"], top5)}
+
+    def run(self) -> Path:
+        try:
+            for epoch in range(self.start_epoch, self.config.total_epochs):
+                self.run_epoch(epoch)
+            if self.contrastive:
+                self._save_weights("last_pretrain")
+                self.log.info(f"best_acc {self.best['top1']:f}")
+            else:
+                self.log.info(f"best_top1 {self.best['top1']:f}, best_top5 {self.best['top5']:f}")
+        finally:
+            self.progress.close()
+            close_log(self.log)
+        return self.run_dir
+
+
+def run_stage(config: DownstreamConfig, root: Path | str = ".") -> list[Path]:
+    """Run ``config.stage`` on every architecture of ``--arch_name``; returns their run folders."""
+    config.validate()
+    world = distributed.world_from_env()
+    try:
+        return [StageRun(config, name, arch, root, world).run() for name, arch in select_architectures(config).items()]
+    finally:
+        distributed.shutdown(world)
+
+
+
+def knn_of_checkpoint(path: str | None, arch_name: str, checkpoint: str | None, dataset: str,
+                      data_path: str | None, batch_size: int = 256, k: int = KNN_K,
+                      temperature: float = KNN_TEMPERATURE, device: str = "auto") -> float:
+    """kNN top-1 accuracy (percent) of the backbone features of any checkpoint: a search checkpoint (its
+    backbone restricted to the edges of ``arch_name``), or a compact one from train, finetune or pretrain.
+    ``--init_channels`` is read from the checkpoint; the architecture comes from ``path``'s ``net.config``
+    (or the built-ins), the weights from ``checkpoint`` or ``{path}/{arch_name}.pth.tar``."""
+    if path is None and checkpoint is None:
+        raise ConfigError("knn needs weights: pass --path SEARCH_OR_RUN_FOLDER (with --arch_name) or --checkpoint FILE")
+    arch = (load_architectures(path, arch_name) if path is not None else select_architectures(
+        DownstreamConfig(arch_name=arch_name)))[arch_name]
+    file = Path(checkpoint) if checkpoint is not None else Path(path) / f"{arch_name}.pth.tar"
+    state = load_checkpoint(file, fix="pass --checkpoint with a network checkpoint (.pth.tar)")
+    channels = searched_channels(state)
+    if channels is None:
+        raise SSWPError(f"{file} has no stem weights, so it is not a network checkpoint; pass a search or "
+                        "compact-network checkpoint")
+    data = load_dataset(dataset, data_path)
+    model = CompactNetwork(channels, data.num_classes, arch, auxiliary=False, affine=True,
+                           imagenet=dataset == "imagenet")
+    load_search_weights(model, {key: value for key, value in state.items() if not key.startswith(HEAD_PREFIXES)})
+    run_device = pick_device(device)
+    model.to(run_device).eval()
+    generator = torch.Generator(run_device).manual_seed(0)
+
+    def batches(split: str):
+        if isinstance(data, FolderDataset):
+            n = len(data.files(split))
+            return FolderBatches(data, split, torch.arange(n), batch_size, generator, device=run_device)
+        images, labels = ((data.train_images, data.train_labels) if split == "train"
+                          else (data.test_images, data.test_labels))
+        return ResidentBatches(images, labels, torch.arange(labels.numel()), batch_size, generator)
+
+    return knn_accuracy(model.features, batches("train"), batches("test"), EvalTransform(data.mean, data.std),
+                        data.num_classes, k, temperature)
