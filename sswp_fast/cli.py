@@ -67,6 +67,8 @@ SEARCH_FLAGS: list[tuple[str, object, str, bool]] = [
     ("temperature", float, "InfoNCE temperature (the reference hard-codes 0.07)", True),
     ("byol_decay", float, "EMA decay of the BYOL target network, updated after every weight step", True),
     ("reference_quirks", "flag", "reproduce the reference bugs that change results (see README)", True),
+    ("prune_edges", "flag", "a frozen cell runs its exported genotype (2 edges per node: the compact cell) "
+     "instead of all 14 edges with their argmax ops", True),
     ("resume", "flag", "continue the run in the existing folder from its last checkpoint", True),
     ("force", "flag", "overwrite an existing run folder", True),
     ("steps_per_epoch", int, "cap the weight steps per epoch (smoke tests)", True),

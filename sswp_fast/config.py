@@ -72,6 +72,7 @@ class SearchConfig:
     temperature: float = 0.07
     byol_decay: float = 0.99
     reference_quirks: bool = False
+    prune_edges: bool = False
     resume: bool = False
     force: bool = False
     steps_per_epoch: int | None = None
@@ -134,6 +135,8 @@ class SearchConfig:
         need(self.grad_clip > 0, f"--grad_clip must be positive, got {self.grad_clip}")
         need(self.steps_per_epoch is None or self.steps_per_epoch >= 1,
              f"--steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
+        need(not (self.prune_edges and self.reference_quirks),
+             "--prune_edges changes what frozen cells compute, which --reference_quirks reproduces; pick one")
         need(not (self.resume and self.force), "--resume and --force exclude each other; pick one")
         need(self.progress in ("auto", "on", "off"), f"--progress must be auto, on or off, got {self.progress}")
         need(self.memory_format in ("auto", "channels_last", "contiguous"),

@@ -43,6 +43,7 @@ from .distributed import (
     sync_batch_norms,
 )
 from .errors import ConfigError
+from .export import derive_cell, edge_ops
 from .losses import byol_loss, info_nce_with_topk, topk_accuracy
 from .ops import NUM_CANDIDATES
 from .sampling import one_hot, sample_paths
@@ -129,6 +130,9 @@ class SearchEngine:
             raise ConfigError("--kernels triton and --compile run in a single process only (the dispatch executor's "
                               "BatchNorm does not synchronise across processes yet); use --kernels torch "
                               "--compile off with torchrun")
+        if self.dispatch and config.prune_edges:
+            raise ConfigError("--prune_edges runs with --kernels torch --compile off (the dispatch executor has no "
+                              "dropped edges yet)")
         if world.distributed:
             sync_batch_norms(self.net)
         broadcast_state(self.net, world)
@@ -160,6 +164,8 @@ class SearchEngine:
         self.gate_grad_sum = torch.zeros_like(self.net.arch_alpha) if self.quirks else None
         self._frozen_host = [False] * config.layers
         """Host copy of ``arch_frozen`` (it changes only in :meth:`freeze`), so planning needs no sync."""
+        self.frozen_ops = torch.zeros(config.layers, EDGES_PER_CELL, dtype=torch.long, device=self.device)
+        """``[cells, 14]``: the op every edge of a frozen cell runs (see :meth:`freeze`)."""
         self._step_loss = self._loss
         """The objective of the training steps: :meth:`_loss`, compiled with ``--compile``."""
         self._compiled_kinds: set[tuple] | None = None
@@ -182,13 +188,23 @@ class SearchEngine:
 
     @torch.no_grad()
     def freeze(self, cells: list[int] | tuple[int, ...]) -> None:
-        """Fix every edge of ``cells`` to its argmax op (spec §5.7); their alphas stop moving."""
+        """Fix every edge of ``cells`` to its argmax op (spec §5.7); their alphas stop moving. With
+        ``--prune_edges`` a frozen cell runs its exported genotype instead (the restricted export of its alphas,
+        2 edges per node, the other edges dropped): the compact cell that fine-tuning will start from."""
         for c in cells:
             self.net.arch_frozen[c] = True
             self._frozen_host[c] = True
-            self.net.arch_gates[c] = one_hot(self.net.arch_alpha[c].argmax(-1))
+            self.frozen_ops[c] = self._frozen_cell_ops(c)
+            self.net.arch_gates[c] = one_hot(self.frozen_ops[c])
             if self.gate_grad_sum is not None:
                 self.gate_grad_sum[c] = 0
+
+    def _frozen_cell_ops(self, cell: int) -> torch.Tensor:
+        alpha = self.net.arch_alpha[cell].detach()
+        if not self.config.prune_edges:
+            return alpha.argmax(-1)
+        genotype = derive_cell(alpha, True, self.config.skip_r_num, self.config.pool_r_num)
+        return torch.tensor(edge_ops(genotype), device=self.device)
 
     def will_compile(self, kind: str) -> bool:
         """True when the next ``kind`` (``"weight"`` or ``"arch"``) step is the first of its graph under
@@ -211,8 +227,7 @@ class SearchEngine:
         alpha = self.net.arch_alpha.detach()
         active, inactive = sample_paths(alpha, mode=self.config.net_mode, skip_drop_prob=skip_drop_prob,
                                         pool_drop_prob=pool_drop_prob, warmup=warmup, generator=self.generator)
-        frozen = self.frozen[:, None]
-        active = torch.where(frozen, alpha.argmax(-1), active)
+        active = torch.where(self.frozen[:, None], self.frozen_ops, active)
         self.net.arch_gates.copy_(one_hot(active))
         return active, inactive
 
@@ -350,7 +365,7 @@ class SearchEngine:
     def _update_alpha(self, gate_grad: torch.Tensor, active: torch.Tensor, inactive: torch.Tensor | None) -> None:
         alpha = self.net.arch_alpha.detach().view(-1, NUM_CANDIDATES)
         g = gate_grad.view(-1, NUM_CANDIDATES)
-        a = active.view(-1)
+        a = active.clamp(min=0).view(-1)  # a frozen cell's dropped edges (-1) are masked out below
         mask = ~self.frozen[:, None].expand(-1, EDGES_PER_CELL).reshape(-1)
         if self.two:
             b = inactive.view(-1)
@@ -362,10 +377,10 @@ class SearchEngine:
 
     @torch.no_grad()
     def eval_step(self, batch: Batch) -> StepResult:
-        """Evaluate the argmax architecture (eval-mode BN) on a batch."""
+        """Evaluate the argmax architecture (frozen cells: what they run) with eval-mode BN on a batch."""
         self.net.eval()
-        argmax = self.net.arch_alpha.argmax(-1)
-        plan = DevicePlan(argmax) if self.dispatch else ExecutionPlan(argmax.tolist())
+        ops = torch.where(self.frozen[:, None], self.frozen_ops, self.net.arch_alpha.argmax(-1))
+        plan = DevicePlan(ops) if self.dispatch else ExecutionPlan(ops.tolist())
         if self.config.data_mode == "byol":
             self.byol.eval()
             self.target_net.eval()
@@ -396,6 +411,8 @@ class SearchEngine:
         self.net.load_state_dict(state["net"])
         self.net.arch_frozen.copy_(state["frozen"])
         self._frozen_host = self.net.arch_frozen.tolist()
+        for c in self.frozen_cells():
+            self.frozen_ops[c] = self._frozen_cell_ops(c)
         self.weight_optimizer.load_state_dict(state["weight_optimizer"])
         self.arch_optimizer.load_state_dict(state["arch_optimizer"])
         self.generator.set_state(state["generator"])

@@ -117,6 +117,19 @@ def derive_cell(alpha_cell: torch.Tensor, restrict: bool, skip_r_num: int = 2,
     return [(name, local) for name, _, local, _ in kept]
 
 
+PRUNED_EDGE = -1
+"""The op index :func:`edge_ops` gives an edge that the genotype drops."""
+
+
+def edge_ops(cell: Sequence[tuple[str, int]]) -> list[int]:
+    """The op index of each of the 14 edges of a genotype cell: the 8 kept ``(op, input)`` pairs, node by node
+    (entries ``2n`` and ``2n+1`` feed node ``n``), and :data:`PRUNED_EDGE` for every edge it drops."""
+    ops = [PRUNED_EDGE] * NUM_EDGES
+    for k, (name, index) in enumerate(cell):
+        ops[NODE_EDGES[k // 2][index]] = CANDIDATES.index(name)
+    return ops
+
+
 def derive_architecture(alpha: torch.Tensor, restrict: bool, skip_r_num: int = 2,
                         pool_r_num: int = 2) -> Arch:
     """Export every cell of ``[L, 14, 7]`` logits (one softmax per cell, like the reference)."""

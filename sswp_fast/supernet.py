@@ -39,7 +39,8 @@ DATA_MODES = ("SimCLR", "supervised", "byol")
 class ExecutionPlan:
     """Which op every edge runs in one forward pass.
 
-    ``active[c][e]`` is the op index of edge ``e`` of cell ``c``. For probing plans, ``probed[c]`` is True for
+    ``active[c][e]`` is the op index of edge ``e`` of cell ``c`` (negative: the edge is dropped, as in a frozen
+    cell under ``--prune_edges``; every node keeps at least one edge). For probing plans, ``probed[c]`` is True for
     the cells whose gate gradients are measured, ``others[c][e]`` lists the further ops run (without autograd)
     on those edges, and ``gates`` is the one-hot ``[cells, 14, 7]`` leaf whose gradient is ``G``.
     ``no_grad_cells`` leading cells (and the stem) run without autograd: nothing below them is trained.
@@ -113,6 +114,8 @@ class SearchCell(nn.Module):
             total: torch.Tensor | None = None
             for j, e in enumerate(node):
                 edge = self.edges[e]
+                if active[e] < 0:  # an edge that a frozen cell's genotype drops (--prune_edges)
+                    continue
                 if gates is None:
                     y = edge(states[j], active[e])
                 else:
