@@ -1,4 +1,6 @@
-"""The README's demo command (a), run as written: a short search on the embedded digits dataset."""
+"""The README's demo command (a), run as written: a short search on the embedded digits dataset; then the
+README's downstream example on its result: fine-tuning from the search weights with 30% of the labels beats
+the same architecture from random initialisation with the same budget."""
 
 from __future__ import annotations
 
@@ -13,6 +15,18 @@ from sswp_fast.cli import main
 from sswp_fast.export import read_net_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_commands(prefix: str) -> list[list[str]]:
+    """The arguments of every README line that starts with ``prefix`` (``.venv/bin/sswp-fast finetune``...)."""
+    return [shlex.split(line.split(".venv/bin/sswp-fast ", 1)[1]) for line in README.read_text().splitlines()
+            if line.startswith(prefix)]
+
+
+def best_top1(run: Path) -> float:
+    """The best test top-1 a compact-network run logged."""
+    last = [line for line in (run / "log.txt").read_text().splitlines() if line.startswith("best_top1 ")][-1]
+    return float(last.split(",")[0].split()[1])
 
 
 def demo_arguments() -> list[str]:
@@ -37,6 +51,20 @@ def test_readme_demo_search_writes_genotype_weights_and_metrics(tmp_path, monkey
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == epochs
     assert metrics[-1]["frozen_cells"] == list(range(int(args[args.index("--layers") + 1])))
+
+    finetune, = readme_commands(".venv/bin/sswp-fast finetune ")
+    scratch, = readme_commands(".venv/bin/sswp-fast train ")
+    assert finetune[1:] == scratch[1:] and "0.3" == finetune[finetune.index("--train_ratio") + 1]
+    accuracies = {}
+    for seed in ("2", "3"):  # the README's runs (seed 2, the default) and one more seed
+        for args in (finetune, scratch):
+            assert main([*args, "--seed", seed, "--note", f"demo{seed}"]) == 0
+            accuracies[args[0], seed] = best_top1(run.parent / f"{args[0]}-demo{seed}_Epoch_{epochs - 1}")
+    print("test top-1 with 30% of the labels:", accuracies)
+    for seed in ("2", "3"):
+        assert accuracies["finetune", seed] > accuracies["train", seed], accuracies
+    for args in readme_commands(".venv/bin/sswp-fast linear-eval ") + readme_commands(".venv/bin/sswp-fast knn "):
+        assert main(args) == 0
 
 
 def test_readme_python_api_example_runs() -> None:
