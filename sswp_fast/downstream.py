@@ -17,7 +17,9 @@ Differences from the reference scripts, all deliberate:
 
 Several processes train together through ``torchrun``, as the search does: ``--batch_size`` is the global
 batch, every rank augments the whole batch from the shared generator and trains on its slice, gradients are
-averaged in one all-reduce (``--sync_bn``: BatchNorm over the global batch), and only rank 0 writes.
+averaged in one all-reduce (``--sync_bn``: BatchNorm over the global batch), and only rank 0 writes. The
+``DistributedDataParallel`` wrapper is not used because it fixes the set of trained parameters when it is built,
+and ``--fix`` changes that set at the end of the warm-up. Drop-path masks are drawn per rank.
 """
 
 from __future__ import annotations

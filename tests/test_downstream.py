@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,11 +125,35 @@ def test_pretrain_writes_its_checkpoints_and_knn_scores_them(search_dir, tmp_pat
     assert 0 <= accuracy <= 100
 
 
-def test_bf16_autocast_trains_with_finite_losses(search_dir, tmp_path):
-    run = _stage(_config("finetune", search_dir, amp="bf16", note="amp"), tmp_path)
+@pytest.mark.parametrize("amp,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_autocast_trains_with_finite_losses(search_dir, tmp_path, amp, dtype):
+    run = _stage(_config("finetune", search_dir, amp=amp, note=amp), tmp_path)
     record = run.train_epoch(0)
     assert torch.isfinite(torch.tensor(record["train_loss"]))
-    assert run.amp_dtype == torch.bfloat16
+    assert run.amp_dtype == dtype and run.scaler.is_enabled() == (amp == "fp16")
+
+
+def test_finetune_and_knn_on_an_image_folder_dataset(tmp_path, monkeypatch, capsys):
+    image_module = pytest.importorskip("PIL.Image", reason="Pillow decodes image folders")
+    g = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 2)):
+        for cls in ("n01", "n02"):
+            folder = tmp_path / "data" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(count):
+                image_module.fromarray(g.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    data = ["--dataset", "imagenet-tiny", "--data_path", str(tmp_path / "data"), "--init_channels", "4",
+            "--batch_size", "4", "--num_workers", "2"]
+    assert main(["search", *data, "--epochs", "2", "--epoch_ratios", "0.5,0,0.5,0", "--min_warmup", "0",
+                 "--layers", "3", "--progress", "off"]) == 0
+    search = tmp_path / "exps/exp/search-exp"
+    assert main(["finetune", *data, "--path", str(search), "--arch_name", "Epoch_1", "--warmup_epochs", "0",
+                 "--train_epochs", "1", "--progress", "off"]) == 0
+    assert (tmp_path / "exps/exp/finetune-exp_Epoch_1/model.pth.tar").exists()
+    capsys.readouterr()
+    assert main(["knn", *data[:4], "--path", str(search), "--arch_name", "Epoch_1", "--k", "3"]) == 0
+    assert "knn_top1" in capsys.readouterr().out
 
 
 def _error(argv: list[str], capsys) -> str:
@@ -162,19 +187,27 @@ def test_bad_input_gets_one_line_errors(search_dir, tmp_path, monkeypatch, capsy
     assert (existing / "log.txt").read_text() == "an earlier run\n"
 
 
-def _ranks(cwd: Path, processes: int, search_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+def _stage_arguments(stage: str) -> list[str]:
+    if stage == "pretrain":  # its own epochs flag; starts from the search weights
+        return ["pretrain", *STAGE[:8], "--epochs", "2", "--preserve_weight", *STAGE[-4:]]
+    return [stage, *STAGE]
+
+
+def _ranks(cwd: Path, processes: int, search_dir: Path, *extra: str, stage: str = "finetune"
+           ) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     if processes == 1:
         launcher = [sys.executable]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS.parent)}
     cwd.mkdir()
     return subprocess.run([*launcher, str(TESTS / "stage_ranks.py"),
-                           "finetune", *STAGE, "--path", str(search_dir), "--sync_bn", *extra],
+                           *_stage_arguments(stage), "--path", str(search_dir), "--sync_bn", *extra],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_two_processes_end_with_identical_weights(search_dir, tmp_path):
-    done = _ranks(tmp_path / "two", 2, search_dir)
+@pytest.mark.parametrize("stage", ["finetune", "pretrain"])
+def test_two_processes_end_with_identical_weights(search_dir, tmp_path, stage):
+    done = _ranks(tmp_path / "two", 2, search_dir, stage=stage)
     assert done.returncode == 0, done.stderr[-2000:]
     rank0, rank1 = (load_checkpoint(tmp_path / f"two/rank{r}.pth.tar") for r in (0, 1))
     assert rank0.keys() == rank1.keys()
