@@ -33,7 +33,7 @@ from torch import nn
 from .errors import CheckpointError, ConfigError
 from .export import Arch, _validate_arch
 from .ops import CANDIDATES, FactorizedReduce, Identity, ReLUConvBN, build_op
-from .supernet import HEAD_DIM_SIMCLR, MULTIPLIER, NODE_EDGES, STEPS, _reduction_cells
+from .supernet import HEAD_DIM_SIMCLR, MULTIPLIER, NODE_EDGES, STEPS, _reduction_cells, build_stems
 
 HEADS = ("classifier", "projection")
 """``classifier``: ``Linear(C_prev, num_classes)``; ``projection``: the SimCLR pretraining head (spec §9.4)."""
@@ -167,20 +167,10 @@ class CompactNetwork(nn.Module):
         self.imagenet = imagenet
         self.drop_path_prob = 0.0
         c = init_channels
-        if imagenet:
-            self.stem0 = nn.Sequential(
-                nn.Conv2d(3, c // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c // 2),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(c // 2, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c))
-            self.stem1 = nn.Sequential(
-                nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c))
-            c_prev_prev = c_prev = c
-            reduction_prev = True
-        else:
-            c_stem = stem_multiplier * c
-            self.stem = nn.Sequential(nn.Conv2d(3, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem))
-            c_prev_prev = c_prev = c_stem
-            reduction_prev = False
+        stems, c_prev, reduction_prev = build_stems(c, imagenet, stem_multiplier)
+        for name, stem in stems.items():
+            self.add_module(name, stem)
+        c_prev_prev = c_prev
         self.aux_cell = 2 * self.layers // 3
         self.cells = nn.ModuleList()
         c_curr = c

@@ -233,11 +233,8 @@ class StageRun:
         state = load_checkpoint(path)
         if state.get("format") != FORMAT:
             raise SSWPError(f"{path} is not an sswp-fast {self.config.stage} checkpoint; start without --resume")
-        differences = self.config.differences(state["config"])
-        if differences:
-            detail = ", ".join(f"--{k} {state['config'].get(k)!r} → {getattr(self.config, k)!r}" for k in differences)
-            raise ConfigError(f"--resume with a different configuration ({detail}); "
-                              "rerun with the original flags or start a new --note")
+        run_folder.refuse_changed_config(self.config.differences(state["config"]), state["config"],
+                                         self.config.to_dict())
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])

@@ -37,6 +37,14 @@ def prepare_run_dir(run_dir: Path, resume: bool, force: bool, create: bool = Tru
     return run_dir
 
 
+def refuse_changed_config(differences: list[str], saved: dict, current: dict) -> None:
+    """One-line error when ``--resume`` comes with other values of the result-relevant ``differences``."""
+    if differences:
+        detail = ", ".join(f"--{k} {saved.get(k)!r} → {current[k]!r}" for k in differences)
+        raise ConfigError(f"--resume with a different configuration ({detail}); "
+                          "rerun with the original flags or start a new --note")
+
+
 def prepare_run_dir_on_all_ranks(run_dir: Path, resume: bool, force: bool, world: distributed.World) -> Path:
     """:func:`prepare_run_dir` in a run of ``world``: every rank checks, then rank 0 alone creates."""
     if not world.distributed:

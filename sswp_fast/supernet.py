@@ -125,6 +125,23 @@ class SearchCell(nn.Module):
         return torch.cat(states[2:], dim=1)
 
 
+def build_stems(init_channels: int, imagenet: bool, stem_multiplier: int = 3
+                ) -> tuple[dict[str, nn.Module], int, bool]:
+    """The stem modules by attribute name (CIFAR: ``stem``; ImageNet: ``stem0``, ``stem1``, spec §4.2-§4.3), the
+    channels they output, and whether they reduce the resolution (the first cell then factorizes ``s0``)."""
+    c = init_channels
+    if imagenet:
+        stem0 = nn.Sequential(
+            nn.Conv2d(3, c // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c // 2), nn.ReLU(inplace=True),
+            nn.Conv2d(c // 2, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c))
+        stem1 = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, stride=2, padding=1, bias=False),
+                              nn.BatchNorm2d(c))
+        return {"stem0": stem0, "stem1": stem1}, c, True
+    c_stem = stem_multiplier * c
+    stem = nn.Sequential(nn.Conv2d(3, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem))
+    return {"stem": stem}, c_stem, False
+
+
 def _reduction_cells(layers: int) -> tuple[int, int]:
     return layers // 3, 2 * layers // 3
 
@@ -149,20 +166,10 @@ class SearchNetwork(nn.Module):
         self.data_mode = data_mode
         self.imagenet = imagenet
         c = init_channels
-        if imagenet:
-            self.stem0 = nn.Sequential(
-                nn.Conv2d(3, c // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c // 2),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(c // 2, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c))
-            self.stem1 = nn.Sequential(
-                nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c))
-            c_prev_prev = c_prev = c
-            reduction_prev = True
-        else:
-            c_stem = stem_multiplier * c
-            self.stem = nn.Sequential(nn.Conv2d(3, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem))
-            c_prev_prev = c_prev = c_stem
-            reduction_prev = False
+        stems, c_prev, reduction_prev = build_stems(c, imagenet, stem_multiplier)
+        for name, stem in stems.items():
+            self.add_module(name, stem)
+        c_prev_prev = c_prev
         self.cells = nn.ModuleList()
         c_curr = c
         reductions = _reduction_cells(layers)

@@ -23,7 +23,7 @@ from .checkpoint import atomic_save, load_checkpoint
 from .config import SearchConfig
 from .data import EvalTransform, SimCLRAugment, SupervisedAugment, build_search_loaders, load_dataset
 from .engine import Batch, SearchEngine, StepResult, pick_device
-from .errors import CheckpointError, ConfigError, SSWPError
+from .errors import CheckpointError, SSWPError
 from .export import append_net_config, derive_architecture
 from .reporting import (
     AlphaHistory,
@@ -191,11 +191,8 @@ class SearchRun:
         state = load_checkpoint(path)
         if state.get("format") != "sswp-fast-search-resume/1":
             raise CheckpointError(f"{path} is not an sswp-fast resume checkpoint; start without --resume")
-        differences = self.config.differences(state["config"])
-        if differences:
-            detail = ", ".join(f"--{k} {state['config'].get(k)!r} → {getattr(self.config, k)!r}" for k in differences)
-            raise ConfigError(f"--resume with a different configuration ({detail}); "
-                              "rerun with the original flags or start a new --note")
+        run_folder.refuse_changed_config(self.config.differences(state["config"]), state["config"],
+                                         self.config.to_dict())
         try:
             self.engine.load_state_dict(state["engine"])
         except (KeyError, RuntimeError, ValueError) as err:

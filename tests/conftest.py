@@ -19,6 +19,20 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+def write_random_image_folder(root, classes=("n01", "n02"), train=6, val=2, size=64) -> None:
+    """An ImageNet-style folder of random-noise PNGs: ``root/{train,val}/<class>/<i>.png`` (needs Pillow)."""
+    import numpy as np
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    for split, count in (("train", train), ("val", val)):
+        for cls in classes:
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(g.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
 def tiny_config(**overrides) -> SearchConfig:
     """A 3-cell, C=4 search configuration (reductions at cells 1 and 2)."""
     values = dict(layers=3, init_channels=4, batch_size=4, dataset="digits", min_warmup=0)

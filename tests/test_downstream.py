@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from conftest import write_random_image_folder
 
 from sswp_fast.checkpoint import load_checkpoint
 from sswp_fast.cli import main
@@ -134,14 +134,8 @@ def test_autocast_trains_with_finite_losses(search_dir, tmp_path, amp, dtype):
 
 
 def test_finetune_and_knn_on_an_image_folder_dataset(tmp_path, monkeypatch, capsys):
-    image_module = pytest.importorskip("PIL.Image", reason="Pillow decodes image folders")
-    g = np.random.default_rng(0)
-    for split, count in (("train", 6), ("val", 2)):
-        for cls in ("n01", "n02"):
-            folder = tmp_path / "data" / split / cls
-            folder.mkdir(parents=True)
-            for i in range(count):
-                image_module.fromarray(g.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    pytest.importorskip("PIL.Image", reason="Pillow decodes image folders")
+    write_random_image_folder(tmp_path / "data")
     monkeypatch.chdir(tmp_path)
     data = ["--dataset", "imagenet-tiny", "--data_path", str(tmp_path / "data"), "--init_channels", "4",
             "--batch_size", "4", "--num_workers", "2"]

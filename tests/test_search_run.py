@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_random_image_folder
 
 from sswp_fast.checkpoint import load_checkpoint
 from sswp_fast.cli import SEARCH_FLAGS, main
@@ -188,15 +189,8 @@ def test_tensorboard_scalars_when_tensorboard_is_installed(tmp_path, monkeypatch
 def test_search_on_an_image_folder_dataset(tmp_path, monkeypatch) -> None:
     """imagenet-tiny layout (train/<class>/*.png, val/<class>/*.png), decoded in threads, CIFAR stem (the
     stem its compact networks use, so weights transfer)."""
-    image_module = pytest.importorskip("PIL.Image", reason="Pillow decodes image folders")
-    g = np.random.default_rng(0)
-    for split, count in (("train", 6), ("val", 2)):
-        for cls in ("n01", "n02"):
-            folder = tmp_path / "data" / split / cls
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = g.integers(0, 255, (64, 64, 3), dtype=np.uint8)
-                image_module.fromarray(pixels).save(folder / f"{i}.png")
+    pytest.importorskip("PIL.Image", reason="Pillow decodes image folders")
+    write_random_image_folder(tmp_path / "data")
     monkeypatch.chdir(tmp_path)
     assert main(["search", "--dataset", "imagenet-tiny", "--data_path", str(tmp_path / "data"), "--epochs", "3",
                  "--epoch_ratios", "0.34,0.34,0.32,0", "--min_warmup", "0", "--layers", "3", "--init_channels", "4",
