@@ -32,8 +32,8 @@ from torch import nn
 
 from .errors import CheckpointError, ConfigError
 from .export import Arch, _validate_arch
-from .ops import CANDIDATES, FactorizedReduce, Identity, ReLUConvBN, build_op
-from .supernet import HEAD_DIM_SIMCLR, MULTIPLIER, NODE_EDGES, STEPS, _reduction_cells, build_stems
+from .ops import CANDIDATES, Identity, build_op
+from .supernet import HEAD_DIM_SIMCLR, MULTIPLIER, NODE_EDGES, STEPS, _reduction_cells, build_preprocessing, build_stems
 
 HEADS = ("classifier", "projection")
 """``classifier``: ``Linear(C_prev, num_classes)``; ``projection``: the SimCLR pretraining head (spec §9.4)."""
@@ -58,11 +58,7 @@ class CompactCell(nn.Module):
                  reduction: bool, reduction_prev: bool, affine: bool):
         super().__init__()
         self.reduction = reduction
-        if reduction_prev:
-            self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, channels, affine)
-        else:
-            self.preprocess0 = ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine)
-        self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0, affine)
+        self.preprocess0, self.preprocess1 = build_preprocessing(c_prev_prev, c_prev, channels, reduction_prev, affine)
         self._indices = tuple(index for _, index in arch_cell)
         self._ops = nn.ModuleList(
             build_op(name, channels, 2 if reduction and index < 2 else 1, affine) for name, index in arch_cell)

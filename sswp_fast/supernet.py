@@ -90,6 +90,16 @@ class MixedEdge(nn.Module):
         return out
 
 
+def build_preprocessing(c_prev_prev: int, c_prev: int, channels: int, reduction_prev: bool,
+                        affine: bool) -> tuple[nn.Module, nn.Module]:
+    """A cell's ``preprocess0`` (factorized reduce after a reduction, else ReLU-conv-BN) and ``preprocess1``."""
+    if reduction_prev:
+        pre0: nn.Module = FactorizedReduce(c_prev_prev, channels, affine)
+    else:
+        pre0 = ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine)
+    return pre0, ReLUConvBN(c_prev, channels, 1, 1, 0, affine)
+
+
 class SearchCell(nn.Module):
     """Two preprocessing layers and 14 mixed edges feeding 4 nodes; output is the 4 nodes concatenated."""
 
@@ -97,11 +107,7 @@ class SearchCell(nn.Module):
                  affine: bool):
         super().__init__()
         self.reduction = reduction
-        if reduction_prev:
-            self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, channels, affine)
-        else:
-            self.preprocess0 = ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine)
-        self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0, affine)
+        self.preprocess0, self.preprocess1 = build_preprocessing(c_prev_prev, c_prev, channels, reduction_prev, affine)
         self.edges = nn.ModuleList(
             MixedEdge(channels, 2 if reduction and j < 2 else 1, affine)
             for node in NODE_EDGES for j in range(len(node))
