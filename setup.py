@@ -67,9 +67,10 @@ def extensions() -> tuple[list, dict]:
 
 ext_modules, cmdclass = extensions()
 setup(
-    packages=["sswp_fast", "sswp_fast.data", "sswp_fast.kernels"],
+    packages=["sswp_fast", "sswp_fast.data", "sswp_fast.kernels", "sswp_fast.nasiam"],
     package_dir={"sswp_fast.kernels": "kernels"},  # the Triton kernels live at the top of the tree
-    package_data={"sswp_fast.data": ["*.npz"], "sswp_fast": ["py.typed"]},
+    package_data={"sswp_fast.data": ["*.npz"], "sswp_fast": ["py.typed"],
+                  "sswp_fast.nasiam": ["published/*/*.txt"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )
