@@ -153,6 +153,72 @@ def _add_stage(commands, stage: str, text: str) -> None:
                         help="mixed precision: bare --amp is fp16 on CUDA and bf16 on CPU (default: off)")
 
 
+# (flags, dest, type or "flag", help) of `sswp-fast nasiam`: the reference spellings (spec 3, 6, 7b), then ours.
+NASIAM_FLAGS: list[tuple[tuple[str, ...], str, object, str]] = [
+    (("--data",), "data", str, "dataset root (the reference's positional data argument)"),
+    (("--dataset",), "dataset", str, f"one of {', '.join(DATASETS)}"),
+    (("-a", "--arch"), "arch", str, "backbone: resnet18 or resnet50"),
+    (("-g", "--genotype"), "genotype", str, "pretrain: a genotype file, or a published name (e.g. cifar10_resnet18)"),
+    (("--pretrained",), "pretrained", str, "lincls: the pretrain checkpoint"),
+    (("-j", "--workers"), "workers", int, "decoding threads for image folders"),
+    (("--epochs",), "epochs", int, "epochs"),
+    (("-b", "--batch-size", "--batch_size"), "batch_size", int, "batch size"),
+    (("--lr", "--learning-rate"), "lr", float, "base learning rate (SimSiam: scaled by batch/256)"),
+    (("--search_lr",), "search_lr", float, "learning rate of the alphas"),
+    (("--momentum",), "momentum", float, "SGD momentum"),
+    (("--wd", "--weight-decay"), "weight_decay", float, "weight decay"),
+    (("--search_wd",), "search_wd", float, "weight decay of the alphas"),
+    (("-p", "--print-freq"), "print_freq", int, "log stride in steps"),
+    (("--train_portion",), "train_portion", float, "search: fraction (index order) for weight steps"),
+    (("--seed",), "seed", int, "random seed"),
+    (("--dim",), "dim", int, "SimSiam projector output dim"),
+    (("--pred-dim",), "pred_dim", int, "SimSiam predictor hidden dim"),
+    (("--fix-pred-lr",), "fix_pred_lr", "flag", "SimSiam: the predictor keeps the base learning rate"),
+    (("--moco-dim",), "moco_dim", int, "MoCo output dim"),
+    (("--moco-k",), "moco_k", int, "MoCo queue size (a multiple of twice the batch)"),
+    (("--moco-m",), "moco_m", float, "MoCo key-encoder EMA momentum"),
+    (("--moco-t",), "moco_t", float, "MoCo temperature"),
+    (("--feature_dim",), "feature_dim", int, "SimCLR projector output dim"),
+    (("--temperature",), "temperature", float, "SimCLR NT-Xent temperature"),
+    (("--k",), "k", int, "neighbours of the kNN monitor"),
+    (("--note",), "note", str, "run name: exps/{exp_group}/nasiam-{framework}-{command}-{note}"),
+    (("--exp_group",), "exp_group", str, "output group folder under exps/"),
+    (("--moco_bn_eps_bug",), "moco_bn_eps_bug", "flag", "reproduce MoCo's BatchNorm1d(in, out) eps bug (spec 8.6)"),
+    (("--resume",), "resume", "flag", "continue the run in the existing folder from its last checkpoint"),
+    (("--force",), "force", "flag", "overwrite an existing run folder"),
+    (("--steps_per_epoch",), "steps_per_epoch", int, "cap the steps per epoch (smoke tests)"),
+    (("--device",), "device", str, "auto (CUDA if available), cpu, cuda, ..."),
+    (("--progress",), "progress", str, "progress bar: auto, on, off"),
+]
+
+
+def _add_nasiam(commands) -> None:
+    nasiam = commands.add_parser("nasiam", help="NASiam: search, pretrain and linear-evaluate SSL heads")
+    sub = nasiam.add_subparsers(dest="nasiam_command", required=True)
+    for command, text in (("search", "DARTS search of the projector/predictor heads"),
+                          ("pretrain", "pretrain with a genotype's heads (kNN monitor every epoch)"),
+                          ("lincls", "linear classifier on the frozen pretrained backbone")):
+        parser = sub.add_parser(command, help=text)
+        parser.add_argument("--framework", required=True, choices=("simsiam", "moco", "simclr"))
+        parser.add_argument("data_root", nargs="?", default=None, help="dataset root (or --data)")
+        for flags, dest, kind, help_text in NASIAM_FLAGS:
+            if kind == "flag":
+                parser.add_argument(*flags, dest=dest, action="store_true", default=None, help=help_text)
+            else:
+                parser.add_argument(*flags, dest=dest, type=kind, default=None, help=help_text)
+
+
+def nasiam_config_from_args(args: argparse.Namespace):
+    """The :class:`~sswp_fast.nasiam.config.NasiamConfig` of parsed ``nasiam`` arguments (unset flags take the
+    framework's and command's reference defaults)."""
+    from .nasiam.config import nasiam_defaults
+
+    values = {dest: getattr(args, dest) for _, dest, _, _ in NASIAM_FLAGS if getattr(args, dest) is not None}
+    if args.data_root is not None:
+        values.setdefault("data", args.data_root)
+    return dataclasses.replace(nasiam_defaults(args.nasiam_command, args.framework), **values)
+
+
 def stage_config_from_args(args: argparse.Namespace) -> DownstreamConfig:
     names = {f.name for f in dataclasses.fields(DownstreamConfig)}
     return dataclasses.replace(stage_defaults(args.command), **{k: v for k, v in vars(args).items() if k in names})
@@ -179,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stage(commands, "finetune", "fine-tune from the concomitant search weights (finetune.py flags)")
     _add_stage(commands, "linear-eval", "linear probe on the frozen search weights (linear_eval.py flags)")
     _add_stage(commands, "pretrain", "two-stage SimCLR pretraining baseline (simclr_weight_pretrain.py flags)")
+    _add_nasiam(commands)
     knn = commands.add_parser("knn", help="kNN accuracy of any search or compact-network checkpoint")
     knn.add_argument("--path", default=None, help="folder holding net.config and {arch_name}.pth.tar")
     knn.add_argument("--arch_name", default="highest_acc", help="architecture (net.config name, or darts / pdarts)")
@@ -254,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if world_from_env().main:
                 for run_dir in run_dirs:
                     print(f"run folder: {run_dir}")
+        elif args.command == "nasiam":
+            from .nasiam.training import run_nasiam
+
+            print(f"run folder: {run_nasiam(nasiam_config_from_args(args))}")
         elif args.command == "knn":
             from .downstream import knn_of_checkpoint
 

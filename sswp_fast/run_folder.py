@@ -19,13 +19,14 @@ def run_dir_for(root: Path | str, exp_group: str, stage: str, note: str) -> Path
     return Path(root) / "exps" / exp_group / f"{stage}-{note}"
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, force: bool, create: bool = True) -> Path:
-    """Create ``run_dir``; an existing one is continued (``resume``) or wiped (``force``), never silently
-    overwritten. ``create=False`` only checks."""
+def prepare_run_dir(run_dir: Path, resume: bool, force: bool, create: bool = True,
+                    resume_file: str = RESUME_FILE) -> Path:
+    """Create ``run_dir``; an existing one is continued (``resume``, from ``resume_file``) or wiped (``force``),
+    never silently overwritten. ``create=False`` only checks."""
     exists = run_dir.exists() and any(run_dir.iterdir())
     if resume:
-        if not (run_dir / RESUME_FILE).exists():
-            raise CheckpointError(f"--resume: no {RESUME_FILE} in {run_dir}; start the run without --resume")
+        if not (run_dir / resume_file).exists():
+            raise CheckpointError(f"--resume: no {resume_file} in {run_dir}; start the run without --resume")
     elif exists:
         if not force:
             raise ConfigError(f"experiment folder {run_dir} already exists; pass --resume to continue it, "

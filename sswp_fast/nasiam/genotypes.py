@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from ..checkpoint import atomic_write_text
 from ..errors import ConfigError
+from .search_space import OPS
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -40,14 +41,6 @@ GENOTYPE_FIELDS: dict[str, tuple[str, ...]] = {
 }
 """The ``Genotype`` fields of each framework, in the reference's order (``encoder`` is the projector)."""
 
-_SIAM_OPS = ("maxpool_3x3", "avgpool_3x3", "identity", "linear_relu", "linear_silu", "linear_hardswish", "linear_elu")
-OP_NAMES: dict[str, tuple[str, ...]] = {
-    "simsiam": _SIAM_OPS,
-    "moco": _SIAM_OPS,
-    "simclr": ("maxpool_3x3", "avgpool_3x3", "identity", "linear_relu", "linear_hardswish", "linear_silu",
-               "linear_elu"),
-}
-"""The candidate op names of each framework in alpha-column order (spec §2.1; SimCLR swaps indices 4 and 5)."""
 
 
 def _check_framework(framework: str) -> None:
@@ -59,7 +52,7 @@ def _genes_error(framework: str, field: str, value: object, source: str) -> str 
     """Why ``value`` is not a valid gene list for ``field`` of ``framework``, or None when it is."""
     if not isinstance(value, list) or not value:
         return f"{source}: {field} must be a non-empty list of genes like [['identity'], ...]"
-    ops = OP_NAMES[framework]
+    ops = OPS[framework]
     for i, gene in enumerate(value):
         if not isinstance(gene, list) or not gene or not all(isinstance(op, str) for op in gene):
             return f"{source}: {field} gene {i} must be a non-empty list of op names like ['identity'], got {gene!r}"

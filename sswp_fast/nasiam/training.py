@@ -1,0 +1,440 @@
+"""The NASiam runs (spec §3, §6, §7b): ``search`` (first-order DARTS of the heads, then the genotype file),
+``pretrain`` (a framework with a genotype's heads, kNN monitor every epoch) and ``lincls`` (a linear classifier on
+the frozen backbone, BatchNorm in eval mode).
+
+They share the SSWP conventions: ``exps/{exp_group}/nasiam-{framework}-{command}-{note}/`` with ``log.txt`` and
+``metrics.jsonl``; a checkpoint written atomically after every epoch and ``--resume`` from it; an existing folder
+kept unless ``--force``; augmentation on the device (:class:`sswp_fast.data.SimCLRAugment`, parameters of
+spec §7).
+
+Reference bugs fixed here (spec §8): arch batches come from a pass over the held-out half that starts every
+epoch, instead of a new loader iterator every step (§8.4); resume works, alphas and both optimizers included (§8.2);
+the loss logged is the epoch mean (§8.17). An architecture step differentiates only the alphas, with the backbone
+run without its backward graph (:meth:`sswp_fast.nasiam.models.SimSiam.loss`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import run_folder
+from ..checkpoint import atomic_save, load_checkpoint
+from ..data import EvalTransform, FolderDataset, SimCLRAugment, SupervisedAugment, load_dataset
+from ..data.loader import FolderBatches, ResidentBatches
+from ..engine import pick_device
+from ..errors import ConfigError, SSWPError
+from ..knn import knn_accuracy
+from ..losses import topk_accuracy
+from ..reporting import MetricsFile, Progress, close_log, open_log
+from .backbones import resnet
+from .config import NasiamConfig
+from .genotypes import (
+    NasiamGenotype,
+    genotype_filename,
+    published_genotype,
+    published_names,
+    read_genotype,
+    write_genotype,
+)
+from .models import MoCo, SimCLR, SimSiam
+from .search_space import SearchCell, derive_genes
+
+CHECKPOINT = "last_checkpoint.pth.tar"
+FORMAT = "sswp-fast-nasiam/1"
+BACKBONE_PREFIX = {"simsiam": "encoder.", "moco": "encoder_q.", "simclr": "f."}
+"""Where each framework keeps its backbone in a state dict (the linear classifier starts from those keys)."""
+
+
+def build_model(config: NasiamConfig, genotype: NasiamGenotype | None) -> nn.Module:
+    """The framework's model: search cells for ``genotype=None``, else the genotype's derived cells."""
+    c = config
+    if c.framework == "simsiam":
+        return SimSiam(c.arch, c.cifar, c.dim, c.pred_dim, genotype)
+    if c.framework == "moco":
+        return MoCo(c.arch, c.cifar, c.moco_dim, c.moco_k, c.moco_m, c.moco_t, genotype)
+    return SimCLR(c.arch, c.cifar, c.feature_dim, c.temperature, genotype)
+
+
+def load_genotype(config: NasiamConfig) -> NasiamGenotype:
+    """``-g``: a genotype file's path, or the name of a published genotype of the framework."""
+    if Path(config.genotype).suffix == ".txt" or Path(config.genotype).exists():
+        return read_genotype(config.genotype, config.framework)
+    if config.genotype in published_names(config.framework):
+        return published_genotype(config.framework, config.genotype)
+    raise ConfigError(f"-g {config.genotype}: no such file and no published {config.framework} genotype of that "
+                      f"name (published: {', '.join(published_names(config.framework))}); pass a search's .txt file")
+
+
+def backbone_keys(state: dict[str, torch.Tensor], framework: str) -> dict[str, torch.Tensor]:
+    """The backbone tensors of a framework state dict, prefix stripped, head (``fc``) left out."""
+    prefix = BACKBONE_PREFIX[framework]
+    return {k[len(prefix):]: v for k, v in state.items()
+            if k.startswith(prefix) and not k[len(prefix):].startswith("fc.")}
+
+
+def _cycle(loader) -> Iterator:
+    while True:
+        yield from loader
+
+
+class NasiamRun(ABC):
+    """What every NASiam command shares: folder, log, data, device, checkpoint, epoch loop."""
+
+    def __init__(self, config: NasiamConfig, root: Path | str = "."):
+        config.validate()
+        self.config = c = config
+        self.device = pick_device(c.device)
+        self.dataset = load_dataset(c.dataset, c.data)
+        if not isinstance(self.dataset, FolderDataset):  # resident on the device once, shared by every loader
+            d = self.dataset
+            self._resident = {"train": (d.train_images.to(self.device), d.train_labels.to(self.device)),
+                              "test": (d.test_images.to(self.device), d.test_labels.to(self.device))}
+        torch.manual_seed(c.seed)
+        self.generator = torch.Generator(self.device).manual_seed(c.seed + 1)
+        self.setup()
+        self.run_dir = run_folder.prepare_run_dir(
+            run_folder.run_dir_for(root, c.exp_group, f"nasiam-{c.framework}-{c.command}", c.note), c.resume, c.force,
+            resume_file=CHECKPOINT)
+        self.log = open_log(self.run_dir, "sswp_fast.nasiam")
+        self.start_epoch = 0
+        self.best = 0.0
+        if c.resume:
+            self._load()
+        else:
+            self.log.info(repr(argparse.Namespace(**c.to_dict())))
+        self.metrics = MetricsFile(self.run_dir, self.start_epoch)
+        self.progress = Progress(c.progress, c.epochs)
+
+    @abstractmethod
+    def setup(self) -> None:
+        """Model, optimizers and loaders (before the run folder is made, so bad input leaves nothing)."""
+
+    def _loader(self, split: str, indices: torch.Tensor, drop_last: bool, cap: bool = True, batch_size: int = 0):
+        """Batches of ``split`` images ``indices``: ``cap`` applies ``--steps_per_epoch``; ``batch_size`` 0 means
+        ``--batch-size``."""
+        c, data = self.config, self.dataset
+        max_batches = c.steps_per_epoch if cap else None
+        batch_size = batch_size or c.batch_size
+        if isinstance(data, FolderDataset):
+            return FolderBatches(data, split, indices, batch_size, self.generator, drop_last=drop_last,
+                                 max_batches=max_batches, num_workers=c.workers, device=self.device)
+        images, labels = self._resident[split]
+        return ResidentBatches(images, labels, indices, batch_size, self.generator, drop_last=drop_last,
+                               max_batches=max_batches)
+
+    def _evaluation_loader(self, split: str):
+        """Every image of ``split`` in batches of at least 256 (no gradients, so larger batches are cheap)."""
+        n = int((self.dataset.train_labels if split == "train" else self.dataset.test_labels).numel())
+        return self._loader(split, torch.arange(n), False, cap=False, batch_size=max(256, self.config.batch_size))
+
+    def _views(self) -> SimCLRAugment:
+        """The two-crop augmentation of spec §7: SimSiam crops from 20% of the image, MoCo and SimCLR from 8%;
+        colour jitter (0.4, 0.4, 0.4, 0.1) with p = 0.8, grayscale 0.2, no blur on CIFAR (p = 0.5 on folders)."""
+        data = self.dataset
+        scale = (0.2, 1.0) if self.config.framework == "simsiam" or isinstance(data, FolderDataset) else (0.08, 1.0)
+        return SimCLRAugment(data.image_size, data.mean, data.std, scale=scale, jitter=(0.4, 0.4, 0.4, 0.1),
+                             jitter_p=0.8, gray_p=0.2, blur_p=0.5 if isinstance(data, FolderDataset) else 0.0,
+                             blur_sigma=(0.1, 2.0))
+
+    @abstractmethod
+    def state(self) -> dict:
+        """The run-specific part of the checkpoint (model, optimizers)."""
+
+    @abstractmethod
+    def load_state(self, state: dict) -> None:
+        """Restore :meth:`state`."""
+
+    def _save(self, next_epoch: int) -> None:
+        atomic_save({"format": FORMAT, "config": self.config.to_dict(), "epoch": next_epoch, "best": self.best,
+                     "generator": self.generator.get_state(), "rng": torch.get_rng_state(), **self.state()},
+                    self.run_dir / CHECKPOINT)
+
+    def _load(self) -> None:
+        path = self.run_dir / CHECKPOINT
+        state = load_checkpoint(path)
+        if state.get("format") != FORMAT:
+            raise SSWPError(f"{path} is not an sswp-fast NASiam checkpoint; start without --resume")
+        run_folder.refuse_changed_config(self.config.differences(state["config"]), state["config"],
+                                         self.config.to_dict())
+        self.load_state(state)
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])
+        self.start_epoch, self.best = state["epoch"], state["best"]
+        self.log.info(f"resumed from {path} at epoch {self.start_epoch}")
+
+    @abstractmethod
+    def train_epoch(self, epoch: int) -> dict:
+        """One epoch; returns its metrics (``loss`` at least)."""
+
+    def finish(self) -> None:
+        """What the run writes after its last epoch (subclasses add their result files)."""
+        self.log.info(f"finished {self.config.epochs} epochs; best {self.best:.4f}")
+
+    def run(self) -> Path:
+        try:
+            for epoch in range(self.start_epoch, self.config.epochs):
+                started = time.monotonic()
+                record = {"epoch": epoch, **self.train_epoch(epoch)}
+                if not math.isfinite(record["loss"]):
+                    raise SSWPError(f"loss became {record['loss']} at epoch {epoch}; lower --lr and resume with "
+                                    f"--resume from {self.run_dir / CHECKPOINT}")
+                record["seconds"] = time.monotonic() - started
+                self.log.info(" ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
+                                       for k, v in record.items()))
+                self.metrics.write(record)
+                self._save(epoch + 1)
+            self.finish()
+        finally:
+            self.progress.close()
+            close_log(self.log)
+        return self.run_dir
+
+    def _cosine(self, optimizer: torch.optim.Optimizer, base_lr: float, epoch: int) -> None:
+        """Per-epoch cosine ``base·½(1 + cos(π·e/epochs))``; groups marked ``fix_lr`` keep ``base``."""
+        lr = base_lr * 0.5 * (1 + math.cos(math.pi * epoch / self.config.epochs))
+        for group in optimizer.param_groups:
+            group["lr"] = base_lr if group.get("fix_lr") else lr
+
+
+class _SelfSupervisedRun(NasiamRun):
+    """Search and pretrain: a framework model trained with its SSL loss on two views."""
+
+    genotype: NasiamGenotype | None = None
+
+    def setup(self) -> None:
+        c = self.config
+        self.model = build_model(c, self.genotype).to(self.device)
+        if c.framework == "simclr":
+            self.base_lr = c.lr
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(
+                self.model.weight_parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        else:
+            self.base_lr = c.lr * c.batch_size / 256 if c.framework == "simsiam" else c.lr
+            self.optimizer = torch.optim.SGD(self._weight_groups(), lr=self.base_lr, momentum=c.momentum,
+                                             weight_decay=c.weight_decay)
+        self.augment = self._views()
+
+    def _weight_groups(self) -> list[dict]:
+        params = self.model.weight_parameters()
+        if not (self.config.fix_pred_lr and self.config.framework == "simsiam"):
+            return [{"params": params}]
+        predictor = {id(p) for p in self.model.predictor.parameters()}
+        return [{"params": [p for p in params if id(p) not in predictor], "fix_lr": False},
+                {"params": [p for p in params if id(p) in predictor], "fix_lr": True}]
+
+    def _two_views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.augment(images, self.generator), self.augment(images, self.generator)
+
+    def _weight_step(self, images: torch.Tensor) -> float:
+        self.model.train()
+        loss = self.model.loss(*self._two_views(images))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward(inputs=self.model.weight_parameters())
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def _report_step(self, epoch: int, step: int, steps: int, losses: list[float], phase: str) -> None:
+        """The reference's progress line every ``--print-freq`` steps (and on the last), and the progress bar."""
+        if step % self.config.print_freq == 0 or step == steps - 1:
+            mean = sum(losses) / len(losses)
+            self.log.info(f"Epoch: [{epoch}][{step:>3}/{steps}]\tLoss {losses[-1]:.4f} ({mean:.4f})")
+        self.progress.update(epoch, step, steps, phase)
+
+    def _adjust_lr(self, epoch: int) -> None:
+        if self.config.framework != "simclr":  # the reference's SimCLR Adam has no schedule
+            self._cosine(self.optimizer, self.base_lr, epoch)
+
+    def state(self) -> dict:
+        return {"arch": self.config.arch, "state_dict": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class SearchRun(_SelfSupervisedRun):
+    """First-order DARTS (spec §3): weights on the first ``train_portion`` of the training set in index order,
+    alphas on the rest; SimSiam and MoCo take an arch step before every weight step, SimCLR one per epoch."""
+
+    def setup(self) -> None:
+        super().setup()
+        c = self.config
+        arch = self.model.arch_parameters()
+        if c.framework == "simsiam":
+            self.arch_optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+                arch, lr=c.search_lr, betas=(0.9, 0.999), weight_decay=c.search_wd)
+        else:
+            self.arch_optimizer = torch.optim.Adam(arch, lr=c.search_lr, betas=(0.9, 0.999), weight_decay=c.search_wd)
+        n = int(self.dataset.train_labels.numel())
+        n = n // 4 if c.dataset == "imagenet" else n
+        split = int(math.floor(c.train_portion * n))
+        if split < c.batch_size or n - split < c.batch_size:
+            raise ConfigError(f"--train_portion {c.train_portion} leaves fewer than --batch-size {c.batch_size} "
+                              f"images on one side of the {n}-image split; lower --batch-size")
+        self.train_loader = self._loader("train", torch.arange(split), drop_last=True)
+        self.arch_loader = self._loader("train", torch.arange(split, n), drop_last=True, cap=False)
+
+    def arch_step(self, images: torch.Tensor) -> float:
+        """One alpha update: the SSL loss on a held-out batch, differentiated w.r.t. the alphas only."""
+        self.model.train()
+        arch = self.model.arch_parameters()
+        loss = self.model.loss(*self._two_views(images), backbone_grad=False)
+        grads = torch.autograd.grad(loss, arch)
+        for alpha, grad in zip(arch, grads, strict=True):
+            alpha.grad = grad
+        self.arch_optimizer.step()
+        return float(loss.detach())
+
+    def train_epoch(self, epoch: int) -> dict:
+        c = self.config
+        self._adjust_lr(epoch)
+        per_step = c.framework != "simclr"
+        arch_batches = _cycle(self.arch_loader)  # a fresh pass every epoch, so a resumed epoch sees the same batches
+        arch_losses = [] if per_step else [self.arch_step(next(arch_batches)[0])]
+        losses = []
+        steps = len(self.train_loader)
+        for i, (images, _) in enumerate(self.train_loader):
+            if per_step:
+                arch_losses.append(self.arch_step(next(arch_batches)[0]))
+            losses.append(self._weight_step(images))
+            self._report_step(epoch, i, steps, losses, "search")
+        return {"loss": sum(losses) / len(losses), "arch_loss": sum(arch_losses) / len(arch_losses)}
+
+    def state(self) -> dict:
+        return {**super().state(), "alphas": [a.detach().clone() for a in self.model.arch_parameters()],
+                "search_optimizer": self.arch_optimizer.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self.arch_optimizer.load_state_dict(state["search_optimizer"])
+
+    def genotype_found(self) -> NasiamGenotype:
+        """The ``'sparse'`` parse of every head's alphas (spec §5.1)."""
+        cells = [m for m in self.model.modules() if isinstance(m, SearchCell) and m.alphas.requires_grad]
+        genes = [derive_genes(cell.alphas.detach(), self.config.framework) for cell in cells]
+        fields = {"simsiam": ("encoder", "predictor"), "moco": ("encoder",), "simclr": ("predictor",)}
+        return NasiamGenotype(self.config.framework, **dict(zip(fields[self.config.framework], genes, strict=True)))
+
+    def finish(self) -> None:
+        super().finish()
+        path = self.run_dir / genotype_filename(self.config.dataset, self.config.arch)
+        write_genotype(path, self.genotype_found())
+        self.log.info(f"genotype: {path}")
+
+
+class PretrainRun(_SelfSupervisedRun):
+    """Pretraining with a genotype's heads (spec §6) on the whole training set; after every epoch the kNN monitor
+    (:mod:`sswp_fast.knn`) on the framework's features, and ``pretrained_model_best.pth.tar`` at its best."""
+
+    def setup(self) -> None:
+        self.genotype = load_genotype(self.config)
+        super().setup()
+        n = int(self.dataset.train_labels.numel())
+        self.train_loader = self._loader("train", torch.arange(n), drop_last=True)
+        self.plain = EvalTransform(self.dataset.mean, self.dataset.std)
+
+    def train_epoch(self, epoch: int) -> dict:
+        c = self.config
+        self._adjust_lr(epoch)
+        losses = []
+        steps = len(self.train_loader)
+        for i, (images, _) in enumerate(self.train_loader):
+            losses.append(self._weight_step(images))
+            self._report_step(epoch, i, steps, losses, "pretrain")
+        self.model.eval()
+        accuracy = knn_accuracy(self.model.features, self._evaluation_loader("train"),
+                                self._evaluation_loader("test"), self.plain, self.dataset.num_classes, c.k)
+        if accuracy > self.best:
+            self.best = accuracy
+            atomic_save(self.state(), self.run_dir / "pretrained_model_best.pth.tar")
+        return {"loss": sum(losses) / len(losses), "knn_top1": accuracy}
+
+
+class LinclsRun(NasiamRun):
+    """Linear classification (spec §7b): the backbone of ``--pretrained`` frozen with BatchNorm in eval mode, a
+    fresh ``fc`` (N(0, 0.01), bias 0) trained with SGD (Adam for SimCLR) and a per-epoch cosine LR."""
+
+    def setup(self) -> None:
+        c = self.config
+        state = load_checkpoint(c.pretrained, fix="pass --pretrained with a pretrain run's checkpoint")
+        weights = backbone_keys(state.get("state_dict", state), c.framework)
+        if not weights:
+            raise ConfigError(f"{c.pretrained} holds no {c.framework} backbone ({BACKBONE_PREFIX[c.framework]}* "
+                              "keys); pass the checkpoint of a pretrain run of that framework")
+        self.model = resnet(c.arch, self.dataset.num_classes, c.cifar).to(self.device)
+        nn.init.normal_(self.model.fc.weight, std=0.01)
+        nn.init.zeros_(self.model.fc.bias)
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        if set(missing) != {"fc.weight", "fc.bias"} or unexpected:
+            raise ConfigError(f"{c.pretrained} does not fit an --arch {c.arch} backbone (missing "
+                              f"{[k for k in missing if not k.startswith('fc.')][:3]}, unexpected {unexpected[:3]}); "
+                              "pass the --arch it was pretrained with")
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(name.startswith("fc."))
+        fc = list(self.model.fc.parameters())
+        if c.framework == "simclr":
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(fc, lr=c.lr, weight_decay=c.weight_decay)
+        else:
+            self.base_lr = c.lr * c.batch_size / 256 if c.framework == "simsiam" else c.lr
+            self.optimizer = torch.optim.SGD(fc, lr=self.base_lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        data = self.dataset
+        self.augment = SupervisedAugment(data.image_size, data.mean, data.std)
+        self.plain = EvalTransform(data.mean, data.std)
+        self.train_loader = self._loader("train", torch.arange(int(data.train_labels.numel())), drop_last=False)
+        self.test_loader = self._evaluation_loader("test")
+
+    def train_epoch(self, epoch: int) -> dict:
+        if self.config.framework != "simclr":
+            self._cosine(self.optimizer, self.base_lr, epoch)
+        self.model.eval()  # frozen BatchNorm: a true linear probe
+        losses = []
+        for images, labels in self.train_loader:
+            with torch.no_grad():
+                h = self.model.features(self.augment(images, self.generator))
+            loss = F.cross_entropy(self.model.fc(h), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(float(loss.detach()))
+        top1, top5 = self.evaluate()
+        if top1 > self.best:
+            self.best = top1
+            atomic_save(self.state(), self.run_dir / "model_best.pth.tar")
+        return {"loss": sum(losses) / len(losses), "top1": top1, "top5": top5}
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        hits = torch.zeros(2, dtype=torch.float64)
+        count = 0
+        for images, labels in self.test_loader:
+            logits = self.model(self.plain(images))
+            hits += torch.tensor([float(a) for a in topk_accuracy(logits, labels)], dtype=torch.float64) * len(labels)
+            count += len(labels)
+        top1, top5 = (hits / count).tolist()
+        return top1, top5
+
+    def state(self) -> dict:
+        return {"arch": self.config.arch, "state_dict": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+RUNS = {"search": SearchRun, "pretrain": PretrainRun, "lincls": LinclsRun}
+
+
+def run_nasiam(config: NasiamConfig, root: Path | str = ".") -> Path:
+    """Run ``config.command``; returns its run folder."""
+    return RUNS[config.command](config, root).run()
