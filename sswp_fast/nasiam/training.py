@@ -30,7 +30,7 @@ from .. import run_folder
 from ..checkpoint import atomic_save, load_checkpoint
 from ..data import EvalTransform, FolderDataset, SimCLRAugment, SupervisedAugment, load_dataset
 from ..data.loader import FolderBatches, ResidentBatches
-from ..engine import pick_device
+from ..engine import pick_device, pick_memory_format
 from ..errors import ConfigError, SSWPError
 from ..knn import knn_accuracy
 from ..losses import topk_accuracy
@@ -81,6 +81,30 @@ def backbone_keys(state: dict[str, torch.Tensor], framework: str) -> dict[str, t
             if k.startswith(prefix) and not k[len(prefix):].startswith("fc.")}
 
 
+def weight_step(model: nn.Module, optimizer: torch.optim.Optimizer, x1: torch.Tensor,
+                x2: torch.Tensor) -> torch.Tensor:
+    """One weight update on two views; the alphas get no gradient. Returns the loss (detached)."""
+    model.train()
+    loss = model.loss(x1, x2)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward(inputs=model.weight_parameters())
+    optimizer.step()
+    return loss.detach()
+
+
+def arch_step(model: nn.Module, arch_optimizer: torch.optim.Optimizer, x1: torch.Tensor,
+              x2: torch.Tensor) -> torch.Tensor:
+    """One first-order DARTS update of the alphas on two held-out views: the SSL loss differentiated w.r.t. the
+    alphas only, with the backbone run without its backward graph. Returns the loss (detached)."""
+    model.train()
+    arch = model.arch_parameters()
+    loss = model.loss(x1, x2, backbone_grad=False)
+    for alpha, grad in zip(arch, torch.autograd.grad(loss, arch), strict=True):
+        alpha.grad = grad
+    arch_optimizer.step()
+    return loss.detach()
+
+
 def _cycle(loader) -> Iterator:
     while True:
         yield from loader
@@ -93,6 +117,8 @@ class NasiamRun(ABC):
         config.validate()
         self.config = c = config
         self.device = pick_device(c.device)
+        self.memory_format = pick_memory_format("auto", self.device)
+        """Channels-last on CPU (oneDNN's ResNet convolutions are faster in it), the default layout on CUDA."""
         self.dataset = load_dataset(c.dataset, c.data)
         if not isinstance(self.dataset, FolderDataset):  # resident on the device once, shared by every loader
             d = self.dataset
@@ -130,6 +156,13 @@ class NasiamRun(ABC):
         images, labels = self._resident[split]
         return ResidentBatches(images, labels, indices, batch_size, self.generator, drop_last=drop_last,
                                max_batches=max_batches)
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=self.memory_format)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """The kNN monitor's features of a normalised batch."""
+        return self.model.features(self._layout(x))
 
     def _evaluation_loader(self, split: str):
         """Every image of ``split`` in batches of at least 256 (no gradients, so larger batches are cheap)."""
@@ -212,7 +245,7 @@ class _SelfSupervisedRun(NasiamRun):
 
     def setup(self) -> None:
         c = self.config
-        self.model = build_model(c, self.genotype).to(self.device)
+        self.model = build_model(c, self.genotype).to(self.device, memory_format=self.memory_format)
         if c.framework == "simclr":
             self.base_lr = c.lr
             self.optimizer: torch.optim.Optimizer = torch.optim.Adam(
@@ -232,15 +265,10 @@ class _SelfSupervisedRun(NasiamRun):
                 {"params": [p for p in params if id(p) in predictor], "fix_lr": True}]
 
     def _two_views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.augment(images, self.generator), self.augment(images, self.generator)
+        return self._layout(self.augment(images, self.generator)), self._layout(self.augment(images, self.generator))
 
     def _weight_step(self, images: torch.Tensor) -> float:
-        self.model.train()
-        loss = self.model.loss(*self._two_views(images))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward(inputs=self.model.weight_parameters())
-        self.optimizer.step()
-        return float(loss.detach())
+        return float(weight_step(self.model, self.optimizer, *self._two_views(images)))
 
     def _report_step(self, epoch: int, step: int, steps: int, losses: list[float], phase: str) -> None:
         """The reference's progress line every ``--print-freq`` steps (and on the last), and the progress bar."""
@@ -285,15 +313,8 @@ class SearchRun(_SelfSupervisedRun):
         self.arch_loader = self._loader("train", torch.arange(split, n), drop_last=True, cap=False)
 
     def arch_step(self, images: torch.Tensor) -> float:
-        """One alpha update: the SSL loss on a held-out batch, differentiated w.r.t. the alphas only."""
-        self.model.train()
-        arch = self.model.arch_parameters()
-        loss = self.model.loss(*self._two_views(images), backbone_grad=False)
-        grads = torch.autograd.grad(loss, arch)
-        for alpha, grad in zip(arch, grads, strict=True):
-            alpha.grad = grad
-        self.arch_optimizer.step()
-        return float(loss.detach())
+        """One alpha update on a held-out batch of uint8 ``images`` (:func:`arch_step`)."""
+        return float(arch_step(self.model, self.arch_optimizer, *self._two_views(images)))
 
     def train_epoch(self, epoch: int) -> dict:
         c = self.config
@@ -352,7 +373,7 @@ class PretrainRun(_SelfSupervisedRun):
             losses.append(self._weight_step(images))
             self._report_step(epoch, i, steps, losses, "pretrain")
         self.model.eval()
-        accuracy = knn_accuracy(self.model.features, self._evaluation_loader("train"),
+        accuracy = knn_accuracy(self._features, self._evaluation_loader("train"),
                                 self._evaluation_loader("test"), self.plain, self.dataset.num_classes, c.k)
         if accuracy > self.best:
             self.best = accuracy
@@ -371,7 +392,7 @@ class LinclsRun(NasiamRun):
         if not weights:
             raise ConfigError(f"{c.pretrained} holds no {c.framework} backbone ({BACKBONE_PREFIX[c.framework]}* "
                               "keys); pass the checkpoint of a pretrain run of that framework")
-        self.model = resnet(c.arch, self.dataset.num_classes, c.cifar).to(self.device)
+        self.model = resnet(c.arch, self.dataset.num_classes, c.cifar).to(self.device, memory_format=self.memory_format)
         nn.init.normal_(self.model.fc.weight, std=0.01)
         nn.init.zeros_(self.model.fc.bias)
         missing, unexpected = self.model.load_state_dict(weights, strict=False)
@@ -400,7 +421,7 @@ class LinclsRun(NasiamRun):
         losses = []
         for images, labels in self.train_loader:
             with torch.no_grad():
-                h = self.model.features(self.augment(images, self.generator))
+                h = self.model.features(self._layout(self.augment(images, self.generator)))
             loss = F.cross_entropy(self.model.fc(h), labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -417,7 +438,7 @@ class LinclsRun(NasiamRun):
         hits = torch.zeros(2, dtype=torch.float64)
         count = 0
         for images, labels in self.test_loader:
-            logits = self.model(self.plain(images))
+            logits = self.model(self._layout(self.plain(images)))
             hits += torch.tensor([float(a) for a in topk_accuracy(logits, labels)], dtype=torch.float64) * len(labels)
             count += len(labels)
         top1, top5 = (hits / count).tolist()
