@@ -120,8 +120,19 @@ def activate_and_mix(blocks: Sequence[torch.Tensor], activations: Sequence[str],
 
     ``activations[k]`` is one of ``identity``, ``relu``, ``silu``, ``hardswish``, ``elu``; ``weights`` has K
     entries. This is the elementwise tail of the fused :meth:`MixedOp.forward`, kept as one function so that a
-    kernel (one read of each block, one (N, D) write) can replace it; here: the activated blocks stacked to
-    (N, K, D), then one weighted reduction over K."""
+    kernel (one read of each block, one (N, D) write) can replace it. On CUDA (with triton installed) the blocks
+    are stacked to (K, N, D) for that kernel, the custom op ``sswp_fast::activate_and_mix``
+    (:mod:`sswp_fast.kernels.mixed_activation`); elsewhere, and as the reference the kernel is tested against:
+    the activated blocks stacked to (N, K, D), then one weighted reduction over K. CPU tensors never take the
+    kernel here, not even under the (very slow) Triton interpreter: its tests call it directly."""
+    from ..backend import triton_installed
+
+    if blocks[0].is_cuda and triton_installed():
+        from ..kernels._common import runs_on_triton
+        from ..kernels.mixed_activation import mixed_activation
+
+        if runs_on_triton(blocks[0]):
+            return mixed_activation(torch.stack(list(blocks)), activations, weights)
     stacked = torch.stack([_ACTIVATION_FUNCTIONS[act](block) for act, block in zip(activations, blocks, strict=True)],
                           1)
     return (stacked * weights[:, None]).sum(1)
