@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .errors import ConfigError
+from .run_folder import RunOptions
 from .schedule import parse_epoch_ratios
 
 DATASETS = ("cifar10", "cifar100", "imagenet", "imagenet-tiny", "digits")
@@ -25,8 +26,10 @@ RESULT_NEUTRAL_FIELDS = frozenset({"resume", "force", "device", "num_workers", "
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(RunOptions):
     """All search options. Field names are the CLI flag names (``--epoch_ratios`` → ``epoch_ratios``)."""
+
+    NEUTRAL = RESULT_NEUTRAL_FIELDS
 
     # reference flags (spec §7.1)
     note: str = "exp"
@@ -146,10 +149,3 @@ class SearchConfig:
         need(self.compile in ("off", "default", "max-autotune"),
              f"--compile must be off, default or max-autotune, got {self.compile}")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def differences(self, other: dict) -> list[str]:
-        """Names of the result-relevant fields whose value differs from ``other`` (a saved :meth:`to_dict`)."""
-        mine = self.to_dict()
-        return sorted(k for k in mine if k not in RESULT_NEUTRAL_FIELDS and other.get(k, mine[k]) != mine[k])

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .config import DATASETS
 from .errors import ConfigError
+from .run_folder import RunOptions
 
 STAGES = ("train", "finetune", "linear-eval", "pretrain")
 STAGE_FOLDERS = {"train": "train", "finetune": "finetune", "linear-eval": "linear_eval", "pretrain": "pretrain"}
@@ -26,8 +27,10 @@ RESULT_NEUTRAL_FIELDS = frozenset({"resume", "force", "device", "num_workers", "
 
 
 @dataclass
-class DownstreamConfig:
+class DownstreamConfig(RunOptions):
     """All options of one stage. Field names are the CLI flag names."""
+
+    NEUTRAL = RESULT_NEUTRAL_FIELDS
 
     stage: str = "train"
     # reference flags (spec §11.4-§11.8)
@@ -120,13 +123,6 @@ class DownstreamConfig:
             need(self.path is not None, f"{self.stage} starts from search weights: pass --path, the search folder "
                  "holding net.config and {arch_name}.pth.tar")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def differences(self, other: dict) -> list[str]:
-        """Names of the result-relevant fields whose value differs from ``other`` (a saved :meth:`to_dict`)."""
-        mine = self.to_dict()
-        return sorted(k for k in mine if k not in RESULT_NEUTRAL_FIELDS and other.get(k, mine[k]) != mine[k])
 
 
 _STAGE_DEFAULTS: dict[str, dict[str, object]] = {

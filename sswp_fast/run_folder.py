@@ -5,8 +5,10 @@ rank checks it before rank 0 creates it, so all ranks stop with the same error."
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
+from typing import ClassVar
 
 from . import distributed
 from .errors import CheckpointError, ConfigError
@@ -36,6 +38,26 @@ def prepare_run_dir(run_dir: Path, resume: bool, force: bool, create: bool = Tru
     if create:
         run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def differing_fields(current: dict, saved: dict, neutral: frozenset[str]) -> list[str]:
+    """Sorted names of the fields of ``current`` (a config's ``to_dict()``) that ``saved`` holds with another value,
+    leaving out the ``neutral`` ones (those a resumed run may change)."""
+    return sorted(k for k in current if k not in neutral and saved.get(k, current[k]) != current[k])
+
+
+class RunOptions:
+    """Mixin of the dataclass configurations of the commands: ``to_dict`` for checkpoints, and ``differences``
+    from a saved configuration over every field but the ``NEUTRAL`` ones (those a resumed run may change)."""
+
+    NEUTRAL: ClassVar[frozenset[str]] = frozenset()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def differences(self, other: dict) -> list[str]:
+        """Names of the result-relevant fields whose value differs from ``other`` (a saved :meth:`to_dict`)."""
+        return differing_fields(self.to_dict(), other, self.NEUTRAL)
 
 
 def refuse_changed_config(differences: list[str], saved: dict, current: dict) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..config import DATASETS
 from ..errors import ConfigError
+from ..run_folder import RunOptions
 from .backbones import ARCHS
 from .models import FRAMEWORKS
 
@@ -18,8 +19,10 @@ RESULT_NEUTRAL_FIELDS = frozenset({"resume", "force", "device", "workers", "prin
 
 
 @dataclass
-class NasiamConfig:
+class NasiamConfig(RunOptions):
     """All options of one NASiam command."""
+
+    NEUTRAL = RESULT_NEUTRAL_FIELDS
 
     command: str = "search"
     framework: str = "simsiam"
@@ -90,12 +93,6 @@ class NasiamConfig:
             need(self.pretrained is not None, "lincls needs --pretrained CHECKPOINT (a pretrain run's "
                  "pretrained_model_best.pth.tar)")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def differences(self, other: dict) -> list[str]:
-        mine = self.to_dict()
-        return sorted(k for k in mine if k not in RESULT_NEUTRAL_FIELDS and other.get(k, mine[k]) != mine[k])
 
 
 _FRAMEWORK_DEFAULTS: dict[str, dict[str, object]] = {

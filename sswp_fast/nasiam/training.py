@@ -178,13 +178,15 @@ class NasiamRun(ABC):
                              jitter_p=0.8, gray_p=0.2, blur_p=0.5 if isinstance(data, FolderDataset) else 0.0,
                              blur_sigma=(0.1, 2.0))
 
-    @abstractmethod
     def state(self) -> dict:
-        """The run-specific part of the checkpoint (model, optimizers)."""
+        """The run-specific part of the checkpoint: the reference's keys (arch, state_dict, optimizer)."""
+        return {"arch": self.config.arch, "state_dict": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
 
-    @abstractmethod
     def load_state(self, state: dict) -> None:
         """Restore :meth:`state`."""
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
     def _save(self, next_epoch: int) -> None:
         atomic_save({"format": FORMAT, "config": self.config.to_dict(), "epoch": next_epoch, "best": self.best,
@@ -280,14 +282,6 @@ class _SelfSupervisedRun(NasiamRun):
     def _adjust_lr(self, epoch: int) -> None:
         if self.config.framework != "simclr":  # the reference's SimCLR Adam has no schedule
             self._cosine(self.optimizer, self.base_lr, epoch)
-
-    def state(self) -> dict:
-        return {"arch": self.config.arch, "state_dict": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict()}
-
-    def load_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
 
 
 class SearchRun(_SelfSupervisedRun):
@@ -443,14 +437,6 @@ class LinclsRun(NasiamRun):
             count += len(labels)
         top1, top5 = (hits / count).tolist()
         return top1, top5
-
-    def state(self) -> dict:
-        return {"arch": self.config.arch, "state_dict": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict()}
-
-    def load_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
 
 
 RUNS = {"search": SearchRun, "pretrain": PretrainRun, "lincls": LinclsRun}
