@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -65,6 +66,18 @@ def test_moco_key_encoder_is_an_ema_copy_with_its_own_head():
         torch.testing.assert_close(a, model.m * b + (1 - model.m) * q.detach())
     with pytest.raises(ConfigError, match="multiple of twice the batch"):
         model.loss(torch.randn(3, 3, 16, 16), torch.randn(3, 3, 16, 16))
+
+
+def test_the_moco_eps_flag_reaches_every_linear_candidate_of_the_head():
+    from sswp_fast.nasiam.config import nasiam_defaults as defaults
+    from sswp_fast.nasiam.training import build_model
+
+    base = dataclasses.replace(defaults("search", "moco"), arch="resnet18", moco_k=16, moco_dim=8)
+    for bug, eps in ((False, 1e-5), (True, 512.0)):
+        model = build_model(dataclasses.replace(base, moco_bn_eps_bug=bug), None)
+        linear_bns = [m for name, m in model.encoder_q.fc.named_modules()  # candidate k of layer i: _ops.i._ops.k
+                      if isinstance(m, torch.nn.BatchNorm1d) and re.search(r"_ops\.\d+\._ops\.[3-6]\.", name)]
+        assert linear_bns and all(bn.eps == eps for bn in linear_bns)
 
 
 def _search_config(tmp_path, **changes):

@@ -35,13 +35,15 @@ SIMCLR_PROJECTOR_LAYERS, SIMCLR_HIDDEN = 6, 512
 
 
 def _head(genotype: NasiamGenotype | None, field: str, dim: int, layers: int, framework: str,
-          hidden_dim: int | None = None, out_dim: int | None = None) -> nn.Module:
+          hidden_dim: int | None = None, out_dim: int | None = None, moco_bn_eps_bug: bool = False) -> nn.Module:
     """A search cell, or the cell the genotype's ``field`` derives."""
     if genotype is None:
-        return SearchCell(dim, layers, framework, hidden_dim=hidden_dim, out_dim=out_dim)
+        return SearchCell(dim, layers, framework, hidden_dim=hidden_dim, out_dim=out_dim,
+                          moco_bn_eps_bug=moco_bn_eps_bug)
     if genotype.framework != framework:
         raise ConfigError(f"a {genotype.framework} genotype cannot build a {framework} model; pass a {framework} one")
-    return Cell(dim, getattr(genotype, field), framework, hidden_dim=hidden_dim, out_dim=out_dim)
+    return Cell(dim, getattr(genotype, field), framework, hidden_dim=hidden_dim, out_dim=out_dim,
+                moco_bn_eps_bug=moco_bn_eps_bug)
 
 
 def _backbone_context(backbone_grad: bool):
@@ -104,13 +106,14 @@ class MoCo(_Model):
     framework = "moco"
 
     def __init__(self, arch: str = "resnet18", cifar: bool = True, dim: int = 128, k: int = 4096, m: float = 0.999,
-                 t: float = 0.1, genotype: NasiamGenotype | None = None):
+                 t: float = 0.1, genotype: NasiamGenotype | None = None, moco_bn_eps_bug: bool = False):
+        """``moco_bn_eps_bug`` reproduces the reference's ``BatchNorm1d(in, out)`` (eps = out_dim, spec §8.6)."""
         super().__init__()
         self.k, self.m, self.t = k, m, t
         self.encoder_q = resnet(arch, dim, cifar, zero_init_residual=arch == "resnet18")
         dim_mlp = self.encoder_q.feature_dim
-        self.encoder_q.fc = nn.Sequential(_head(genotype, "encoder", dim_mlp, MOCO_ENCODER_LAYERS, self.framework),
-                                          nn.Linear(dim_mlp, dim))
+        self.encoder_q.fc = nn.Sequential(_head(genotype, "encoder", dim_mlp, MOCO_ENCODER_LAYERS, self.framework,
+                                                moco_bn_eps_bug=moco_bn_eps_bug), nn.Linear(dim_mlp, dim))
         self.encoder_k = copy.deepcopy(self.encoder_q).requires_grad_(False)
         self.register_buffer("queue", F.normalize(torch.randn(dim, k), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))

@@ -60,7 +60,7 @@ def build_model(config: NasiamConfig, genotype: NasiamGenotype | None) -> nn.Mod
     if c.framework == "simsiam":
         return SimSiam(c.arch, c.cifar, c.dim, c.pred_dim, genotype)
     if c.framework == "moco":
-        return MoCo(c.arch, c.cifar, c.moco_dim, c.moco_k, c.moco_m, c.moco_t, genotype)
+        return MoCo(c.arch, c.cifar, c.moco_dim, c.moco_k, c.moco_m, c.moco_t, genotype, c.moco_bn_eps_bug)
     return SimCLR(c.arch, c.cifar, c.feature_dim, c.temperature, genotype)
 
 
