@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from . import distributed, run_folder
 from .checkpoint import atomic_save, load_checkpoint
-from .compact import HEAD_PREFIXES, CompactNetwork, load_search_weights
+from .compact import CompactNetwork, load_search_weights
 from .data import EvalTransform, FolderDataset, SimCLRAugment, SupervisedAugment, load_dataset
 from .data.loader import DEBUG_SUBSET, FolderBatches, ResidentBatches
 from .data.split import class_balanced_split
@@ -55,11 +55,12 @@ LATE_VALIDATION_EPOCH = 500
 PRETRAIN_SNAPSHOT_EVERY = 50
 
 
-def select_architectures(config: DownstreamConfig) -> dict[str, Arch]:
-    """The architectures named by ``--arch_name``: from ``--path``'s ``net.config``, or built in."""
-    if config.path is not None:
-        return load_architectures(config.path, config.arch_name)
-    names = config.arch_name.split(",")
+def select_architectures(path: str | None, arch_name: str) -> dict[str, Arch]:
+    """The architectures named by ``arch_name`` (``--arch_name``, comma-separated): from ``path``'s
+    ``net.config``, or built in when ``path`` is None."""
+    if path is not None:
+        return load_architectures(path, arch_name)
+    names = arch_name.split(",")
     unknown = [n for n in names if n not in BUILTIN_NAMES]
     if unknown:
         raise ConfigError(f"no --path given and {', '.join(unknown)} is not a built-in architecture "
@@ -402,7 +403,8 @@ def run_stage(config: DownstreamConfig, root: Path | str = ".") -> list[Path]:
     config.validate()
     world = distributed.world_from_env()
     try:
-        return [StageRun(config, name, arch, root, world).run() for name, arch in select_architectures(config).items()]
+        return [StageRun(config, name, arch, root, world).run() for name, arch in
+                select_architectures(config.path, config.arch_name).items()]
     finally:
         distributed.shutdown(world)
 
@@ -417,8 +419,7 @@ def knn_of_checkpoint(path: str | None, arch_name: str, checkpoint: str | None, 
     (or the built-ins), the weights from ``checkpoint`` or ``{path}/{arch_name}.pth.tar``."""
     if path is None and checkpoint is None:
         raise ConfigError("knn needs weights: pass --path SEARCH_OR_RUN_FOLDER (with --arch_name) or --checkpoint FILE")
-    arch = (load_architectures(path, arch_name) if path is not None else select_architectures(
-        DownstreamConfig(arch_name=arch_name)))[arch_name]
+    arch = select_architectures(path, arch_name)[arch_name]
     file = Path(checkpoint) if checkpoint is not None else Path(path) / f"{arch_name}.pth.tar"
     state = load_checkpoint(file, fix="pass --checkpoint with a network checkpoint (.pth.tar)")
     channels = searched_channels(state)
@@ -428,7 +429,7 @@ def knn_of_checkpoint(path: str | None, arch_name: str, checkpoint: str | None, 
     data = load_dataset(dataset, data_path)
     model = CompactNetwork(channels, data.num_classes, arch, auxiliary=False, affine=True,
                            imagenet=dataset == "imagenet")
-    load_search_weights(model, {key: value for key, value in state.items() if not key.startswith(HEAD_PREFIXES)})
+    load_search_weights(model, {key: value for key, value in state.items() if not model.is_head_key(key)})
     run_device = pick_device(device)
     model.to(run_device).eval()
     generator = torch.Generator(run_device).manual_seed(0)

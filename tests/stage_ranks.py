@@ -15,7 +15,7 @@ if __name__ == "__main__":
     torch.set_default_dtype(torch.float64)
     config = stage_config_from_args(build_parser().parse_args(sys.argv[1:]))
     world = world_from_env()
-    (name, arch), = select_architectures(config).items()
+    (name, arch), = select_architectures(config.path, config.arch_name).items()
     run = StageRun(config, name, arch, ".", world)
     run.run()
     atomic_save(run.model.state_dict(), f"rank{world.rank}.pth.tar")

@@ -49,7 +49,7 @@ def _config(stage: str, search_dir: Path, **changes):
 
 
 def _stage(config, root: Path) -> StageRun:
-    (name, arch), = select_architectures(config).items()
+    (name, arch), = select_architectures(config.path, config.arch_name).items()
     return StageRun(config, name, arch, root)
 
 
