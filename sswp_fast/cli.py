@@ -17,9 +17,10 @@ import sys
 from collections.abc import Sequence
 
 from .config import DATASETS, SearchConfig
-from .downstream_config import AMP_MODES, STAGES, DownstreamConfig, stage_defaults
+from .downstream_config import STAGES, DownstreamConfig, stage_defaults
 from .errors import SSWPError
 from .knn import KNN_K, KNN_TEMPERATURE
+from .precision import AMP_MODES
 
 _DEFAULTS = SearchConfig()
 
@@ -81,6 +82,10 @@ SEARCH_FLAGS: list[tuple[str, object, str, bool]] = [
      "executor; one graph per step kind and frozen prefix)", True),
     ("compile_cache", str, "folder for compiled code (default $TORCHINDUCTOR_CACHE_DIR or "
      "~/.cache/sswp-fast/inductor)", True),
+    ("recompute", str, "activation recompute, memory for time, same gradients: none, edge (keep node states), "
+     "cell (keep cell inputs), auto (none on the PyTorch executor, edge on the Triton one)", True),
+    ("max_memory", float, "GB a step may use: measure the recompute modes on small batches, take the fastest "
+     "that fits and say which", True),
 ]
 
 
@@ -241,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             search.add_argument(f"--{name}", type=kind, default=getattr(_DEFAULTS, name),
                                 help=f"{text} (default: {_default_text(name)})")
+    search.add_argument("--amp", nargs="?", const="auto", default="off", choices=AMP_MODES,
+                        help="mixed precision of the search steps (InfoNCE and BN statistics stay float32): "
+                             "bare --amp is fp16 on CUDA and bf16 on CPU (default: off)")
     _add_stage(commands, "train", "train a searched architecture from scratch (train_cifar.py flags)")
     _add_stage(commands, "finetune", "fine-tune from the concomitant search weights (finetune.py flags)")
     _add_stage(commands, "linear-eval", "linear probe on the frozen search weights (linear_eval.py flags)")

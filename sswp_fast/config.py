@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from .errors import ConfigError
+from .precision import AMP_MODES
+from .recompute import RECOMPUTE_MODES
 from .run_folder import RunOptions
 from .schedule import parse_epoch_ratios
 
@@ -21,7 +23,7 @@ _CIFAR_DEFAULTS = {"min_warmup": 40, "batch_size": 96, "layers": 20, "init_chann
 _IMAGENET_DEFAULTS = {"min_warmup": 10, "batch_size": 256, "layers": 14, "init_channels": 48}
 
 RESULT_NEUTRAL_FIELDS = frozenset({"resume", "force", "device", "num_workers", "report_freq", "progress", "kernels",
-                                   "compile", "compile_cache"})
+                                   "compile", "compile_cache", "recompute", "max_memory"})
 """Fields that may differ when a run is resumed; every other field must match the checkpoint's."""
 
 
@@ -84,6 +86,9 @@ class SearchConfig(RunOptions):
     kernels: str = "auto"
     compile: str = "off"
     compile_cache: str | None = None
+    recompute: str = "auto"
+    amp: str = "off"
+    max_memory: float | None = None
     progress: str = "auto"
 
     def resolved(self) -> SearchConfig:
@@ -148,4 +153,13 @@ class SearchConfig(RunOptions):
              f"--kernels must be auto, triton or torch, got {self.kernels}")
         need(self.compile in ("off", "default", "max-autotune"),
              f"--compile must be off, default or max-autotune, got {self.compile}")
+        need(self.recompute in RECOMPUTE_MODES,
+             f"--recompute must be one of {', '.join(RECOMPUTE_MODES)}, got {self.recompute}")
+        need(self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp}")
+        need(not (self.amp != "off" and self.reference_quirks),
+             "--reference_quirks reproduces the reference's float32 results; drop --amp")
+        need(self.max_memory is None or self.max_memory > 0,
+             f"--max_memory is in GB and must be positive, got {self.max_memory}")
+        need(self.max_memory is None or self.recompute == "auto",
+             f"--max_memory picks the recompute mode itself; drop --recompute {self.recompute}")
 

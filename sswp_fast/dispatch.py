@@ -16,8 +16,9 @@ are stacked along channels, ``[N, G*C, H, W]``, and evaluated together:
 3. the second half of ``sep_conv_*`` (one launch, the other slots idle) and its BatchNorm;
 4. the node is the sum of its slots (weighted by the one-hot gates when gate gradients are measured).
 
-Under autograd a group keeps only its stacked input: the backward pass evaluates it again and differentiates
-that (recompute), so no slot's intermediate activation, and no pool of a slot that did not pool, is stored.
+With ``--recompute edge`` (this executor's default) a group keeps under autograd only its stacked input: the
+backward pass evaluates it again and differentiates that, so no slot's intermediate activation, and no pool of a
+slot that did not pool, is stored (:mod:`sswp_fast.recompute` has the other modes).
 
 Every candidate's parameters are stacked into per-op banks each call, so autograd gives every parameter a
 gradient, zero for the ops that did not run; :class:`MaskedWeightUpdate` makes the optimizer step leave those
@@ -136,14 +137,14 @@ class _SlotGroup:
     def parameters(self) -> list[nn.Parameter]:
         return [p for ops in self.ops for p in ops.parameters()]
 
-    def __call__(self, x: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, ops: torch.Tensor, recompute: bool = True) -> torch.Tensor:
         """``[N, G, C, Ho, Wo]``: slot ``g`` is op ``ops[g]`` of edge ``start + g`` on slot ``g`` of ``x``
-        ``[N, G*C, H, W]``. Under autograd only ``x`` is kept for the backward pass, which recomputes the rest
-        (:class:`_Recomputed`)."""
+        ``[N, G*C, H, W]``. With ``recompute``, under autograd only ``x`` is kept for the backward pass, which
+        recomputes the rest (:class:`_Recomputed`)."""
         params = self.parameters()
         if torch.compiler.is_compiling():  # the compiler's partitioner decides what to recompute
             return self.evaluate(x, ops)
-        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+        if recompute and torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
             return _Recomputed.apply(self, x, ops, *params)
         return self.evaluate(x, ops)
 
@@ -238,11 +239,12 @@ def slot_groups(cell: nn.Module, node_edges: Sequence[Sequence[int]]) -> list[li
 
 def run_cell(cell: nn.Module, node_edges: Sequence[Sequence[int]], s0: torch.Tensor, s1: torch.Tensor,
              active: torch.Tensor, others: torch.Tensor | None = None,
-             gates: torch.Tensor | None = None) -> torch.Tensor:
+             gates: torch.Tensor | None = None, recompute_groups: bool = True) -> torch.Tensor:
     """One search cell along the device-side path ``active`` ``[14]``.
 
     With ``gates`` (``[14, 7]``, one-hot), each edge's output is ``gates[e, active[e]] * y_active +
-    sum_k gates[e, others[e, k]] * y_others[k]``, the other ops evaluated without autograd (spec §5.4)."""
+    sum_k gates[e, others[e, k]] * y_others[k]``, the other ops evaluated without autograd (spec §5.4).
+    ``recompute_groups`` (``--recompute edge``) keeps only each slot group's input for the backward pass."""
     states = [cell.preprocess0(s0), cell.preprocess1(s1)]
     for node in slot_groups(cell, node_edges):
         total = None
@@ -250,7 +252,7 @@ def run_cell(cell: nn.Module, node_edges: Sequence[Sequence[int]], s0: torch.Ten
             inputs = states[first:first + len(group.ops)]
             x = torch.cat(inputs, dim=1)
             ops = active[group.start:group.stop]
-            y = group(x, ops)
+            y = group(x, ops, recompute_groups)
             if gates is not None:
                 edge_gates = gates[group.start:group.stop]
                 y = y * edge_gates.gather(1, ops[:, None]).view(1, -1, 1, 1, 1)

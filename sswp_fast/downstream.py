@@ -25,7 +25,6 @@ and ``--fix`` changes that set at the end of the warm-up. Drop-path masks are dr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ from .genotypes import BUILTIN_NAMES, builtin_architecture
 from .knn import KNN_K, KNN_TEMPERATURE, knn_accuracy
 from .losses import info_nce, info_nce_topk, topk_accuracy
 from .lr_schedule import set_lr, warmup_cosine_lr
+from .precision import amp_dtype, autocast
 from .reporting import MetricsFile, Progress, Silent, close_log, format_seconds, open_log, quiet_log
 
 FORMAT = "sswp-fast-stage-resume/1"
@@ -101,14 +101,6 @@ def train_indices(labels: torch.Tensor, num_classes: int, train_ratio: float) ->
     return train
 
 
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp == "off":
-        return None
-    if amp == "auto":
-        return torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.bfloat16 if amp == "bf16" else torch.float16
-
-
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -154,7 +146,7 @@ class StageRun:
         distributed.broadcast_state(self.model, world)
         self.trained = self._trainable()
         self.optimizer = self._optimizer()
-        self.amp_dtype = _amp_dtype(config.amp, self.device)
+        self.amp_dtype = amp_dtype(config.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.generator = torch.Generator(self.device).manual_seed(config.seed + 1)
         self.train_loader, self.test_loader = self._loaders()
@@ -258,9 +250,7 @@ class StageRun:
         return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cpu" else x
 
     def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.amp_dtype, self.device)
 
     def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Loss and top-1 accuracy of this rank's slice of a global batch (augmented whole, as every rank

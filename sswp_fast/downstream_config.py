@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 from .config import DATASETS
 from .errors import ConfigError
+from .precision import AMP_MODES
 from .run_folder import RunOptions
 
 STAGES = ("train", "finetune", "linear-eval", "pretrain")
 STAGE_FOLDERS = {"train": "train", "finetune": "finetune", "linear-eval": "linear_eval", "pretrain": "pretrain"}
 """The stage name in the run folder ``exps/{exp_group}/{folder}-{note}_{arch_name}``."""
 
-AMP_MODES = ("off", "bf16", "fp16", "auto")
 
 RESULT_NEUTRAL_FIELDS = frozenset({"resume", "force", "device", "num_workers", "report_freq", "progress", "local_rank"})
 """Fields that may differ when a run is resumed; every other field must match the checkpoint's."""

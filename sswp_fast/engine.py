@@ -46,6 +46,8 @@ from .errors import ConfigError
 from .export import derive_cell, edge_ops
 from .losses import byol_loss, info_nce_with_topk, topk_accuracy
 from .ops import NUM_CANDIDATES
+from .precision import amp_dtype, autocast
+from .recompute import resolve_recompute
 from .sampling import one_hot, sample_paths
 from .step_compiler import compile_step
 from .supernet import EDGES_PER_CELL, NODE_EDGES, DevicePlan, ExecutionPlan, SearchNetwork
@@ -133,6 +135,16 @@ class SearchEngine:
         if self.dispatch and config.prune_edges:
             raise ConfigError("--prune_edges runs with --kernels torch --compile off (the dispatch executor has no "
                               "dropped edges yet)")
+        if self.dispatch and config.amp != "off":
+            raise ConfigError(f"--amp {config.amp} runs with --kernels torch --compile off (the Triton kernels are "
+                              f"float32 only); add them, or drop --amp")
+        if config.compile != "off" and config.recompute != "auto":
+            raise ConfigError(f"--recompute {config.recompute} does not combine with --compile (the compiler decides "
+                              f"what to recompute); drop one")
+        self.net.recompute = resolve_recompute(config.recompute, self.dispatch)
+        self.amp_dtype = amp_dtype(config.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        """Loss scaling of ``--amp fp16`` (disabled otherwise: its scale is then 1 and it changes nothing)."""
         if world.distributed:
             sync_batch_norms(self.net)
         broadcast_state(self.net, world)
@@ -265,6 +277,12 @@ class SearchEngine:
         x = torch.cat(views, dim=0).to(self.net.arch_alpha.dtype)
         return x.contiguous(memory_format=self.memory_format)
 
+    def _network(self, batch: Batch, plan: ExecutionPlan | DevicePlan) -> torch.Tensor:
+        """The network's output on the stacked views, under ``--amp``'s autocast; the loss takes it in float32."""
+        with autocast(self.amp_dtype, self.device):
+            out = self.net(self._input(batch.views), plan)
+        return out.float()
+
     def _loss(self, batch: Batch, plan: ExecutionPlan | DevicePlan, gather: bool = True) -> StepResult:
         """The objective on ``batch``; with ``gather`` (training steps) over the global batch of all ranks,
         otherwise over ``batch`` alone."""
@@ -272,11 +290,11 @@ class SearchEngine:
         world = self.world if gather else SINGLE
         views = len(batch.views)
         if mode == "SimCLR":
-            features = gather_views(self.net(self._input(batch.views), plan), views, world)
+            features = gather_views(self._network(batch, plan), views, world)
             loss, top1, top5 = info_nce_with_topk(features, self.config.temperature)
             return StepResult(loss, top1, top5, features.shape[0])
         if mode == "supervised":
-            logits = gather_views(self.net(self._input(batch.views), plan), views, world)
+            logits = gather_views(self._network(batch, plan), views, world)
             labels = gather_views(batch.labels, views, world)
             loss = F.cross_entropy(logits, labels)
             top1, top5 = topk_accuracy(logits, labels)
@@ -286,10 +304,12 @@ class SearchEngine:
     def _byol_loss(self, batch: Batch, plan: ExecutionPlan | DevicePlan, world: World) -> StepResult:
         assert self.byol is not None
         x = self._input(batch.views)
-        online = gather_views(self.byol.predictor(self.byol.projector(self.net.features(x, plan))), 2, world)
-        with torch.no_grad():
-            target_plan = type(plan)(plan.active)
-            target = gather_views(self.target_projector(self.target_net.features(x, target_plan)), 2, world)
+        with autocast(self.amp_dtype, self.device):
+            online = self.byol.predictor(self.byol.projector(self.net.features(x, plan)))
+            with torch.no_grad():
+                target = self.target_projector(self.target_net.features(x, type(plan)(plan.active)))
+        online = gather_views(online.float(), 2, world)
+        target = gather_views(target.float(), 2, world)
         p1, p2 = online.chunk(2)
         z1, z2 = target.chunk(2)
         loss = byol_loss(p1, z2) + byol_loss(p2, z1)
@@ -326,13 +346,15 @@ class SearchEngine:
         plan = self._plan(active, inactive, probe=self.quirks)
         result = self._step_loss(batch, plan)
         self.weight_optimizer.zero_grad(set_to_none=True)
-        result.loss.backward()
+        self.scaler.scale(result.loss).backward()
         average_gradients(self.weight_params + ([plan.gates] if plan.gates is not None else []), self.world)
+        self.scaler.unscale_(self.weight_optimizer)
         nn.utils.clip_grad_norm_(self.weight_params, self.config.grad_clip)
         if self.masked_update is not None:
             self.masked_update.step(active)
         else:
-            self.weight_optimizer.step()
+            self.scaler.step(self.weight_optimizer)
+        self.scaler.update()
         if plan.gates is not None and self.gate_grad_sum is not None:
             self._accumulate(plan.gates.grad)
         if self.byol is not None:
@@ -353,7 +375,14 @@ class SearchEngine:
                                        warmup=False)
         plan = self._plan(active, inactive, probe=True, arch=True)
         result = self._step_loss(batch, plan)
-        (gate_grad,) = torch.autograd.grad(result.loss, [plan.gates])
+        if self.scaler.is_enabled():  # fp16: the weight step's loss scale; no update when the backward overflowed
+            scale = self.scaler.get_scale()
+            (gate_grad,) = torch.autograd.grad(result.loss * scale, [plan.gates])
+            gate_grad = gate_grad / scale
+            if not bool(torch.isfinite(gate_grad).all()):
+                return StepResult(result.loss.detach(), result.top1, result.top5, result.rows)
+        else:
+            (gate_grad,) = torch.autograd.grad(result.loss, [plan.gates])
         gate_grad = average_tensor(gate_grad, self.world).masked_fill(self.frozen[:, None, None], 0)
         if self.gate_grad_sum is not None:
             self.gate_grad_sum += gate_grad
@@ -401,6 +430,8 @@ class SearchEngine:
         }
         if self.gate_grad_sum is not None:
             state["gate_grad_sum"] = self.gate_grad_sum.clone()
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
         if self.byol is not None:
             state["byol"] = self.byol.state_dict()
             state["target_net"] = self.target_net.state_dict()
@@ -418,6 +449,8 @@ class SearchEngine:
         self.generator.set_state(state["generator"])
         if self.gate_grad_sum is not None:
             self.gate_grad_sum.copy_(state["gate_grad_sum"])
+        if self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
         if self.byol is not None:
             self.byol.load_state_dict(state["byol"])
             self.target_net.load_state_dict(state["target_net"])

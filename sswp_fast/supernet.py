@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .ops import CANDIDATES, NUM_CANDIDATES, FactorizedReduce, ReLUConvBN, build_op
+from .ops import CANDIDATES, NUM_CANDIDATES, FactorizedReduce, Identity, ReLUConvBN, build_op
+from .recompute import recomputed
 
 STEPS = 4
 MULTIPLIER = 4
@@ -76,12 +77,17 @@ class MixedEdge(nn.Module):
         super().__init__()
         self._ops = nn.ModuleList(build_op(name, channels, stride, affine) for name in CANDIDATES)
 
-    def forward(self, x: torch.Tensor, op: int) -> torch.Tensor:
-        return self._ops[op](x)
+    def forward(self, x: torch.Tensor, op: int, recompute: bool = False) -> torch.Tensor:
+        """``op_k(x)``; with ``recompute`` its inner activations are rebuilt in the backward pass."""
+        module = self._ops[op]
+        if recompute and not isinstance(module, Identity):
+            return recomputed(module, module, x)
+        return module(x)
 
-    def probe(self, x: torch.Tensor, op: int, others: list[int], gates: torch.Tensor) -> torch.Tensor:
+    def probe(self, x: torch.Tensor, op: int, others: list[int], gates: torch.Tensor,
+              recompute: bool = False) -> torch.Tensor:
         """``Σ_k gates[k]·op_k(x)`` over ``[op] + others``; only ``op`` is differentiated (spec §5.4)."""
-        out = gates[op] * self._ops[op](x)
+        out = gates[op] * self(x, op, recompute)
         if others:
             with torch.no_grad():
                 outs = [self._ops[k](x) for k in others]
@@ -114,7 +120,9 @@ class SearchCell(nn.Module):
         )
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, active: list[int],
-                others: list[list[int]] | None = None, gates: torch.Tensor | None = None) -> torch.Tensor:
+                others: list[list[int]] | None = None, gates: torch.Tensor | None = None,
+                recompute_edges: bool = False) -> torch.Tensor:
+        """The cell along ``active``; ``recompute_edges`` keeps only the node states for the backward pass."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for node in NODE_EDGES:
             total: torch.Tensor | None = None
@@ -123,9 +131,9 @@ class SearchCell(nn.Module):
                 if active[e] < 0:  # an edge that a frozen cell's genotype drops (--prune_edges)
                     continue
                 if gates is None:
-                    y = edge(states[j], active[e])
+                    y = edge(states[j], active[e], recompute_edges)
                 else:
-                    y = edge.probe(states[j], active[e], others[e], gates[e])
+                    y = edge.probe(states[j], active[e], others[e], gates[e], recompute_edges)
                 total = y if total is None else total + y
             states.append(total)
         return torch.cat(states[2:], dim=1)
@@ -187,6 +195,9 @@ class SearchNetwork(nn.Module):
             reduction_prev = reduction
             c_prev_prev, c_prev = c_prev, MULTIPLIER * c_curr
         self.feature_dim = c_prev
+        self.recompute = "none"
+        """What the backward pass recomputes instead of storing: ``none``, ``edge`` or ``cell``
+        (:mod:`sswp_fast.recompute`)."""
         self.globalpooling = nn.AdaptiveAvgPool2d(1)
         if data_mode == "SimCLR":
             self.classifier: nn.Module = nn.Sequential(
@@ -218,17 +229,26 @@ class SearchNetwork(nn.Module):
         for idx, cell in enumerate(self.cells):
             probe = plan.gates is not None and plan.probed is not None and plan.probed[idx]
             with torch.set_grad_enabled(torch.is_grad_enabled() and idx >= plan.no_grad_cells):
-                if isinstance(plan, DevicePlan):
-                    from .dispatch import run_cell
-
-                    out = run_cell(cell, NODE_EDGES, s0, s1, plan.active[idx], plan.others[idx] if probe else None,
-                                   plan.gates[idx] if probe else None)
-                elif probe:
-                    out = cell(s0, s1, plan.active[idx], plan.others[idx], plan.gates[idx])
+                if self.recompute == "cell":
+                    out = recomputed(self._cell_forward(idx, plan, probe), cell, s0, s1)
                 else:
-                    out = cell(s0, s1, plan.active[idx])
+                    out = self._cell_forward(idx, plan, probe)(s0, s1)
             s0, s1 = s1, out
         return self.globalpooling(s1).flatten(1)
+
+    def _cell_forward(self, idx: int, plan: ExecutionPlan | DevicePlan, probe: bool):
+        """``(s0, s1) -> out`` of cell ``idx`` along ``plan``, on the plan's executor."""
+        cell = self.cells[idx]
+        edges = self.recompute == "edge"
+        if isinstance(plan, DevicePlan):
+            from .dispatch import run_cell
+
+            return lambda s0, s1: run_cell(cell, NODE_EDGES, s0, s1, plan.active[idx],
+                                           plan.others[idx] if probe else None, plan.gates[idx] if probe else None,
+                                           recompute_groups=edges)
+        if probe:
+            return lambda s0, s1: cell(s0, s1, plan.active[idx], plan.others[idx], plan.gates[idx], edges)
+        return lambda s0, s1: cell(s0, s1, plan.active[idx], recompute_edges=edges)
 
     def forward(self, x: torch.Tensor, plan: ExecutionPlan | DevicePlan) -> torch.Tensor:
         return self.classifier(self.features(x, plan))
