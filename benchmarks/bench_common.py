@@ -86,9 +86,9 @@ class Stepper:
     """One implementation at one configuration: ``weight()`` / ``arch()`` run one step on fixed batches."""
 
     def __init__(self, impl: str, cfg: BenchConfig, device: torch.device | str = "cpu", frozen: int = 0,
-                 kernels: str = "auto", compile: str = "off"):
+                 kernels: str = "auto", compile: str = "off", recompute: str = "auto", amp: str = "off"):
         """``frozen``: freeze the first ``frozen`` cells (argmax ops), as the reference's forward pruning does;
-        ``kernels`` and ``compile``: our engine's ``--kernels`` and ``--compile``."""
+        ``kernels``, ``compile``, ``recompute`` and ``amp``: our engine's flags of those names."""
         if impl not in IMPLEMENTATIONS:
             raise ValueError(f"unknown implementation {impl!r}; use one of {IMPLEMENTATIONS}")
         self.impl = impl
@@ -113,7 +113,7 @@ class Stepper:
 
             config = SearchConfig(layers=cfg.layers, init_channels=cfg.C, batch_size=cfg.batch, dataset="cifar10",
                                   seed=SEED, reference_quirks=impl == "quirks", kernels=kernels,
-                                  compile=compile).resolved()
+                                  compile=compile, recompute=recompute, amp=amp).resolved()
             self.engine = SearchEngine(config, num_classes=10, device=self.device)
             with torch.no_grad():
                 self.engine.net.arch_alpha.copy_(alpha.to(self.device))

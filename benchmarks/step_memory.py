@@ -1,12 +1,13 @@
 """Peak memory of search steps for one implementation, in this (fresh) process; prints one JSON object.
 
     python benchmarks/step_memory.py --impl {ours,quirks,reference} --layers 8 --C 16 --batch 32 --steps 3
+    python benchmarks/step_memory.py --impl ours --step both --recompute cell --amp bf16 ...
 
-Peak RSS (``ru_maxrss``) is a process-wide high-water mark, so each implementation and step kind needs its own
-process: ``run_all.py`` starts one per (implementation, step). The process imports everything, builds the
-network and optimizers (``rss_after_build_mb``: the baseline), runs ``--warmup`` steps and then ``--steps``
-timed steps of the chosen kind, and reports the peak. On CUDA it also reports ``torch.cuda.max_memory_allocated``
-over the steps (the statistics are reset after building).
+The process imports everything, builds the network and optimizers (``rss_after_build_mb``: the baseline), then
+for each step kind runs ``--warmup`` steps and ``--steps`` timed steps and reports the peak. ``ru_maxrss`` is the
+process-wide high-water mark; ``peak_rss_mb`` is per step kind: the kernel's high-water mark (``VmHWM``) is
+reset through ``/proc/self/clear_refs`` before each kind (Linux), so one process measures both. On CUDA it also
+reports ``torch.cuda.max_memory_allocated`` per step kind (the statistics are reset before each).
 """
 
 from __future__ import annotations
@@ -38,6 +39,28 @@ def current_rss_mb() -> float:
     return float("nan")
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's ``VmHWM`` to its current RSS (Linux); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """``VmHWM``: the peak resident set since the last :func:`reset_peak_rss` (or the start), in MiB."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / MB
+    except OSError:
+        pass
+    return float("nan")
+
+
 def max_rss_mb() -> float:
     """Peak resident set size of this process so far (Linux reports ``ru_maxrss`` in KiB), in MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB
@@ -55,6 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="which step kind to run (both: weight steps, then arch steps)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--kernels", default="auto", help="our --kernels")
+    parser.add_argument("--recompute", default="auto", help="our --recompute")
+    parser.add_argument("--amp", default="off", help="our --amp")
     args = parser.parse_args(argv)
 
     if args.threads > 0:
@@ -62,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     cfg = BenchConfig(layers=args.layers, C=args.C, batch=args.batch)
     rss_import = current_rss_mb()
-    stepper = Stepper(args.impl, cfg, device)
+    stepper = Stepper(args.impl, cfg, device, kernels=args.kernels, recompute=args.recompute, amp=args.amp)
     stepper.sync()
     rss_build = current_rss_mb()
     maxrss_build = max_rss_mb()
@@ -72,7 +98,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     kinds = list(STEPS) if args.step == "both" else [args.step]
     seconds: dict[str, list[float]] = {}
+    peaks: dict[str, float] = {}
+    cuda_peaks: dict[str, float] = {}
     for kind in kinds:
+        per_kind = reset_peak_rss()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         fn = stepper.step_fn(kind)
         for _ in range(args.warmup):
             fn()
@@ -82,6 +113,10 @@ def main(argv: list[str] | None = None) -> dict:
             fn()
             times.append(time.perf_counter() - t0)
         seconds[kind] = times
+        if per_kind:
+            peaks[kind] = round(peak_rss_mb(), 1)
+        if device.type == "cuda":
+            cuda_peaks[kind] = round(torch.cuda.max_memory_allocated(device) / MB, 1)
 
     result = {
         "implementation": args.impl,
@@ -98,11 +133,16 @@ def main(argv: list[str] | None = None) -> dict:
         "ru_maxrss_after_build_mb": round(maxrss_build, 1),
         "ru_maxrss_mb": round(max_rss_mb(), 1),
         "step_rss_growth_mb": round(max_rss_mb() - rss_build, 1),
+        "peak_rss_mb": peaks,
+        "kernels": args.kernels,
+        "recompute": args.recompute,
+        "amp": args.amp,
         "seconds": {k: [round(t, 4) for t in v] for k, v in seconds.items()},
     }
     if device.type == "cuda":
         result["cuda_memory_allocated_after_build_mb"] = round(allocated_build, 1)
-        result["cuda_max_memory_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / MB, 1)
+        result["cuda_max_memory_allocated_mb"] = max(cuda_peaks.values())
+        result["cuda_peak_allocated_mb"] = cuda_peaks
     print(json.dumps(result))
     return result
 

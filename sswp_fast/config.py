@@ -160,6 +160,8 @@ class SearchConfig(RunOptions):
              "--reference_quirks reproduces the reference's float32 results; drop --amp")
         need(self.max_memory is None or self.max_memory > 0,
              f"--max_memory is in GB and must be positive, got {self.max_memory}")
+        need(self.max_memory is None or self.compile == "off",
+             "--max_memory picks a recompute mode, which --compile leaves to the compiler; drop one")
         need(self.max_memory is None or self.recompute == "auto",
              f"--max_memory picks the recompute mode itself; drop --recompute {self.recompute}")
 

@@ -25,6 +25,7 @@ from .data import EvalTransform, SimCLRAugment, SupervisedAugment, build_search_
 from .engine import Batch, SearchEngine, StepResult, pick_device
 from .errors import CheckpointError, SSWPError
 from .export import append_net_config, derive_architecture
+from .memory_budget import GB, PeakMeter, RecomputeChoice, choose_recompute
 from .reporting import (
     AlphaHistory,
     MetricsFile,
@@ -148,6 +149,12 @@ class SearchRun:
                                  config.compatible_mode)
         torch.manual_seed(config.seed)
         self.engine = SearchEngine(config, self.dataset.num_classes, self.device, world)
+        self.memory_choice: RecomputeChoice | None = None
+        if config.max_memory is not None:
+            self.memory_choice = choose_recompute(self.engine, config.batch_size // world.size,
+                                                  self.dataset.image_size, config.max_memory)
+            self.memory_meter = PeakMeter(self.device)
+            self.log.info(self.memory_choice.describe(config.max_memory))
         self.data_generator = torch.Generator(self.device).manual_seed(config.seed + 1)
         self.train_loader, self.valid_loader, self.test_loader = build_search_loaders(
             self.dataset, config.train_ratio, config.batch_size, self.device, self.data_generator,
@@ -305,9 +312,16 @@ class SearchRun:
         lr = cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
         self.engine.set_lr(lr)
         skip, pool = (0.0, 0.0) if plan.zero_weight_drop else (cfg.weight_skip_drop_prob, cfg.weight_pool_drop_prob)
+        if self.memory_choice is not None:
+            self.memory_meter.reset()
         stats = self.train_epoch(plan, skip, pool)
         self.log.info("train_acc %f, train_loss %e", stats["train_top1"], stats["train_loss"])
         record = {"epoch": epoch, "phase": plan.phase, "lr": lr, **stats}
+        if self.memory_choice is not None:
+            record["peak_memory_gb"] = self.memory_meter.peak() / GB
+            self.log.info("peak memory of epoch %d: %.2f GB (--recompute %s, predicted %.2f GB)", epoch,
+                          record["peak_memory_gb"], self.memory_choice.mode,
+                          self.memory_choice.predicted_gb[self.memory_choice.mode])
         restricted = self.architecture(restrict=True)  # the alphas are final for this epoch
         if plan.validate:
             acc, loss = self.validate()

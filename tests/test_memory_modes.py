@@ -228,3 +228,42 @@ def test_engine_refuses_combinations_it_cannot_run(overrides: dict, words: str) 
 def test_config_refuses_bad_memory_options(overrides: dict, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         tiny_config(**overrides)
+
+
+def test_max_memory_takes_the_fastest_mode_predicted_to_fit(monkeypatch) -> None:
+    from sswp_fast import memory_budget
+
+    # a fake measurement: 1 GB fixed plus, per sample, 0.3 / 0.1 / 0.05 GB for none / edge / cell
+    per_sample = {"none": 0.3, "edge": 0.1, "cell": 0.05}
+    measured = []
+
+    def fake_peak(engine, meter, batch_size, image_size):
+        measured.append((engine.net.recompute, batch_size))
+        return (1.0 + per_sample[engine.net.recompute] * batch_size) * memory_budget.GB
+
+    monkeypatch.setattr(memory_budget, "step_peak", fake_peak)
+    engine = SearchEngine(tiny_config(), 10)
+    for budget, mode in ((40.0, "none"), (20.0, "edge"), (7.0, "cell")):
+        measured.clear()
+        choice = memory_budget.choose_recompute(engine, 96, 8, budget)
+        assert choice.mode == mode and engine.net.recompute == mode
+        assert choice.predicted_gb["none"] == pytest.approx(1.0 + 0.3 * 96)
+        assert measured[-2:] == [(mode, 2), (mode, 4)]
+        assert f"--recompute {mode}" in choice.describe(budget)
+    with pytest.raises(ConfigError, match="even --recompute cell needs about 5.8 GB.*lower --batch_size"):
+        memory_budget.choose_recompute(engine, 96, 8, 5.0)
+
+
+def test_max_memory_measurement_leaves_the_search_state_as_it_was(one_torch_thread) -> None:
+    from sswp_fast import memory_budget
+
+    engine = SearchEngine(tiny_config(), 10)
+    engine.weight_step(_batch(0), warmup=False)
+    before = copy.deepcopy(engine.state_dict())
+    choice = memory_budget.choose_recompute(engine, 4, 8, 1000.0)
+    assert choice.mode == "none" and choice.predicted_gb["none"] > 0.1  # a process holds torch: >100 MB
+    after = engine.state_dict()
+    torch.testing.assert_close(after["net"], before["net"], rtol=0, atol=0)
+    torch.testing.assert_close(after["weight_optimizer"], before["weight_optimizer"], rtol=0, atol=0)
+    torch.testing.assert_close(after["arch_optimizer"], before["arch_optimizer"], rtol=0, atol=0)
+    assert torch.equal(after["generator"], before["generator"])

@@ -102,6 +102,9 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch)
     (["--dataset", "mnist"], "unknown dataset 'mnist'"),
     (["--dataset", "cifar10", "--data_path", "/nonexistent/cifar"], "CIFAR"),
     (["--resume"], "--resume"),
+    (["--recompute", "layer"], "--recompute must be one of"),
+    (["--max_memory", "4", "--recompute", "cell"], "drop --recompute cell"),
+    (["--amp", "bf16", "--kernels", "triton"], "--kernels torch"),
 ])
 def test_bad_input_gives_one_clear_line(tmp_path, monkeypatch, capsys, args, message) -> None:
     monkeypatch.chdir(tmp_path)
@@ -142,6 +145,16 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     state = load_checkpoint(tmp_path / "exps/exp/search-nan/resume.pth.tar")
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["engine"]["net"].values() if v.is_floating_point())
+
+
+def test_max_memory_says_what_it_chose_and_measures_every_epoch(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert search("--note", "mm", "--max_memory", "1000", "--amp", "bf16") == 0
+    log = (tmp_path / "exps/exp/search-mm/log.txt").read_text()
+    assert "--max_memory 1000: --recompute none (predicted peak per step, GB: none " in log
+    assert "peak memory of epoch 3: " in log
+    records = [json.loads(line) for line in (tmp_path / "exps/exp/search-mm/metrics.jsonl").read_text().splitlines()]
+    assert all(r["peak_memory_gb"] > 0.1 for r in records)
 
 
 def test_readme_flag_table_lists_every_search_flag() -> None:

@@ -1,0 +1,117 @@
+"""``--max_memory GB``: the fastest ``--recompute`` mode whose search steps fit a memory budget, by measurement.
+
+A step's peak memory is, to a good approximation, a fixed part (the process, data, weights, optimizer state)
+plus a part proportional to the batch (the activations). So each mode, fastest first (``none``, ``edge``,
+``cell``), runs one weight step and one arch step at two small batches of synthetic images, the peak of each is
+measured, and the line through the two points gives the peak at the run's batch size. The first mode predicted to
+fit is taken; the engine's state (weights, BN statistics, optimizers, alphas, generator) is restored afterwards, so
+the search itself is unchanged. After the first real step the trainer reports the measured peak beside the
+prediction.
+
+Peaks are ``torch.cuda.max_memory_allocated`` on CUDA and the process's peak resident set (``VmHWM``, reset
+through ``/proc/self/clear_refs``) on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from .engine import Batch, SearchEngine
+from .errors import ConfigError
+
+MODES_FASTEST_FIRST = ("none", "edge", "cell")
+PROBE_BATCHES = (2, 4)
+GB = 1e9
+
+
+class PeakMeter:
+    """Peak memory of the device since the last :meth:`reset`, in bytes."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        if device.type != "cuda" and not self._reset_rss():
+            raise ConfigError("--max_memory measures the peak resident set through /proc/self/clear_refs, which "
+                              "this system does not allow; run without --max_memory and pick --recompute yourself")
+
+    @staticmethod
+    def _reset_rss() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+                f.write("5")
+            return True
+        except OSError:
+            return False
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._reset_rss()
+
+    def peak(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return float(torch.cuda.max_memory_allocated(self.device))
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024.0
+        raise ConfigError("--max_memory could not read VmHWM from /proc/self/status; run without --max_memory")
+
+
+@dataclass
+class RecomputeChoice:
+    """The mode taken and every mode's predicted peak (GB) at the run's batch size."""
+
+    mode: str
+    predicted_gb: dict[str, float]
+
+    def describe(self, budget_gb: float) -> str:
+        peaks = ", ".join(f"{m} {gb:.2f}" for m, gb in self.predicted_gb.items())
+        return (f"--max_memory {budget_gb:g}: --recompute {self.mode} (predicted peak per step, GB: {peaks}; "
+                f"measured at batches {PROBE_BATCHES[0]} and {PROBE_BATCHES[1]})")
+
+
+def _probe_batch(engine: SearchEngine, batch_size: int, image_size: int, generator: torch.Generator) -> Batch:
+    cfg = engine.config
+    views = 1 if cfg.data_mode == "supervised" else 2
+    shape = (batch_size, 3, image_size, image_size)
+    images = tuple(torch.randn(shape, generator=generator).to(engine.device) for _ in range(views))
+    labels = torch.randint(0, 10, (batch_size,), generator=generator).to(engine.device)
+    return Batch(images, labels)
+
+
+def step_peak(engine: SearchEngine, meter: PeakMeter, batch_size: int, image_size: int) -> float:
+    """Peak bytes of one weight step and one arch step of ``engine`` at ``batch_size`` (state not restored)."""
+    generator = torch.Generator().manual_seed(batch_size)
+    meter.reset()
+    engine.weight_step(_probe_batch(engine, batch_size, image_size, generator), warmup=False)
+    weight = meter.peak()
+    meter.reset()
+    engine.arch_step(_probe_batch(engine, batch_size, image_size, generator))
+    return max(weight, meter.peak())
+
+
+def choose_recompute(engine: SearchEngine, batch_size: int, image_size: int, budget_gb: float) -> RecomputeChoice:
+    """Measure, predict, pick (see the module docstring) and set the mode on ``engine``; a one-line
+    :class:`ConfigError` when not even ``cell`` fits."""
+    meter = PeakMeter(engine.device)
+    saved = copy.deepcopy(engine.state_dict())
+    small, large = PROBE_BATCHES
+    predicted: dict[str, float] = {}
+    try:
+        for mode in MODES_FASTEST_FIRST:
+            engine.net.recompute = mode
+            low = step_peak(engine, meter, small, image_size)
+            high = step_peak(engine, meter, large, image_size)
+            predicted[mode] = (high + (high - low) / (large - small) * (batch_size - large)) / GB
+            if predicted[mode] <= budget_gb:
+                return RecomputeChoice(mode, predicted)
+    finally:
+        engine.load_state_dict(saved)
+    raise ConfigError(f"--max_memory {budget_gb:g}: even --recompute cell needs about {predicted['cell']:.1f} GB "
+                      f"per step at --batch_size {batch_size}; lower --batch_size or raise --max_memory")
