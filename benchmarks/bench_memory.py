@@ -6,10 +6,11 @@
 
 Configurations (SimCLR, mode two, two 32x32 views per sample): L=8/C=16/batch 32, L=20/C=36/batch 16 and the
 default CIFAR search L=20/C=36/batch 96. Every (configuration, variant) runs in a fresh process
-(``step_memory.py``): one weight step and one arch step after one warm-up step of each, the peak resident set
-per step kind (``VmHWM``, reset before each kind) and, on CUDA, ``torch.cuda.max_memory_allocated``. A process
-whose resident set passes ``--rss-limit-gb`` is stopped and recorded as such, so a variant that would exhaust
-the machine (the reference at the default configuration) cannot take the benchmark down with it.
+(``step_memory.py``): one weight step, then one arch step (the first steps of a run, which also allocate the
+optimizer state), the peak resident set per step kind (``VmHWM``, reset before each kind) and, on CUDA,
+``torch.cuda.max_memory_allocated``. A process whose resident set passes ``--rss-limit-gb`` is stopped and
+recorded as such, so a variant that would exhaust the machine (the reference at the default configuration)
+cannot take the benchmark down with it.
 
 Writes ``benchmarks/results/memory_{device}.{json,md}``.
 """
@@ -98,7 +99,7 @@ def run_watched(cmd: list[str], rss_limit_mb: float) -> dict:
 def measure(variant: Variant, cfg: BenchConfig, device: str, rss_limit_mb: float, threads: int) -> dict:
     cmd = [sys.executable, str(BENCH_DIR / "step_memory.py"), *variant.flags(), "--step", "both",
            "--layers", str(cfg.layers), "--C", str(cfg.C), "--batch", str(cfg.batch), "--steps", "1",
-           "--warmup", "1", "--device", device, "--threads", str(threads)]
+           "--warmup", "0", "--device", device, "--threads", str(threads)]
     return run_watched(cmd, rss_limit_mb)
 
 
@@ -141,12 +142,14 @@ def markdown(report: dict) -> str:
              + (f"; GPU {info['cuda_device']}" if info.get("cuda_device") else ""),
              f"- Python {info['python']}, torch {info['torch']}, triton {info['triton']}; sswp-fast "
              f"{info['sswp_fast_commit']}; reference {info['reference_path']} @ {info['reference_commit']}",
-             f"- {what} in GiB per step kind, one fresh process per cell of the table (1 warm-up + 1 measured step "
-             f"of each kind; SimCLR, mode two, synthetic 32x32 views, batch = samples, two views each); "
-             f"seconds: the measured step. A process passing {report['rss_limit_gb']} GiB resident is stopped.", ""]
+             f"- {what} in GiB per step kind, one fresh process per row (one weight step, then one arch step, "
+             f"no warm-up; SimCLR, mode two, synthetic 32x32 views, batch = samples, two views each); "
+             f"seconds: those steps. A process passing {report['rss_limit_gb']} GiB resident is stopped.", ""]
     for entry in report["configs"]:
         cfg = entry["config"]
         lines += [f"## L={cfg['layers']}, C={cfg['C']}, batch {cfg['batch']}", "",
+                  f"Measured {entry['date']}; load average before / after {entry['load_average'][0]} / "
+                  f"{entry['load_average'][1]}.", "",
                   "| variant | weight step (GiB) | arch step (GiB) | weight step (s) | arch step (s) "
                   "| peak × reference |",
                   "|---|---|---|---|---|---|"]
@@ -177,11 +180,17 @@ def main(argv: list[str] | None = None) -> None:
     chosen = CONFIGS if args.configs == "all" else tuple(CONFIGS[int(i)] for i in args.configs.split(","))
     limit_mb = args.rss_limit_gb * 1024
     todo = variants(args.device, reference_path() is not None)
+    path = args.out / f"memory_{args.device}.json"
     report = {"device": args.device, "machine": machine_info(), "rss_limit_gb": args.rss_limit_gb, "configs": []}
+    if args.configs != "all" and path.exists():  # measure some configurations again, keep the others
+        report["configs"] = json.loads(path.read_text())["configs"]
     for cfg in chosen:
+        start = machine_info()
         results = {v.name: measure(v, cfg, args.device, limit_mb, args.threads) for v in todo}
-        report["configs"].append({"config": {"layers": cfg.layers, "C": cfg.C, "batch": cfg.batch},
-                                  "results": results})
+        entry = {"config": {"layers": cfg.layers, "C": cfg.C, "batch": cfg.batch}, "results": results,
+                 "date": start["date"], "load_average": [start["load_average"], machine_info()["load_average"]]}
+        report["configs"] = [e for e in report["configs"] if e["config"] != entry["config"]] + [entry]
+    report["configs"].sort(key=lambda e: (e["config"]["layers"], e["config"]["C"], e["config"]["batch"]))
     if args.max_batch and args.device == "cuda":
         def fits(variant: Variant) -> Callable[[int], bool]:
             return lambda batch: "error" not in measure(variant, BenchConfig(20, 36, batch), "cuda", limit_mb,

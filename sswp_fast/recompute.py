@@ -7,8 +7,9 @@ size), far more than the node states the edges share. The modes:
 * ``none`` — keep everything (the fastest step);
 * ``edge`` — keep the node states (inputs and outputs of the edges) and recompute each edge's op in the
   backward pass; on the device-side dispatch executor this is its slot-group recompute;
-* ``cell`` — keep only the cell inputs and recompute the whole cell (the least memory, one extra cell forward
-  per cell);
+* ``cell`` — keep only the cell inputs and recompute the whole cell in the backward pass, itself edge by edge
+  as in ``edge``, so that only one cell's node states and one op's activations are alive at a time (the least
+  memory; every op runs forward three times);
 * ``auto`` — ``none`` on the PyTorch executor, ``edge`` on the dispatch executor (what each did before the flag).
 
 A recomputed forward uses the same batch statistics as the first one, so the gradients are exactly those of

@@ -239,7 +239,7 @@ class SearchNetwork(nn.Module):
     def _cell_forward(self, idx: int, plan: ExecutionPlan | DevicePlan, probe: bool):
         """``(s0, s1) -> out`` of cell ``idx`` along ``plan``, on the plan's executor."""
         cell = self.cells[idx]
-        edges = self.recompute == "edge"
+        edges = self.recompute in ("edge", "cell")  # cell: inside the recomputed cell, edge by edge
         if isinstance(plan, DevicePlan):
             from .dispatch import run_cell
 

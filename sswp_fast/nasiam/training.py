@@ -171,12 +171,15 @@ class NasiamRun(ABC):
 
     def _views(self) -> SimCLRAugment:
         """The two-crop augmentation of spec §7: SimSiam crops from 20% of the image, MoCo and SimCLR from 8%;
-        colour jitter (0.4, 0.4, 0.4, 0.1) with p = 0.8, grayscale 0.2, no blur on CIFAR (p = 0.5 on folders)."""
+        colour jitter (0.4, 0.4, 0.4, 0.1) with p = 0.8, grayscale 0.2, no blur on CIFAR (p = 0.5 on folders).
+        On ``digits`` (ours, not the reference's) crops keep at least half of the 16×16 image and are never
+        mirrored: a 4×4 crop holds no digit, and a mirrored digit is another symbol."""
         data = self.dataset
         scale = (0.2, 1.0) if self.config.framework == "simsiam" or isinstance(data, FolderDataset) else (0.08, 1.0)
-        return SimCLRAugment(data.image_size, data.mean, data.std, scale=scale, jitter=(0.4, 0.4, 0.4, 0.1),
-                             jitter_p=0.8, gray_p=0.2, blur_p=0.5 if isinstance(data, FolderDataset) else 0.0,
-                             blur_sigma=(0.1, 2.0))
+        digits = data.name == "digits"
+        return SimCLRAugment(data.image_size, data.mean, data.std, scale=(0.5, 1.0) if digits else scale,
+                             flip_p=0.0 if digits else 0.5, jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, gray_p=0.2,
+                             blur_p=0.5 if isinstance(data, FolderDataset) else 0.0, blur_sigma=(0.1, 2.0))
 
     def state(self) -> dict:
         """The run-specific part of the checkpoint: the reference's keys (arch, state_dict, optimizer)."""
