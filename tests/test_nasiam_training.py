@@ -130,3 +130,18 @@ def test_each_framework_searches_pretrains_and_linear_evaluates(tmp_path, monkey
     assert main(["nasiam", "lincls", *common, "--epochs", "1", "--lr", "0.1", "--pretrained", str(pretrained)]) == 0
     log = (tmp_path / f"exps/exp/nasiam-{framework}-lincls-exp/log.txt").read_text()
     assert "top1" in log
+
+
+@pytest.mark.parametrize("framework", ["simsiam", "moco", "simclr"])
+def test_digits_views_keep_half_the_digit_and_never_mirror_it(framework: str) -> None:
+    from types import SimpleNamespace
+
+    from sswp_fast.data import load_dataset
+    from sswp_fast.nasiam.training import NasiamRun
+
+    run = SimpleNamespace(dataset=load_dataset("digits", None), config=SimpleNamespace(framework=framework))
+    views = NasiamRun._views(run)
+    assert views.scale == (0.5, 1.0) and views.flip_p == 0.0
+    cifar_like = SimpleNamespace(dataset=dataclasses.replace(run.dataset, name="cifar10"), config=run.config)
+    other = NasiamRun._views(cifar_like)
+    assert other.scale == ((0.2, 1.0) if framework == "simsiam" else (0.08, 1.0)) and other.flip_p == 0.5
