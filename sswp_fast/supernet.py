@@ -86,8 +86,12 @@ class MixedEdge(nn.Module):
 
     def probe(self, x: torch.Tensor, op: int, others: list[int], gates: torch.Tensor,
               recompute: bool = False) -> torch.Tensor:
-        """``Σ_k gates[k]·op_k(x)`` over ``[op] + others``; only ``op`` is differentiated (spec §5.4)."""
-        out = gates[op] * self(x, op, recompute)
+        """``Σ_k gates[k]·op_k(x)`` over ``[op] + others``; only ``op`` is differentiated (spec §5.4). With
+        ``recompute`` only ``x`` is kept: the backward pass evaluates the ops again, the others included (the gate
+        gradients need their outputs)."""
+        if recompute:
+            return recomputed(lambda x, gates: self.probe(x, op, others, gates), self, x, gates)
+        out = gates[op] * self._ops[op](x)
         if others:
             with torch.no_grad():
                 outs = [self._ops[k](x) for k in others]
