@@ -24,41 +24,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from bench_common import IMPLEMENTATIONS, STEPS, BenchConfig, Stepper, config_info, device_name  # noqa: E402
 
+from sswp_fast.memory_budget import process_status_bytes, reset_peak_rss  # noqa: E402
+
 MB = 2**20
 
 
 def current_rss_mb() -> float:
     """Resident set size now (``VmRSS``), in MiB."""
-    try:
-        with open("/proc/self/status", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024 / MB
-    except OSError:
-        pass
-    return float("nan")
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's ``VmHWM`` to its current RSS (Linux); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    return process_status_bytes("VmRSS") / MB
 
 
 def peak_rss_mb() -> float:
     """``VmHWM``: the peak resident set since the last :func:`reset_peak_rss` (or the start), in MiB."""
-    try:
-        with open("/proc/self/status", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024 / MB
-    except OSError:
-        pass
-    return float("nan")
+    return process_status_bytes("VmHWM") / MB
 
 
 def max_rss_mb() -> float:

@@ -27,40 +27,49 @@ PROBE_BATCHES = (2, 4)
 GB = 1e9
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident set (``VmHWM``) to its current one (Linux); False where not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def process_status_bytes(field: str) -> float:
+    """A size field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...) in bytes; NaN where there is none."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
 class PeakMeter:
     """Peak memory of the device since the last :meth:`reset`, in bytes."""
 
     def __init__(self, device: torch.device):
         self.device = device
-        if device.type != "cuda" and not self._reset_rss():
+        if device.type != "cuda" and not reset_peak_rss():
             raise ConfigError("--max_memory measures the peak resident set through /proc/self/clear_refs, which "
                               "this system does not allow; run without --max_memory and pick --recompute yourself")
-
-    @staticmethod
-    def _reset_rss() -> bool:
-        try:
-            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-                f.write("5")
-            return True
-        except OSError:
-            return False
 
     def reset(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            self._reset_rss()
+            reset_peak_rss()
 
     def peak(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             return float(torch.cuda.max_memory_allocated(self.device))
-        with open("/proc/self/status", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024.0
-        raise ConfigError("--max_memory could not read VmHWM from /proc/self/status; run without --max_memory")
+        return process_status_bytes("VmHWM")
 
 
 @dataclass
