@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     peaks: dict[str, float] = {}
     cuda_peaks: dict[str, float] = {}
     for kind in kinds:
-        per_kind = reset_peak_rss()
+        per_kind = reset_peak_rss(release_free_heap=False)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         fn = stepper.step_fn(kind)

@@ -4,17 +4,19 @@ A step's peak memory is, to a good approximation, a fixed part (the process, dat
 plus a part proportional to the batch (the activations). So each mode, fastest first (``none``, ``edge``,
 ``cell``), runs one weight step and one arch step at two small batches of synthetic images, the peak of each is
 measured, and the line through the two points gives the peak at the run's batch size. The first mode predicted to
-fit is taken; the engine's state (weights, BN statistics, optimizers, alphas, generator) is restored afterwards, so
-the search itself is unchanged. After the first real step the trainer reports the measured peak beside the
-prediction.
+fit with a margin (:data:`HEADROOM`) is taken; the engine's state (weights, BN statistics, optimizers, alphas,
+generator) is restored afterwards, so the search itself is unchanged. The trainer logs the choice and, after
+every epoch, the measured peak beside the prediction.
 
-Peaks are ``torch.cuda.max_memory_allocated`` on CUDA and the process's peak resident set (``VmHWM``, reset
-through ``/proc/self/clear_refs``) on CPU.
+Peaks are ``torch.cuda.max_memory_allocated`` on CUDA and the process's peak resident set on CPU (``VmHWM``,
+reset through ``/proc/self/clear_refs`` after the C heap's free pages are given back, so that one probe's
+leftover heap does not hide the next one's peak).
 """
 
 from __future__ import annotations
 
 import copy
+import ctypes
 from dataclasses import dataclass
 
 import torch
@@ -23,12 +25,29 @@ from .engine import Batch, SearchEngine
 from .errors import ConfigError
 
 MODES_FASTEST_FIRST = ("none", "edge", "cell")
-PROBE_BATCHES = (2, 4)
+PROBE_BATCHES = (4, 8)
+HEADROOM = 1.25
+"""A mode is taken when its predicted peak times this fits: at the default configuration (L=20, C=36, batch 96)
+the prediction came out 14% (``cell``) and 18% (``edge``) under the peaks ``benchmarks/bench_memory.py``
+measured."""
+
 GB = 1e9
 
 
-def reset_peak_rss() -> bool:
-    """Reset this process's peak resident set (``VmHWM``) to its current one (Linux); False where not possible."""
+def _release_free_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``), so that the resident set is the
+    memory in use: otherwise a step reuses pages an earlier, larger step left resident, and its peak is hidden."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def reset_peak_rss(release_free_heap: bool = True) -> bool:
+    """Reset this process's peak resident set (``VmHWM``) to the resident set now (Linux), first releasing the
+    free heap unless told not to; False where not possible."""
+    if release_free_heap:
+        _release_free_heap()
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
             f.write("5")
@@ -118,9 +137,10 @@ def choose_recompute(engine: SearchEngine, batch_size: int, image_size: int, bud
             low = step_peak(engine, meter, small, image_size)
             high = step_peak(engine, meter, large, image_size)
             predicted[mode] = (high + (high - low) / (large - small) * (batch_size - large)) / GB
-            if predicted[mode] <= budget_gb:
+            if predicted[mode] * HEADROOM <= budget_gb:
                 return RecomputeChoice(mode, predicted)
     finally:
         engine.load_state_dict(saved)
     raise ConfigError(f"--max_memory {budget_gb:g}: even --recompute cell needs about {predicted['cell']:.1f} GB "
-                      f"per step at --batch_size {batch_size}; lower --batch_size or raise --max_memory")
+                      f"per step at --batch_size {batch_size} (plus a {HEADROOM - 1:.0%} margin); lower --batch_size "
+                      f"or raise --max_memory")

@@ -243,15 +243,15 @@ def test_max_memory_takes_the_fastest_mode_predicted_to_fit(monkeypatch) -> None
 
     monkeypatch.setattr(memory_budget, "step_peak", fake_peak)
     engine = SearchEngine(tiny_config(), 10)
-    for budget, mode in ((40.0, "none"), (20.0, "edge"), (7.0, "cell")):
+    for budget, mode in ((40.0, "none"), (20.0, "edge"), (7.5, "cell")):  # 25% margin: 29.8 / 10.6 / 5.8 GB
         measured.clear()
         choice = memory_budget.choose_recompute(engine, 96, 8, budget)
         assert choice.mode == mode and engine.net.recompute == mode
         assert choice.predicted_gb["none"] == pytest.approx(1.0 + 0.3 * 96)
-        assert measured[-2:] == [(mode, 2), (mode, 4)]
+        assert measured[-2:] == [(mode, 4), (mode, 8)]
         assert f"--recompute {mode}" in choice.describe(budget)
     with pytest.raises(ConfigError, match="even --recompute cell needs about 5.8 GB.*lower --batch_size"):
-        memory_budget.choose_recompute(engine, 96, 8, 5.0)
+        memory_budget.choose_recompute(engine, 96, 8, 6.5)  # fits, but not with the margin
 
 
 def test_max_memory_measurement_leaves_the_search_state_as_it_was(one_torch_thread) -> None:
