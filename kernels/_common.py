@@ -26,8 +26,9 @@ INTERPRETED = type(cast_out).__name__ == "InterpretedFunction"
 
 
 def runs_on_triton(x: torch.Tensor) -> bool:
-    """Whether the kernels can run on ``x``: CUDA tensors, and CPU tensors under the interpreter."""
-    return x.is_cuda or INTERPRETED
+    """Whether the kernels can run on ``x``: CUDA tensors, and CPU tensors under the interpreter (meta tensors,
+    which the memory model runs, take the PyTorch path)."""
+    return x.is_cuda or (INTERPRETED and x.device.type == "cpu")
 
 
 def check_device(*tensors: torch.Tensor | None) -> None:

@@ -1,19 +1,30 @@
-"""Which kernels a run uses: the one place that chooses between the Triton kernels (``sswp_fast.kernels``) and
-the PyTorch path, from ``--kernels`` and the ``SSWP_FAST_KERNELS`` environment variable.
+"""Which executor a search runs, and why: the one place that chooses between the device executor (the sampled
+path kept on the device, :mod:`sswp_fast.dispatch`, with the Triton kernels of ``sswp_fast.kernels``) and the
+PyTorch executor (the path read on the host once a step, PyTorch ops), from ``--kernels``, ``--compile`` and
+the ``SSWP_FAST_KERNELS`` environment variable.
 
-``auto`` is Triton on CUDA devices (when triton is installed) and PyTorch elsewhere. Triton on CPU tensors is
-possible only under the Triton interpreter (``TRITON_INTERPRET=1``, exported before the process starts): far
-too slow for real runs, it is how CI checks the kernels against the PyTorch path.
+``auto`` never refuses: it takes the device executor on CUDA devices (when triton is installed) if that executor
+supports every feature the run asks for (:data:`DEVICE_EXECUTOR_LIMITS`), and the PyTorch executor otherwise,
+and says why. An explicit ``--kernels triton`` (or ``--compile``, which runs the device executor) with a
+feature the device executor lacks is a one-line error. ``SSWP_FAST_KERNELS`` stands in for ``--kernels auto``
+only: an explicit flag wins. Triton on CPU tensors runs only under the Triton interpreter (``TRITON_INTERPRET=1``,
+exported before the process starts): far too slow for real runs, it is how CI checks the kernels.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import SearchConfig
 
 KERNEL_CHOICES = ("auto", "triton", "torch")
 KERNELS_ENV = "SSWP_FAST_KERNELS"
@@ -28,19 +39,107 @@ def interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def resolve_kernels(choice: str, device: torch.device | str) -> str:
-    """``"triton"`` or ``"torch"`` for a run on ``device``; ``SSWP_FAST_KERNELS`` overrides ``choice``."""
-    choice = os.environ.get(KERNELS_ENV) or choice
+@dataclass(frozen=True)
+class Limit:
+    """A feature the device executor lacks: the flag that asks for it, a test on (config, processes), and why."""
+
+    flag: str
+    asked: Callable[[SearchConfig, int], bool]
+    why: str
+
+
+DEVICE_EXECUTOR_LIMITS: tuple[Limit, ...] = (
+    Limit("--weight_optm adam", lambda c, n: c.weight_optm != "sgd", "its masked optimizer update is SGD only"),
+    Limit("--prune_edges", lambda c, n: c.prune_edges, "it has no dropped edges yet"),
+    Limit("--amp", lambda c, n: c.amp != "off", "the Triton kernels are float32 only"),
+    Limit("torchrun (several processes)", lambda c, n: n > 1,
+          "its BatchNorm does not synchronise across processes yet"),
+)
+"""What the device executor cannot run yet; ``auto`` takes the PyTorch executor for these (README table)."""
+
+
+@dataclass(frozen=True)
+class Executor:
+    """The executor of a run: ``kernels`` (``"triton"`` or ``"torch"``), whether the path stays on the device
+    (``dispatch``: with the Triton kernels, and under ``--compile``), and the reason for the choice."""
+
+    kernels: str
+    dispatch: bool
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return "device" if self.dispatch else "torch"
+
+    def describe(self) -> str:
+        """``executor: torch (device executor lacks --weight_optm adam)``-style text for logs and plans."""
+        return f"{self.name} ({self.reason})"
+
+
+def missing_features(config: SearchConfig, processes: int) -> list[Limit]:
+    """The features a run of ``config`` on ``processes`` processes asks for that the device executor lacks."""
+    return [limit for limit in DEVICE_EXECUTOR_LIMITS if limit.asked(config, processes)]
+
+
+def _requested_kernels(choice: str) -> tuple[str, str]:
+    """(choice, where it came from): ``SSWP_FAST_KERNELS`` replaces ``auto`` only."""
+    source = "--kernels"
+    if choice == "auto" and os.environ.get(KERNELS_ENV):
+        choice, source = os.environ[KERNELS_ENV], f"${KERNELS_ENV}"
     if choice not in KERNEL_CHOICES:
-        raise ConfigError(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, got {choice!r} "
-                          f"(from --kernels or ${KERNELS_ENV})")
+        raise ConfigError(f"{source} must be one of {', '.join(KERNEL_CHOICES)}, got {choice!r}")
+    return choice, source
+
+
+def _check_triton_runs(device: torch.device, source: str) -> None:
+    if not triton_installed():
+        raise ConfigError(f"{source} triton needs the triton package: pip install triton, or use --kernels torch")
+    if device.type != "cuda" and not interpreter_on():
+        raise ConfigError(f"{source} triton runs on {device.type} tensors only under the Triton interpreter: "
+                          "export TRITON_INTERPRET=1 (slow, for tests) or use --kernels torch")
+
+
+def resolve_kernels(choice: str, device: torch.device | str) -> str:
+    """``"triton"`` or ``"torch"`` for kernels on ``device``, features aside (:func:`choose_executor` weighs
+    those): ``auto`` (or ``SSWP_FAST_KERNELS`` in its place) is Triton on CUDA when triton is installed."""
+    choice, source = _requested_kernels(choice)
     device = torch.device(device)
     if choice == "auto":
         return "triton" if device.type == "cuda" and triton_installed() else "torch"
     if choice == "triton":
-        if not triton_installed():
-            raise ConfigError("--kernels triton needs the triton package: pip install triton, or use --kernels torch")
-        if device.type != "cuda" and not interpreter_on():
-            raise ConfigError(f"--kernels triton runs on {device.type} tensors only under the Triton interpreter: "
-                              "export TRITON_INTERPRET=1 (slow, for tests) or use --kernels torch")
+        _check_triton_runs(device, source)
     return choice
+
+
+def _refuse(what: str, lacking: list[Limit], fix: str) -> None:
+    limit = lacking[0]
+    raise ConfigError(f"{what} runs the device executor, which lacks {limit.flag} ({limit.why}); {fix}")
+
+
+def choose_executor(config: SearchConfig, device: torch.device | str, processes: int = 1) -> Executor:
+    """The executor of a search ``config`` on ``device`` with ``processes`` processes (see the module docstring);
+    a one-line :class:`ConfigError` only when an explicit choice cannot run the requested features."""
+    device = torch.device(device)
+    choice, source = _requested_kernels(config.kernels)
+    lacking = missing_features(config, processes)
+    if config.compile != "off":
+        if lacking:
+            _refuse(f"--compile {config.compile}", lacking, f"drop --compile or {lacking[0].flag}")
+        kernels = resolve_kernels(config.kernels, device)
+        return Executor(kernels, True, f"--compile {config.compile} runs the device executor"
+                        + (" with the Triton kernels" if kernels == "triton" else " with PyTorch kernels"))
+    if choice == "torch":
+        return Executor("torch", False, f"{source} torch")
+    if choice == "triton":
+        if lacking:
+            _refuse(f"{source} triton", lacking, f"use --kernels auto (which takes the PyTorch executor for it) "
+                    f"or drop {lacking[0].flag}")
+        _check_triton_runs(device, source)
+        return Executor("triton", True, f"{source} triton")
+    if device.type != "cuda":
+        return Executor("torch", False, f"{device.type} device: the Triton kernels run on CUDA")
+    if not triton_installed():
+        return Executor("torch", False, "triton is not installed")
+    if lacking:
+        return Executor("torch", False, "device executor lacks " + ", ".join(limit.flag for limit in lacking))
+    return Executor("triton", True, "CUDA device with Triton: the sampled path stays on the device")

@@ -1,12 +1,12 @@
-"""The ``sswp-fast`` command line: an argparse front that maps the reference's flags onto
-:class:`~sswp_fast.config.SearchConfig` and :class:`~sswp_fast.downstream_config.DownstreamConfig` and has no
-logic of its own.
+"""The sswp-fast command line: the reference's flags for the search, the downstream stages and NASiam.
 
 ``sswp-fast search [flags]`` accepts every flag of the reference's ``search_cifar.py`` /
-``search_imagenet.py`` with the same names and defaults; ``train``, ``finetune``, ``linear-eval`` and
-``pretrain`` those of ``train_cifar.py``, ``finetune.py``, ``linear_eval.py`` and ``simclr_weight_pretrain.py``;
-``sswp-fast knn`` scores any checkpoint with a kNN monitor; ``sswp-fast plot RUN_DIR`` draws a finished run.
-Any :class:`~sswp_fast.errors.SSWPError` is printed as one ``error:`` line (exit status 2).
+``search_imagenet.py`` with the same names and defaults (:class:`~sswp_fast.config.SearchConfig`); ``train``,
+``finetune``, ``linear-eval`` and ``pretrain`` those of ``train_cifar.py``, ``finetune.py``, ``linear_eval.py`` and
+``simclr_weight_pretrain.py`` (:class:`~sswp_fast.downstream_config.DownstreamConfig`); ``sswp-fast knn`` scores any
+checkpoint with a kNN monitor; ``sswp-fast plot RUN_DIR`` draws a finished run. Every run command takes
+``--dry_run`` (print the resolved plan, run nothing). Any :class:`~sswp_fast.errors.SSWPError` is printed as one
+``error:`` line (exit status 2). The parser has no logic of its own.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ import sys
 from collections.abc import Sequence
 
 from .config import DATASETS, SearchConfig
-from .downstream_config import STAGES, DownstreamConfig, stage_defaults
+from .downstream_config import STAGES, DownstreamConfig, applies, stage_defaults
 from .errors import SSWPError
 from .knn import KNN_K, KNN_TEMPERATURE
 from .precision import AMP_MODES
 
 _DEFAULTS = SearchConfig()
+DESCRIPTION = ("Self-supervised, weight-preserving neural architecture search (SSWP-NAS) and NASiam, with the "
+               "reference scripts' flags. Every run command takes --dry_run to print its plan without running.")
 
 # (flag, type or "flag", help, ours?) in the reference's order, then ours.
 SEARCH_FLAGS: list[tuple[str, object, str, bool]] = [
@@ -89,61 +91,67 @@ SEARCH_FLAGS: list[tuple[str, object, str, bool]] = [
 ]
 
 
-_TRAIN = ("train", "finetune", "linear-eval")
-_ALL = (*_TRAIN, "pretrain")
-
-# (flag, type, "flag" (store_true) or "bool" (--x / --no-x), help, stages) in the reference scripts' order, then ours.
-STAGE_FLAGS: list[tuple[str, object, str, tuple[str, ...]]] = [
-    ("note", str, "run name: exps/{exp_group}/{stage}-{note}_{arch_name}", _ALL),
-    ("exp_group", str, "output group folder under exps/", _ALL),
-    ("path", str, "search (or pretrain) folder holding net.config and {arch_name}.pth.tar", _ALL),
-    ("warmup_epochs", int, "linear LR warm-up epochs", _TRAIN),
-    ("train_epochs", int, "cosine epochs after the warm-up", _TRAIN),
-    ("epochs", int, "pretraining epochs (cosine LR, no warm-up)", ("pretrain",)),
-    ("data_mode", str, "supervised (train stages) or SimCLR (pretrain); accepted for compatibility", _ALL),
-    ("dataset", str, f"one of {', '.join(DATASETS)}", _ALL),
-    ("data_path", str, "dataset root", _ALL),
-    ("train_ratio", float, "labelled fraction: the class-balanced subset of the seed-0 split (spec 2.3)", _ALL),
-    ("batch_size", int, "global batch size", _ALL),
-    ("num_workers", int, "decoding threads for image-folder datasets", _ALL),
-    ("cutout", "bool", "cutout augmentation (--no-cutout turns it off)", _ALL),
-    ("cutout_length", int, "cutout square size", _ALL),
-    ("label_smooth", float, "label smoothing of the training loss", _TRAIN),
-    ("arch_name", str, "comma list of net.config names (or darts / pdarts without --path)", _ALL),
-    ("init_channels", int, "initial channels C (must equal the search's when starting from its weights)", _ALL),
-    ("drop_path_prob", float, "drop-path probability reached at the last epoch (linearly from 0)", _TRAIN),
-    ("auxiliary", "bool", "auxiliary head (--no-auxiliary turns it off)", _ALL),
-    ("auxiliary_weight", float, "weight of the auxiliary loss", _TRAIN),
-    ("affine", "bool", "affine BatchNorm in the ops (--no-affine turns it off)", _ALL),
-    ("fix", "flag", "finetune: train only the heads during the warm-up epochs", _TRAIN),
-    ("preserve_weight", "flag", "start from the search weights (projection head included)", ("pretrain",)),
-    ("optm", str, "optimizer: sgd or adam", _ALL),
-    ("lr", float, "peak learning rate", _ALL),
-    ("lr_min", float, "cosine floor of the learning rate", _ALL),
-    ("weight_decay", float, "weight decay", _ALL),
-    ("momentum", float, "SGD momentum", _ALL),
-    ("grad_clip", float, "gradient-norm clip", _ALL),
-    ("debug", "flag", "use 200-image subsets", _ALL),
-    ("seed", int, "random seed", _ALL),
-    ("report_freq", int, "log a train line every k steps (and on the last)", _ALL),
-    ("valid_freq", int, "validate every k epochs (and every epoch from 500 on, and the last)", _ALL),
-    ("local_rank", int, "accepted for compatibility; torchrun sets the rank", _ALL),
-    ("ddp", "flag", "accepted for compatibility; start several processes with torchrun", _ALL),
-    ("sync_bn", "flag", "BatchNorm over the global batch in multi-process runs", _ALL),
-    ("temperature", float, "InfoNCE temperature", ("pretrain",)),
-    ("resume", "flag", "continue the run in the existing folder from its last checkpoint", _ALL),
-    ("force", "flag", "overwrite an existing run folder", _ALL),
-    ("steps_per_epoch", int, "cap the steps per epoch (smoke tests)", _ALL),
-    ("device", str, "auto (CUDA if available), cpu, cuda, cuda:1, ...", _ALL),
-    ("progress", str, "progress bar: auto (on terminals), on, off", _ALL),
+# (flag, type, "flag" (store_true) or "bool" (--x / --no-x), help) in the reference scripts' order, then ours; a stage
+# has the flags that apply to it (downstream_config.applies).
+STAGE_FLAGS: list[tuple[str, object, str]] = [
+    ("note", str, "run name: exps/{exp_group}/{stage}-{note}_{arch_name}"),
+    ("exp_group", str, "output group folder under exps/"),
+    ("path", str, "search (or pretrain) folder holding net.config and {arch_name}.pth.tar"),
+    ("warmup_epochs", int, "linear LR warm-up epochs"),
+    ("train_epochs", int, "cosine epochs after the warm-up"),
+    ("epochs", int, "pretraining epochs (cosine LR, no warm-up)"),
+    ("data_mode", str, "supervised (train stages) or SimCLR (pretrain); accepted for compatibility"),
+    ("dataset", str, f"one of {', '.join(DATASETS)}"),
+    ("data_path", str, "dataset root"),
+    ("train_ratio", float, "labelled fraction: the class-balanced subset of the seed-0 split (spec 2.3)"),
+    ("batch_size", int, "global batch size"),
+    ("num_workers", int, "decoding threads for image-folder datasets"),
+    ("cutout", "bool", "cutout augmentation (--no-cutout turns it off)"),
+    ("cutout_length", int, "cutout square size"),
+    ("label_smooth", float, "label smoothing of the training loss"),
+    ("arch_name", str, "comma list of net.config names (or darts / pdarts without --path)"),
+    ("init_channels", int, "initial channels C (must equal the search's when starting from its weights)"),
+    ("drop_path_prob", float, "drop-path probability reached at the last epoch (linearly from 0)"),
+    ("auxiliary", "bool", "auxiliary head (--no-auxiliary turns it off)"),
+    ("auxiliary_weight", float, "weight of the auxiliary loss"),
+    ("affine", "bool", "affine BatchNorm in the ops (--no-affine turns it off)"),
+    ("fix", "flag", "finetune: train only the heads during the warm-up epochs"),
+    ("preserve_weight", "flag", "start from the search weights (projection head included)"),
+    ("optm", str, "optimizer: sgd or adam"),
+    ("lr", float, "peak learning rate"),
+    ("lr_min", float, "cosine floor of the learning rate"),
+    ("weight_decay", float, "weight decay"),
+    ("momentum", float, "SGD momentum"),
+    ("grad_clip", float, "gradient-norm clip"),
+    ("debug", "flag", "use 200-image subsets"),
+    ("seed", int, "random seed"),
+    ("report_freq", int, "log a train line every k steps (and on the last)"),
+    ("valid_freq", int, "validate every k epochs (and every epoch from 500 on, and the last)"),
+    ("local_rank", int, "accepted for compatibility; torchrun sets the rank"),
+    ("ddp", "flag", "accepted for compatibility; start several processes with torchrun"),
+    ("sync_bn", "flag", "BatchNorm over the global batch in multi-process runs"),
+    ("temperature", float, "InfoNCE temperature"),
+    ("resume", "flag", "continue the run in the existing folder from its last checkpoint"),
+    ("force", "flag", "overwrite an existing run folder"),
+    ("steps_per_epoch", int, "cap the steps per epoch (smoke tests)"),
+    ("device", str, "auto (CUDA if available), cpu, cuda, cuda:1, ..."),
+    ("progress", str, "progress bar: auto (on terminals), on, off"),
 ]
+
+
+def _add_dry_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry_run", nargs="?", const="text", default=None, choices=("text", "json"),
+                        help="check every input and print the resolved plan (executor, recompute, precision, "
+                             "folders, ...) as text or one JSON object; runs, writes and allocates nothing, and "
+                             "plans for a --device this machine does not have")
 
 
 def _add_stage(commands, stage: str, text: str) -> None:
     parser = commands.add_parser(stage, help=text)
+    _add_dry_run(parser)
     defaults = stage_defaults(stage)
-    for name, kind, help_text, stages in STAGE_FLAGS:
-        if stage not in stages:
+    for name, kind, help_text in STAGE_FLAGS:
+        if not applies(name, stage):
             continue
         default = getattr(defaults, name)
         if kind == "flag":
@@ -206,6 +214,7 @@ def _add_nasiam(commands) -> None:
         parser = sub.add_parser(command, help=text)
         parser.add_argument("--framework", required=True, choices=("simsiam", "moco", "simclr"))
         parser.add_argument("data_root", nargs="?", default=None, help="dataset root (or --data)")
+        _add_dry_run(parser)
         for flags, dest, kind, help_text in NASIAM_FLAGS:
             if kind == "flag":
                 parser.add_argument(*flags, dest=dest, action="store_true", default=None, help=help_text)
@@ -237,7 +246,7 @@ def _default_text(name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sswp-fast", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="sswp-fast", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
     search = commands.add_parser("search", help="run an SSWP-NAS search (reference-compatible flags)")
     for name, kind, text, _ in SEARCH_FLAGS:
@@ -246,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             search.add_argument(f"--{name}", type=kind, default=getattr(_DEFAULTS, name),
                                 help=f"{text} (default: {_default_text(name)})")
+    _add_dry_run(search)
     search.add_argument("--amp", nargs="?", const="auto", default="off", choices=AMP_MODES,
                         help="mixed precision of the search steps (InfoNCE and BN statistics stay float32): "
                              "bare --amp is fp16 on CUDA and bf16 on CPU (default: off)")
@@ -265,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     knn.add_argument("--temperature", type=float, default=KNN_TEMPERATURE,
                      help=f"vote weight exp(similarity / t) (default: {KNN_TEMPERATURE})")
     knn.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    _add_dry_run(knn)
     commands.add_parser("doctor", help="say which backends (compiled ops, Triton, device) are built and active")
     plot = commands.add_parser("plot", help="draw alpha heat-maps and genotype graphs of a run")
     plot.add_argument("run_dir", help="a search folder (exps/{exp_group}/search-{note})")
@@ -311,16 +322,37 @@ def doctor_report() -> list[tuple[str, str]]:
     ]
 
 
+def dry_run_plan(args: argparse.Namespace):
+    """The :class:`~sswp_fast.run_plan.Plan` of a parsed command line with ``--dry_run``."""
+    if args.command == "search":
+        from .run_plan import plan_search
+
+        return plan_search(config_from_args(args), run=False).plan()
+    if args.command in STAGES:
+        from .downstream import plan_stage
+
+        return plan_stage(stage_config_from_args(args))
+    if args.command == "nasiam":
+        from .nasiam.training import plan_nasiam
+
+        return plan_nasiam(nasiam_config_from_args(args), run=False).plan()
+    from .downstream import plan_knn
+
+    return plan_knn(args.path, args.arch_name, args.checkpoint, args.dataset, args.data_path, args.batch_size,
+                    args.k, args.device)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "search":
-            from .distributed import world_from_env
+        if getattr(args, "dry_run", None):
+            from .run_plan import show
+
+            print(show(dry_run_plan(args), args.dry_run))
+        elif args.command == "search":
             from .trainer import run_search
 
-            run_dir = run_search(config_from_args(args))
-            if world_from_env().main:
-                print(f"run folder: {run_dir}")
+            run_search(config_from_args(args))
         elif args.command in STAGES:
             from .distributed import world_from_env
             from .downstream import run_stage

@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import math
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,19 +37,21 @@ import torch.nn.functional as F
 from . import distributed, run_folder
 from .checkpoint import atomic_save, load_checkpoint
 from .compact import CompactNetwork, load_search_weights
-from .data import EvalTransform, FolderDataset, SimCLRAugment, SupervisedAugment, load_dataset
+from .data import EvalTransform, FolderDataset, ImageDataset, SimCLRAugment, SupervisedAugment, load_dataset
 from .data.loader import DEBUG_SUBSET, FolderBatches, ResidentBatches
 from .data.split import class_balanced_split
+from .devices import describe as describe_device
+from .devices import pick_device, require_present
 from .downstream_config import DownstreamConfig
-from .engine import pick_device
-from .errors import ConfigError, SSWPError
+from .errors import CheckpointError, ConfigError, SSWPError
 from .export import Arch, append_net_config, load_architectures
 from .genotypes import BUILTIN_NAMES, builtin_architecture
 from .knn import KNN_K, KNN_TEMPERATURE, knn_accuracy
 from .losses import info_nce, info_nce_topk, topk_accuracy
 from .lr_schedule import set_lr, warmup_cosine_lr
-from .precision import amp_dtype, autocast
+from .precision import amp_dtype, autocast, precision_text
 from .reporting import MetricsFile, Progress, Silent, close_log, format_seconds, open_log, quiet_log
+from .run_plan import Plan, process_count
 
 FORMAT = "sswp-fast-stage-resume/1"
 LATE_VALIDATION_EPOCH = 500
@@ -108,36 +112,124 @@ def _rng_state() -> dict:
     return state
 
 
+@dataclass
+class StagePlan:
+    """One stage on one architecture, every input checked (see :func:`plan_stage_run`): nothing is written yet."""
+
+    config: DownstreamConfig
+    arch_name: str
+    arch: Arch
+    device: torch.device
+    world: distributed.World
+    dataset: ImageDataset | FolderDataset
+    labelled: torch.Tensor
+    model: CompactNetwork
+    start: str | None
+    run_dir: Path
+    resume_state: dict | None
+
+    def items(self) -> tuple[dict, dict]:
+        """(JSON items, text notes) of this architecture's run."""
+        folder = (f"resumed at epoch {self.resume_state['epoch']}" if self.resume_state is not None
+                  else "replaced (--force)" if self.config.force and self.run_dir.exists() else "new")
+        start = self.start or "random initialisation"
+        item = {"path": str(self.run_dir), "state": folder, "start": start}
+        return item, f"{self.run_dir} ({folder}); {start}"
+
+
+def _stage_resume_state(config: DownstreamConfig, run_dir: Path) -> dict:
+    path = run_dir / run_folder.RESUME_FILE
+    state = load_checkpoint(path)
+    if state.get("format") != FORMAT:
+        raise SSWPError(f"{path} is not an sswp-fast {config.stage} checkpoint; start without --resume")
+    run_folder.refuse_changed_config(config.differences(state["config"]), state["config"], config.to_dict())
+    return state
+
+
+def plan_stage_run(config: DownstreamConfig, arch_name: str, arch: Arch, root: Path | str = ".",
+                   world: distributed.World | None = None, run: bool = True) -> StagePlan:
+    """Check every input of one stage run: flags, device, process count, dataset, labelled fraction, the start
+    weights (loaded into the network, built on the meta device for ``run=False``), the run folder and a resume
+    checkpoint. Creates no file; a one-line :class:`SSWPError` for the first problem."""
+    config.validate()
+    world = world if world is not None else distributed.world_from_env()
+    device = pick_device(config.device, world.local_rank if world.distributed else None)
+    if run:
+        require_present(device)
+    distributed.check_batch_size(config.batch_size, world)
+    dataset = load_dataset(config.dataset, config.data_path)
+    labelled = train_indices(dataset.train_labels, dataset.num_classes, config.train_ratio)
+    contrastive = config.stage == "pretrain"
+    torch.manual_seed(config.seed)
+    with torch.device("cpu" if run else "meta"):
+        model = CompactNetwork(config.init_channels, dataset.num_classes, arch,
+                               auxiliary=config.auxiliary and not contrastive and config.stage != "linear-eval",
+                               affine=config.affine, head="projection" if contrastive else "classifier",
+                               imagenet=config.dataset == "imagenet")
+    start = None
+    if config.stage in ("finetune", "linear-eval") or (contrastive and config.preserve_weight):
+        with warnings.catch_warnings():  # into a meta network the copies are no-ops, and torch says so per tensor
+            warnings.simplefilter("ignore")
+            start = load_start_weights(model, config, arch_name)
+    run_dir = run_folder.run_dir_for(root, config.exp_group, config.folder_stage, f"{config.note}_{arch_name}")
+    run_folder.prepare_run_dir(run_dir, config.resume, config.force, create=False)
+    resume_state = _stage_resume_state(config, run_dir) if config.resume else None
+    return StagePlan(config, arch_name, arch, device, world, dataset, labelled, model, start, run_dir, resume_state)
+
+
+def plan_stage(config: DownstreamConfig, root: Path | str = ".") -> Plan:
+    """The ``--dry_run`` plan of ``config.stage`` on every architecture of ``--arch_name``."""
+    config.validate()
+    plans = [plan_stage_run(config, name, arch, root, run=False)
+             for name, arch in select_architectures(config.path, config.arch_name).items()]
+    first, c = plans[0], config
+    data = first.dataset
+    runs = {p.arch_name: p.items() for p in plans}
+    epochs = (f"{c.epochs} epochs" if c.stage == "pretrain"
+              else f"{c.total_epochs} epochs ({c.warmup_epochs} warm-up, {c.train_epochs} cosine)")
+    items = {
+        "device": str(first.device),
+        "processes": first.world.size,
+        "batch": {"global": c.batch_size, "per_process": c.batch_size // first.world.size},
+        "data": {"dataset": c.dataset, "path": c.data_path, "train_images": int(first.labelled.numel()),
+                 "test_images": int(data.test_labels.numel()), "classes": data.num_classes},
+        "architectures": {name: item for name, (item, _) in runs.items()},
+        "epochs": c.total_epochs,
+        "optimizer": {"name": c.optm, "lr": c.lr, "weight_decay": c.weight_decay},
+        "precision": precision_text(amp_dtype(c.amp, first.device)),
+    }
+    notes = {
+        "device": describe_device(first.device),
+        "processes": process_count(first.world),
+        "batch": f"{c.batch_size} images ({c.batch_size // first.world.size} per process)",
+        "data": f"{c.dataset}{'' if c.data_path is None else ' from ' + c.data_path}: {first.labelled.numel()} "
+                f"training images (--train_ratio {c.train_ratio:g}), {data.test_labels.numel()} test images, "
+                f"{data.num_classes} classes",
+        "architectures": "; ".join(f"{name}: {note}" for name, (_, note) in runs.items()),
+        "epochs": epochs,
+        "optimizer": f"{c.optm}, lr {c.lr:g}, weight decay {c.weight_decay:g}",
+    }
+    return Plan(f"sswp-fast {c.stage}", items, notes)
+
+
 class StageRun:
     """One stage on one architecture; :meth:`run` executes the remaining epochs."""
 
     def __init__(self, config: DownstreamConfig, arch_name: str, arch: Arch, root: Path | str = ".",
                  world: distributed.World | None = None):
-        config.validate()
+        """Every input is checked first (:func:`plan_stage_run`); the folder is made only then, so a refused
+        run leaves nothing behind."""
+        plan = plan_stage_run(config, arch_name, arch, root, world)
         self.config = config
         self.arch_name, self.arch = arch_name, arch
-        self.world = world = world if world is not None else distributed.world_from_env()
+        self.world = world = plan.world
         self.main = world.main
-        self.device = pick_device(config.device, world.local_rank if world.distributed else None)
-        distributed.check_batch_size(config.batch_size, world)
+        self.device = plan.device
         distributed.init(world, self.device)
-        self.dataset = load_dataset(config.dataset, config.data_path)
+        self.dataset = plan.dataset
         self.contrastive = config.stage == "pretrain"
         self.linear = config.stage == "linear-eval"
-        torch.manual_seed(config.seed)
-        self.model = CompactNetwork(config.init_channels, self.dataset.num_classes, arch,
-                                    auxiliary=config.auxiliary and not self.contrastive and not self.linear,
-                                    affine=config.affine, head="projection" if self.contrastive else "classifier",
-                                    imagenet=config.dataset == "imagenet")
-        start = None
-        if config.stage in ("finetune", "linear-eval") or (self.contrastive and config.preserve_weight):
-            start = load_start_weights(self.model, config, arch_name)
-        # the folder is made only once the inputs have proved good, so a failed start leaves nothing behind
-        self.run_dir = run_folder.prepare_run_dir_on_all_ranks(
-            run_folder.run_dir_for(root, config.exp_group, config.folder_stage, f"{config.note}_{arch_name}"),
-            config.resume, config.force, world)
-        self.log = open_log(self.run_dir, "sswp_fast.stage") if self.main else quiet_log()
-        self.model.to(self.device)
+        self.model = plan.model.to(self.device)
         self.dtype = next(self.model.parameters()).dtype
         if self.device.type == "cpu":
             self.model.to(memory_format=torch.channels_last)
@@ -149,24 +241,31 @@ class StageRun:
         self.amp_dtype = amp_dtype(config.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.generator = torch.Generator(self.device).manual_seed(config.seed + 1)
-        self.train_loader, self.test_loader = self._loaders()
+        self.train_loader, self.test_loader = self._loaders(plan.labelled)
         self.augment = self._augmentation()
         self.plain = EvalTransform(self.dataset.mean, self.dataset.std)
         self.steps = len(self.train_loader)
         self.start_epoch = 0
-        self.best = {"top1": 0.0, "top5": 0.0}
+        self.best = {"top1": 0.0, "top5": 0.0, "epoch": None}
+        if plan.resume_state is not None:
+            self._load_resume(plan.resume_state)
+        self.run_dir = run_folder.prepare_run_dir_on_all_ranks(plan.run_dir, config.resume, config.force, world)
+        self.log = open_log(self.run_dir, "sswp_fast.stage") if self.main else quiet_log()
         if config.resume:
-            self._load_resume()
+            self.log.info(f"resumed from {self.run_dir / run_folder.RESUME_FILE} at epoch {self.start_epoch}")
         else:
-            self.log.info(repr(argparse.Namespace(**config.to_dict(), arch=arch_name, save_path=str(self.run_dir),
+            self.log.info(repr(argparse.Namespace(**config.logged(), arch=arch_name, save_path=str(self.run_dir),
                                                   num_classes=self.dataset.num_classes)))
-            if start:
-                self.log.info(start)
+            if plan.start:
+                self.log.info(plan.start)
+            self.log.info("train lines: step, loss, " + ("InfoNCE instance top-1 (%)" if self.contrastive
+                                                        else "top-1 (%)") + ", learning rate; means since the "
+                          "epoch began")
             if self.main:
                 append_net_config(self.run_dir / "net.config", "pretrained" if self.contrastive else "model", arch)
         if self.main:
             self.metrics = MetricsFile(self.run_dir, self.start_epoch)
-            self.progress = Progress(config.progress, config.total_epochs)
+            self.progress = Progress(config.progress, config.total_epochs, self.start_epoch)
         else:
             self.metrics = self.progress = Silent()
 
@@ -185,9 +284,9 @@ class StageRun:
             return torch.optim.Adam(self.trained, lr=c.lr, weight_decay=c.weight_decay)
         return torch.optim.SGD(self.trained, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
-    def _loaders(self) -> tuple[ResidentBatches | FolderBatches, ResidentBatches | FolderBatches]:
+    def _loaders(self, train: torch.Tensor) -> tuple[ResidentBatches | FolderBatches, ResidentBatches | FolderBatches]:
+        """Batches of the labelled training images ``train`` and of the test split."""
         c, data = self.config, self.dataset
-        train = train_indices(data.train_labels, data.num_classes, c.train_ratio)
         test = torch.arange(int(data.test_labels.numel()))
         if c.debug:
             train, test = train[:DEBUG_SUBSET], test[:DEBUG_SUBSET]
@@ -221,22 +320,20 @@ class StageRun:
                      "generator": self.generator.get_state(), "rng": _rng_state()},
                     self.run_dir / run_folder.RESUME_FILE)
 
-    def _load_resume(self) -> None:
-        path = self.run_dir / run_folder.RESUME_FILE
-        state = load_checkpoint(path)
-        if state.get("format") != FORMAT:
-            raise SSWPError(f"{path} is not an sswp-fast {self.config.stage} checkpoint; start without --resume")
-        run_folder.refuse_changed_config(self.config.differences(state["config"]), state["config"],
-                                         self.config.to_dict())
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+    def _load_resume(self, state: dict) -> None:
+        """Continue from a resume checkpoint (format and configuration checked by the plan)."""
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise CheckpointError(f"{self.config.stage} resume checkpoint does not match this network "
+                                  f"({str(err).splitlines()[0]}); start a new --note") from None
         self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.start_epoch, self.best = state["epoch"], state["best"]
-        self.log.info(f"resumed from {path} at epoch {self.start_epoch}")
 
     def _save_weights(self, name: str) -> None:
         if self.main:
@@ -363,15 +460,16 @@ class StageRun:
         self._save_resume(epoch + 1)
 
     def _report_validation(self, record: dict) -> None:
+        """Log the epoch's test scores beside the best so far (this epoch included), whose weights are kept."""
         top1, top5, loss = record["valid_top1"], record["valid_top5"], record["valid_loss"]
+        if self.best["epoch"] is None or top1 > self.best["top1"]:
+            self.best = {"top1": top1, "top5": top5, "epoch": record["epoch"]}
+            self._save_weights("pretrained" if self.contrastive else "model")
         if self.contrastive:
             self.log.info(f"valid_acc {top1:f}, best_acc {self.best['top1']:f}, valid_loss {loss:e}")
         else:
             self.log.info(f"valid_top1 {top1:f}, best_top1 {self.best['top1']:f}, valid_top5 {top5:f}, "
                           f"best_top5 {self.best['top5']:f}, valid_loss {loss:e}")
-        if top1 > self.best["top1"]:
-            self._save_weights("pretrained" if self.contrastive else "model")
-        self.best = {"top1": max(self.best["top1"], top1), "top5": max(self.best["top5"], top5)}
 
     def run(self) -> Path:
         try:
@@ -379,9 +477,10 @@ class StageRun:
                 self.run_epoch(epoch)
             if self.contrastive:
                 self._save_weights("last_pretrain")
-                self.log.info(f"best_acc {self.best['top1']:f}")
+                self.log.info(f"best_acc {self.best['top1']:f} (epoch {self.best.get('epoch')})")
             else:
-                self.log.info(f"best_top1 {self.best['top1']:f}, best_top5 {self.best['top5']:f}")
+                self.log.info(f"best_top1 {self.best['top1']:f}, best_top5 {self.best['top5']:f} "
+                              f"(both of epoch {self.best.get('epoch')})")
         finally:
             self.progress.close()
             close_log(self.log)
@@ -400,13 +499,9 @@ def run_stage(config: DownstreamConfig, root: Path | str = ".") -> list[Path]:
 
 
 
-def knn_of_checkpoint(path: str | None, arch_name: str, checkpoint: str | None, dataset: str,
-                      data_path: str | None, batch_size: int = 256, k: int = KNN_K,
-                      temperature: float = KNN_TEMPERATURE, device: str = "auto") -> float:
-    """kNN top-1 accuracy (percent) of the backbone features of any checkpoint: a search checkpoint (its
-    backbone restricted to the edges of ``arch_name``), or a compact one from train, finetune or pretrain.
-    ``--init_channels`` is read from the checkpoint; the architecture comes from ``path``'s ``net.config``
-    (or the built-ins), the weights from ``checkpoint`` or ``{path}/{arch_name}.pth.tar``."""
+def _knn_inputs(path: str | None, arch_name: str, checkpoint: str | None, dataset: str,
+                data_path: str | None) -> tuple[Arch, Path, dict, int, ImageDataset | FolderDataset]:
+    """(architecture, weights file, its state, its --init_channels, dataset) of ``sswp-fast knn``, each checked."""
     if path is None and checkpoint is None:
         raise ConfigError("knn needs weights: pass --path SEARCH_OR_RUN_FOLDER (with --arch_name) or --checkpoint FILE")
     arch = select_architectures(path, arch_name)[arch_name]
@@ -416,11 +511,33 @@ def knn_of_checkpoint(path: str | None, arch_name: str, checkpoint: str | None, 
     if channels is None:
         raise SSWPError(f"{file} has no stem weights, so it is not a network checkpoint; pass a search or "
                         "compact-network checkpoint")
-    data = load_dataset(dataset, data_path)
+    return arch, file, state, channels, load_dataset(dataset, data_path)
+
+
+def plan_knn(path: str | None, arch_name: str, checkpoint: str | None, dataset: str, data_path: str | None,
+             batch_size: int = 256, k: int = KNN_K, device: str = "auto") -> Plan:
+    """The ``--dry_run`` plan of :func:`knn_of_checkpoint`: its inputs checked, nothing computed."""
+    _, file, _, channels, data = _knn_inputs(path, arch_name, checkpoint, dataset, data_path)
+    run_device = pick_device(device)
+    items = {"device": str(run_device), "weights": str(file), "architecture": arch_name,
+             "init_channels": channels, "train_images": int(data.train_labels.numel()),
+             "test_images": int(data.test_labels.numel()), "k": k, "batch": batch_size}
+    return Plan("sswp-fast knn", items, {"device": describe_device(run_device)})
+
+
+def knn_of_checkpoint(path: str | None, arch_name: str, checkpoint: str | None, dataset: str,
+                      data_path: str | None, batch_size: int = 256, k: int = KNN_K,
+                      temperature: float = KNN_TEMPERATURE, device: str = "auto") -> float:
+    """kNN top-1 accuracy (percent) of the backbone features of any checkpoint: a search checkpoint (its
+    backbone restricted to the edges of ``arch_name``), or a compact one from train, finetune or pretrain.
+    ``--init_channels`` is read from the checkpoint; the architecture comes from ``path``'s ``net.config``
+    (or the built-ins), the weights from ``checkpoint`` or ``{path}/{arch_name}.pth.tar``."""
+    arch, _, state, channels, data = _knn_inputs(path, arch_name, checkpoint, dataset, data_path)
+    run_device = pick_device(device)
+    require_present(run_device)
     model = CompactNetwork(channels, data.num_classes, arch, auxiliary=False, affine=True,
                            imagenet=dataset == "imagenet")
     load_search_weights(model, {key: value for key, value in state.items() if not model.is_head_key(key)})
-    run_device = pick_device(device)
     model.to(run_device).eval()
     generator = torch.Generator(run_device).manual_seed(0)
 

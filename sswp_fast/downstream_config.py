@@ -22,6 +22,20 @@ STAGE_FOLDERS = {"train": "train", "finetune": "finetune", "linear-eval": "linea
 """The stage name in the run folder ``exps/{exp_group}/{folder}-{note}_{arch_name}``."""
 
 
+TRAIN_STAGES = ("train", "finetune", "linear-eval")
+ONLY_IN: dict[str, tuple[str, ...]] = {
+    "warmup_epochs": TRAIN_STAGES, "train_epochs": TRAIN_STAGES, "label_smooth": TRAIN_STAGES,
+    "drop_path_prob": TRAIN_STAGES, "auxiliary_weight": TRAIN_STAGES, "fix": TRAIN_STAGES,
+    "epochs": ("pretrain",), "preserve_weight": ("pretrain",), "temperature": ("pretrain",),
+}
+"""Options that only some stages have (a flag of their reference script); every other option is every stage's."""
+
+
+def applies(field: str, stage: str) -> bool:
+    """Whether ``stage`` has the option ``field`` (its flag, and a line in its logged configuration)."""
+    return stage in ONLY_IN.get(field, STAGES)
+
+
 RESULT_NEUTRAL_FIELDS = frozenset({"resume", "force", "device", "num_workers", "report_freq", "progress", "local_rank"})
 """Fields that may differ when a run is resumed; every other field must match the checkpoint's."""
 
@@ -78,6 +92,10 @@ class DownstreamConfig(RunOptions):
     steps_per_epoch: int | None = None
     device: str = "auto"
     progress: str = "auto"
+
+    def logged(self) -> dict:
+        """The options of this stage (:func:`applies`) as the log's ``Namespace`` line shows them."""
+        return {k: v for k, v in self.to_dict().items() if k == "stage" or applies(k, self.stage)}
 
     @property
     def total_epochs(self) -> int:

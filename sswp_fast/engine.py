@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch_update import ArchAdam, ArchAdamConfig, alpha_grad_full, alpha_grad_two, rescale_pair
-from .backend import resolve_kernels
+from .backend import Executor, choose_executor
 from .config import SearchConfig
 from .distributed import (
     SINGLE,
@@ -96,22 +96,16 @@ def pick_memory_format(name: str, device: torch.device) -> torch.memory_format:
     return torch.channels_last if name == "channels_last" else torch.contiguous_format
 
 
-def pick_device(name: str, local_rank: int | None = None) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else is passed to :class:`torch.device`. With
-    ``local_rank`` (a multi-process run) a CUDA device without an index becomes ``cuda:{local_rank}``."""
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-    if device.type == "cuda" and device.index is None and local_rank is not None:
-        device = torch.device("cuda", local_rank)
-    return device
-
-
 class SearchEngine:
     """The super-network, both optimizers and the architecture state of one search."""
 
     def __init__(self, config: SearchConfig, num_classes: int, device: torch.device | str = "cpu",
-                 world: World = SINGLE):
+                 world: World = SINGLE, executor: Executor | None = None):
         """``world``: this process's place in a multi-process run (:mod:`sswp_fast.distributed`); batches given
-        to the steps are then this rank's slice of every view."""
+        to the steps are then this rank's slice of every view. ``executor``: the executor to run, by default the
+        one :func:`~sswp_fast.backend.choose_executor` picks for ``config`` on ``device``. ``--recompute auto``
+        is the executor's default here (``none``, or ``edge`` on the device executor); the search command
+        resolves it by memory first (:mod:`sswp_fast.memory_model`)."""
         self.config = config
         self.device = torch.device(device)
         self.world = world
@@ -121,23 +115,12 @@ class SearchEngine:
                                  config.affine, imagenet=config.dataset == "imagenet").to(self.device)
         self.memory_format = pick_memory_format(config.memory_format, self.device)
         self.net.to(memory_format=self.memory_format)
-        self.kernels = resolve_kernels(config.kernels, self.device)
-        self.dispatch = self.kernels == "triton" or config.compile != "off"
+        self.executor = executor if executor is not None else choose_executor(config, self.device, world.size)
+        """Which executor runs the steps, and why (:func:`sswp_fast.backend.choose_executor`)."""
+        self.kernels = self.executor.kernels
+        self.dispatch = self.executor.dispatch
         """Device-side dispatch (:mod:`sswp_fast.dispatch`): the sampled path is never read on the host. It runs
         the Triton kernels, and the compiled steps (with the PyTorch ops where Triton does not run)."""
-        if self.dispatch and config.weight_optm != "sgd":
-            raise ConfigError(f"--kernels triton and --compile support --weight_optm sgd only, got "
-                              f"{config.weight_optm}; use --kernels torch --compile off for adam")
-        if self.dispatch and world.distributed:
-            raise ConfigError("--kernels triton and --compile run in a single process only (the dispatch executor's "
-                              "BatchNorm does not synchronise across processes yet); use --kernels torch "
-                              "--compile off with torchrun")
-        if self.dispatch and config.prune_edges:
-            raise ConfigError("--prune_edges runs with --kernels torch --compile off (the dispatch executor has no "
-                              "dropped edges yet)")
-        if self.dispatch and config.amp != "off":
-            raise ConfigError(f"--amp {config.amp} runs with --kernels torch --compile off (the Triton kernels are "
-                              f"float32 only); add them, or drop --amp")
         if config.compile != "off" and config.recompute != "auto":
             raise ConfigError(f"--recompute {config.recompute} does not combine with --compile (the compiler decides "
                               f"what to recompute); drop one")
@@ -172,7 +155,8 @@ class SearchEngine:
         self.arch_optimizer = ArchAdam(config.layers * EDGES_PER_CELL, self.device, ArchAdamConfig(
             lr=config.arch_lr, beta1=config.arch_adam_beta1, beta2=config.arch_adam_beta2,
             weight_decay=config.arch_weight_decay))
-        self.generator = torch.Generator(self.device).manual_seed(config.seed)
+        self.generator = None if self.device.type == "meta" else torch.Generator(self.device).manual_seed(config.seed)
+        """The paths' random source (none on the meta device, where :mod:`sswp_fast.memory_model` sets the paths)."""
         self.gate_grad_sum = torch.zeros_like(self.net.arch_alpha) if self.quirks else None
         self._frozen_host = [False] * config.layers
         """Host copy of ``arch_frozen`` (it changes only in :meth:`freeze`), so planning needs no sync."""
@@ -259,16 +243,20 @@ class SearchEngine:
                 others = (active[..., None] + torch.arange(1, NUM_CANDIDATES, device=active.device)) % NUM_CANDIDATES
             gates = one_hot(active).requires_grad_(True)
             return DevicePlan(active, probed, others, gates, no_grad_cells=first)
-        active_list = active.tolist()
+        active_list, inactive_list = self._host_path(active, inactive if probe and self.two else None)
         if not probe:
             return ExecutionPlan(active_list)
         if self.two:
-            inactive_list = inactive.tolist()
             others = [[[b] for b in row] for row in inactive_list]
         else:
             others = [[[k for k in range(NUM_CANDIDATES) if k != a] for a in row] for row in active_list]
         gates = one_hot(active).requires_grad_(True)
         return ExecutionPlan(active_list, probed, others, gates, no_grad_cells=first)
+
+    def _host_path(self, active: torch.Tensor,
+                   inactive: torch.Tensor | None) -> tuple[list[list[int]], list[list[int]] | None]:
+        """The path as host lists: the one transfer of a step on the PyTorch executor."""
+        return active.tolist(), None if inactive is None else inactive.tolist()
 
     # ---- objectives ------------------------------------------------------------------------------------
 
@@ -373,22 +361,30 @@ class SearchEngine:
         self.train()
         active, inactive = self.sample(skip_drop_prob=skip_drop_prob, pool_drop_prob=pool_drop_prob,
                                        warmup=False)
-        plan = self._plan(active, inactive, probe=True, arch=True)
-        result = self._step_loss(batch, plan)
-        if self.scaler.is_enabled():  # fp16: the weight step's loss scale; no update when the backward overflowed
-            scale = self.scaler.get_scale()
-            (gate_grad,) = torch.autograd.grad(result.loss * scale, [plan.gates])
-            gate_grad = gate_grad / scale
-            if not bool(torch.isfinite(gate_grad).all()):
-                return StepResult(result.loss.detach(), result.top1, result.top5, result.rows)
-        else:
-            (gate_grad,) = torch.autograd.grad(result.loss, [plan.gates])
+        result, gate_grad = self.gate_gradient(batch, active, inactive)
+        if gate_grad is None:
+            return StepResult(result.loss.detach(), result.top1, result.top5, result.rows)
         gate_grad = average_tensor(gate_grad, self.world).masked_fill(self.frozen[:, None, None], 0)
         if self.gate_grad_sum is not None:
             self.gate_grad_sum += gate_grad
             gate_grad = self.gate_grad_sum
         self._update_alpha(gate_grad, active, inactive)
         return StepResult(result.loss.detach(), result.top1, result.top5, result.rows)
+
+    def gate_gradient(self, batch: Batch, active: torch.Tensor,
+                      inactive: torch.Tensor | None) -> tuple[StepResult, torch.Tensor | None]:
+        """The loss of an arch step along the path ``active`` (``inactive``) on ``batch`` and the gate gradients
+        ``G`` ``[cells, 14, 7]`` of this process's rows (spec §5.5); ``G`` is None when an fp16 backward
+        overflowed at the loss scale of the weight steps."""
+        plan = self._plan(active, inactive, probe=True, arch=True)
+        result = self._step_loss(batch, plan)
+        if not self.scaler.is_enabled():
+            (gate_grad,) = torch.autograd.grad(result.loss, [plan.gates])
+            return result, gate_grad
+        scale = self.scaler.get_scale()
+        (gate_grad,) = torch.autograd.grad(result.loss * scale, [plan.gates])
+        gate_grad = gate_grad / scale
+        return result, gate_grad if bool(torch.isfinite(gate_grad).all()) else None
 
     @torch.no_grad()
     def _update_alpha(self, gate_grad: torch.Tensor, active: torch.Tensor, inactive: torch.Tensor | None) -> None:

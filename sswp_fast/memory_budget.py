@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .devices import GB
 from .engine import Batch, SearchEngine
 from .errors import ConfigError
 
@@ -31,7 +32,6 @@ HEADROOM = 1.25
 the prediction came out 14% (``cell``) and 18% (``edge``) under the peaks ``benchmarks/bench_memory.py``
 measured."""
 
-GB = 1e9
 
 
 def _release_free_heap() -> None:
@@ -69,13 +69,19 @@ def process_status_bytes(field: str) -> float:
 
 
 class PeakMeter:
-    """Peak memory of the device since the last :meth:`reset`, in bytes."""
+    """Peak memory of the device since the last :meth:`reset`, in bytes: ``torch.cuda.max_memory_allocated`` on
+    CUDA, the process's peak resident set on CPU (since the process started where Linux does not let it be reset:
+    ``resettable`` is then False)."""
 
     def __init__(self, device: torch.device):
         self.device = device
-        if device.type != "cuda" and not reset_peak_rss():
-            raise ConfigError("--max_memory measures the peak resident set through /proc/self/clear_refs, which "
-                              "this system does not allow; run without --max_memory and pick --recompute yourself")
+        self.resettable = device.type == "cuda" or reset_peak_rss()
+
+    def held(self) -> float:
+        """Bytes held now: allocated tensors on CUDA, the resident set on CPU."""
+        if self.device.type == "cuda":
+            return float(torch.cuda.memory_allocated(self.device))
+        return process_status_bytes("VmRSS")
 
     def reset(self) -> None:
         if self.device.type == "cuda":
@@ -128,6 +134,9 @@ def choose_recompute(engine: SearchEngine, batch_size: int, image_size: int, bud
     """Measure, predict, pick (see the module docstring) and set the mode on ``engine``; a one-line
     :class:`ConfigError` when not even ``cell`` fits."""
     meter = PeakMeter(engine.device)
+    if not meter.resettable:
+        raise ConfigError("--max_memory measures the peak resident set through /proc/self/clear_refs, which this "
+                          "system does not allow; run without --max_memory (--recompute auto predicts it instead)")
     saved = copy.deepcopy(engine.state_dict())
     small, large = PROBE_BATCHES
     predicted: dict[str, float] = {}

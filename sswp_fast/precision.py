@@ -28,3 +28,11 @@ def autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.Abst
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def precision_text(dtype: torch.dtype | None) -> str:
+    """How a run computes under autocast to ``dtype`` (None: float32), in a plan's words."""
+    if dtype is None:
+        return "float32"
+    scaling = ", with loss scaling" if dtype == torch.float16 else ""
+    return f"{str(dtype).removeprefix('torch.')} autocast (losses, BatchNorm statistics and weights float32{scaling})"

@@ -116,25 +116,35 @@ class TensorBoard:
 
 
 class Progress:
-    """A one-line progress bar with ETA on stderr, shown when stderr is a terminal (``auto``) or ``on``."""
+    """A one-line progress bar on stderr, shown when stderr is a terminal (``auto``) or ``on``. Epochs are counted
+    from 0, as in the log. :meth:`eta` is the one estimate of the time left (the bar's and the epoch line's): the
+    time since the first epoch of this process began, scaled to the epochs still to run."""
 
-    def __init__(self, mode: str, total_epochs: int):
+    def __init__(self, mode: str, total_epochs: int, start_epoch: int = 0):
         self.enabled = mode == "on" or (mode == "auto" and sys.stderr.isatty())
         self.total_epochs = total_epochs
-        self.start = time.monotonic()
-        self.done_steps = 0
+        self.start_epoch = start_epoch
+        self.started: float | None = None
+
+    def eta(self, epochs_done: float) -> float:
+        """Seconds left when the run is ``epochs_done`` epochs (a fraction within an epoch) into its work."""
+        if self.started is None:
+            self.started = time.monotonic()
+        done = epochs_done - self.start_epoch
+        if done <= 0:
+            return float("nan")
+        return (time.monotonic() - self.started) / done * (self.total_epochs - epochs_done)
 
     def update(self, epoch: int, step: int, steps: int, phase: str, note: str = "") -> None:
+        if self.started is None:
+            self.started = time.monotonic()
         if not self.enabled:
             return
-        self.done_steps += 1
-        elapsed = time.monotonic() - self.start
-        remaining_steps = (steps - step - 1) + (self.total_epochs - epoch - 1) * steps
-        eta = elapsed / self.done_steps * remaining_steps
+        eta = self.eta(epoch + (step + 1) / max(steps, 1))
         width = 24
         filled = int(width * (step + 1) / max(steps, 1))
         bar = "#" * filled + "." * (width - filled)
-        sys.stderr.write(f"\repoch {epoch + 1}/{self.total_epochs} [{bar}] {step + 1}/{steps} {phase} "
+        sys.stderr.write(f"\repoch {epoch}/{self.total_epochs - 1} [{bar}] {step + 1}/{steps} {phase} "
                          f"ETA {format_seconds(eta)} {note}\033[K")
         sys.stderr.flush()
 
@@ -149,5 +159,7 @@ class Progress:
 
 
 def format_seconds(seconds: float) -> str:
+    if seconds != seconds:  # NaN: nothing measured yet
+        return "-:--:--"
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

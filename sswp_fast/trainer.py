@@ -19,13 +19,14 @@ from pathlib import Path
 import torch
 
 from . import distributed, run_folder
-from .checkpoint import atomic_save, load_checkpoint
+from .checkpoint import atomic_save
 from .config import SearchConfig
-from .data import EvalTransform, SimCLRAugment, SupervisedAugment, build_search_loaders, load_dataset
-from .engine import Batch, SearchEngine, StepResult, pick_device
+from .data import EvalTransform, SimCLRAugment, SupervisedAugment, build_search_loaders
+from .devices import GB
+from .engine import Batch, SearchEngine, StepResult
 from .errors import CheckpointError, SSWPError
 from .export import append_net_config, derive_architecture
-from .memory_budget import GB, PeakMeter, RecomputeChoice, choose_recompute
+from .memory_budget import PeakMeter, RecomputeChoice, choose_recompute
 from .reporting import (
     AlphaHistory,
     MetricsFile,
@@ -37,10 +38,17 @@ from .reporting import (
     open_log,
     quiet_log,
 )
-from .schedule import EpochPlan, Schedule, phase_lengths
+from .run_plan import RESUME_FORMAT, plan_search
+from .schedule import EpochPlan, Schedule
 from .step_compiler import cache_dir, compiled_graphs
 
 RESUME_FILE = run_folder.RESUME_FILE
+TRAIN_COLUMNS = {
+    "SimCLR": "InfoNCE loss, InfoNCE top-1 and top-5 (% of views whose other view is among the 1 or 5 most similar)",
+    "supervised": "cross-entropy loss, top-1 and top-5 accuracy (%)",
+    "byol": "BYOL loss, then two unused columns (0)",
+}
+"""What the columns of a ``train`` log line mean, per objective (the reference prints them unlabelled)."""
 
 
 def run_dir_for(config: SearchConfig, root: Path | str = ".") -> Path:
@@ -133,28 +141,23 @@ class SearchRun:
 
     def __init__(self, config: SearchConfig, root: Path | str = ".", world: distributed.World | None = None):
         """``world``: this process's place in a multi-process run; by default read from ``torchrun``'s
-        environment (:func:`sswp_fast.distributed.world_from_env`). Only rank 0 writes files and logs."""
-        self.config = config = config.resolved()
-        self.world = world = world if world is not None else distributed.world_from_env()
-        self.device = pick_device(config.device, world.local_rank if world.distributed else None)
-        distributed.check_batch_size(config.batch_size, world)
-        distributed.init(world, self.device)
+        environment (:func:`sswp_fast.distributed.world_from_env`). Only rank 0 writes files and logs. Every input
+        is checked before the run folder is made (:func:`~sswp_fast.run_plan.plan_search`, then the engine and a
+        resume checkpoint), so a refused run creates and changes no file."""
+        self.plan = plan = plan_search(config, root, world)
+        self.config = config = plan.config
+        self.world = world = plan.world
+        self.device = plan.device
         self.main = world.main
-        self.run_dir = run_folder.prepare_run_dir_on_all_ranks(run_dir_for(config, root), config.resume,
-                                                               config.force, world)
-        self.log = open_log(self.run_dir) if self.main else quiet_log()
-        self.dataset = load_dataset(config.dataset, config.data_path)
-        self.schedule = Schedule(config.epochs, phase_lengths(config.epochs, config.epoch_ratios, config.min_warmup),
-                                 config.layers, config.prune_direct, config.valid_freq, config.reference_quirks,
-                                 config.compatible_mode)
+        self.dataset = plan.dataset
+        self.schedule = plan.schedule
+        distributed.init(world, self.device)
         torch.manual_seed(config.seed)
-        self.engine = SearchEngine(config, self.dataset.num_classes, self.device, world)
+        self.engine = SearchEngine(plan.engine_config, self.dataset.num_classes, self.device, world, plan.executor)
         self.memory_choice: RecomputeChoice | None = None
         if config.max_memory is not None:
             self.memory_choice = choose_recompute(self.engine, config.batch_size // world.size,
                                                   self.dataset.image_size, config.max_memory)
-            self.memory_meter = PeakMeter(self.device)
-            self.log.info(self.memory_choice.describe(config.max_memory))
         self.data_generator = torch.Generator(self.device).manual_seed(config.seed + 1)
         self.train_loader, self.valid_loader, self.test_loader = build_search_loaders(
             self.dataset, config.train_ratio, config.batch_size, self.device, self.data_generator,
@@ -164,17 +167,36 @@ class SearchRun:
         self.best_acc = -math.inf
         self.best_loss = math.inf
         self.weight_steps_done = 0
+        if plan.resume_state is not None:
+            self._load_resume(plan.resume_state)
+        self.run_dir = run_folder.prepare_run_dir_on_all_ranks(plan.run_dir, config.resume, config.force, world)
+        self.log = open_log(self.run_dir) if self.main else quiet_log()
         if config.resume:
-            self._load_resume()
+            self.log.info(f"resumed from {self.run_dir / RESUME_FILE} at epoch {self.start_epoch}")
         else:
             self.log.info(_namespace_line(config, self.run_dir, self.schedule, self.dataset.num_classes))
+            self.log.info("train lines: step, " + TRAIN_COLUMNS[config.data_mode] + "; means since the epoch began")
+        self.log.info(f"executor: {plan.executor.describe()}")
+        if self.memory_choice is not None:
+            self.log.info(self.memory_choice.describe(config.max_memory))
+        else:
+            self.log.info("recompute: " + plan.recompute.describe().replace("\n", "; "))
+        self.memory_meter = PeakMeter(self.device)
+        self.memory_held = self.memory_meter.held()
+        """Bytes held before the first step (on CPU the process itself: torch, the dataset)."""
         if self.main:
             self.metrics = MetricsFile(self.run_dir, self.start_epoch)
             self.alpha_history = AlphaHistory(self.run_dir, self.start_epoch)
             self.tensorboard = TensorBoard(self.run_dir)
-            self.progress = Progress(config.progress, config.epochs)
+            self.progress = Progress(config.progress, config.epochs, self.start_epoch)
         else:
             self.metrics = self.alpha_history = self.tensorboard = self.progress = Silent()
+        self.progress.message(f"executor: {plan.executor.describe()}; recompute {self.recompute_mode}\n")
+
+    @property
+    def recompute_mode(self) -> str:
+        """The recompute mode the steps run (``auto`` only under ``--compile``, where the compiler decides)."""
+        return self.engine.net.recompute
 
     # ---- persistence -----------------------------------------------------------------------------------
 
@@ -182,7 +204,7 @@ class SearchRun:
         if not self.main:
             return
         atomic_save({
-            "format": "sswp-fast-search-resume/1",
+            "format": RESUME_FORMAT,
             "config": self.config.to_dict(),
             "epoch": next_epoch,
             "weight_steps": self.weight_steps_done,
@@ -193,18 +215,13 @@ class SearchRun:
             "rng": _rng_state(),
         }, self.run_dir / RESUME_FILE)
 
-    def _load_resume(self) -> None:
-        path = self.run_dir / RESUME_FILE
-        state = load_checkpoint(path)
-        if state.get("format") != "sswp-fast-search-resume/1":
-            raise CheckpointError(f"{path} is not an sswp-fast resume checkpoint; start without --resume")
-        run_folder.refuse_changed_config(self.config.differences(state["config"]), state["config"],
-                                         self.config.to_dict())
+    def _load_resume(self, state: dict) -> None:
+        """Continue from a resume checkpoint (its format and configuration were checked by the plan)."""
         try:
             self.engine.load_state_dict(state["engine"])
         except (KeyError, RuntimeError, ValueError) as err:
-            raise CheckpointError(f"{path} does not match this network ({str(err).splitlines()[0]}); "
-                                  "start a new --note") from None
+            raise CheckpointError(f"{self.plan.run_dir / RESUME_FILE} does not match this network "
+                                  f"({str(err).splitlines()[0]}); start a new --note") from None
         self.data_generator.set_state(state["data_generator"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
@@ -213,7 +230,6 @@ class SearchRun:
         self.start_epoch = state["epoch"]
         self.weight_steps_done = state["weight_steps"]
         self.best_acc, self.best_loss = state["best_acc"], state["best_loss"]
-        self.log.info(f"resumed from {path} at epoch {self.start_epoch}")
 
     def _save_arch_weights(self, name: str, arch: list) -> None:
         """Append ``name:{arch}`` (the restricted export) to ``net.config`` and write ``{name}.pth.tar`` (§8.2)."""
@@ -234,6 +250,16 @@ class SearchRun:
             kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
             raise SSWPError(f"loss became {value} at epoch {epoch} step {step}; {kept}; "
                             "lower --lr or --arch_lr and resume with --resume")
+
+    def _predicted_peak(self) -> str:
+        """The prediction of the mode the steps run, in the words of the epoch's memory line."""
+        mode = self.recompute_mode
+        if self.config.compile != "off":
+            return "by the compiler"
+        if self.memory_choice is not None:
+            return f"{self.memory_choice.predicted_gb[mode]:.2f} GB, measured at start"
+        predicted = self.plan.recompute.predicted_gb[mode]
+        return f"{predicted:.2f} GB for the steps on top of {self.memory_held / GB:.2f} GB held at the start"
 
     def _say_if_compiling(self, kind: str) -> None:
         """Under ``--compile``, the first step of each graph compiles (or loads it from the cache): say so."""
@@ -295,7 +321,7 @@ class SearchRun:
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 self.run_epoch(epoch)
-            self.log.info("search finished: %s", self.run_dir)
+            self.log.info("search finished; run folder: %s", self.run_dir)
         finally:
             self.progress.close()
             self.tensorboard.close()
@@ -312,16 +338,15 @@ class SearchRun:
         lr = cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
         self.engine.set_lr(lr)
         skip, pool = (0.0, 0.0) if plan.zero_weight_drop else (cfg.weight_skip_drop_prob, cfg.weight_pool_drop_prob)
-        if self.memory_choice is not None:
-            self.memory_meter.reset()
+        self.memory_meter.reset()
         stats = self.train_epoch(plan, skip, pool)
         self.log.info("train_acc %f, train_loss %e", stats["train_top1"], stats["train_loss"])
-        record = {"epoch": epoch, "phase": plan.phase, "lr": lr, **stats}
-        if self.memory_choice is not None:
-            record["peak_memory_gb"] = self.memory_meter.peak() / GB
-            self.log.info("peak memory of epoch %d: %.2f GB (--recompute %s, predicted %.2f GB)", epoch,
-                          record["peak_memory_gb"], self.memory_choice.mode,
-                          self.memory_choice.predicted_gb[self.memory_choice.mode])
+        record = {"epoch": epoch, "phase": plan.phase, "lr": lr, **stats,
+                  "peak_memory_gb": self.memory_meter.peak() / GB, "executor": self.plan.executor.name,
+                  "executor_reason": self.plan.executor.reason, "recompute": self.recompute_mode}
+        self.log.info("peak memory of epoch %d: %.2f GB%s (--recompute %s, predicted %s)", epoch,
+                      record["peak_memory_gb"], "" if self.memory_meter.resettable else " since the start",
+                      self.recompute_mode, self._predicted_peak())
         restricted = self.architecture(restrict=True)  # the alphas are final for this epoch
         if plan.validate:
             acc, loss = self.validate()
@@ -350,10 +375,10 @@ class SearchRun:
         self.metrics.write(record)
         self.alpha_history.append(epoch, self.engine.net.arch_alpha.detach().cpu().numpy())
         self._save_resume(epoch + 1)
-        remaining = seconds * (cfg.epochs - epoch - 1)
         self.progress.message("")
         if self.main:
-            print(f"Time per epoch: {format_seconds(seconds)}, Est. complete in: {format_seconds(remaining)}")
+            print(f"Time per epoch: {format_seconds(seconds)}, "
+                  f"Est. complete in: {format_seconds(self.progress.eta(epoch + 1))}")
             print("-" * 120)
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import pickle
+from pathlib import Path
 
+import numpy as np
 import torch
 
 if not torch.cuda.is_available():  # Triton kernels run on CPU tensors only under the interpreter; it must be on
@@ -31,6 +34,29 @@ def write_random_image_folder(root, classes=("n01", "n02"), train=6, val=2, size
             folder.mkdir(parents=True)
             for i in range(count):
                 Image.fromarray(g.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def write_fake_cifar(root: Path, name: str = "cifar10", n_train: int = 20, n_test: int = 10) -> Path:
+    """A small CIFAR folder written with Python 3's own pickler (protocol 2, as torchvision's re-saves do)."""
+    rng = np.random.default_rng(0)
+    ncls, label_key = (10, b"labels") if name == "cifar10" else (100, b"fine_labels")
+    folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+    folder.mkdir(parents=True)
+
+    def dump(fname: str, n: int) -> None:
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, ncls, n)]
+        with open(folder / fname, "wb") as fh:
+            pickle.dump({b"data": data, label_key: labels, b"batch_label": b"x"}, fh, protocol=2)
+
+    if name == "cifar10":
+        for b in range(1, 6):
+            dump(f"data_batch_{b}", n_train // 5)
+        dump("test_batch", n_test)
+    else:
+        dump("train", n_train)
+        dump("test", n_test)
+    return folder
 
 
 def tiny_config(**overrides) -> SearchConfig:

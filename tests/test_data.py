@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import write_fake_cifar
 
 from sswp_fast.data import (
     CIFAR10_MEAN,
@@ -172,29 +173,6 @@ def test_unknown_dataset() -> None:
 
 # ---------------------------------------------------------------------------------------------------------------
 # datasets: CIFAR
-
-
-def write_fake_cifar(root: Path, name: str = "cifar10", n_train: int = 20, n_test: int = 10) -> Path:
-    """A small CIFAR folder written with Python 3's own pickler (protocol 2, as torchvision's re-saves do)."""
-    rng = np.random.default_rng(0)
-    ncls, label_key = (10, b"labels") if name == "cifar10" else (100, b"fine_labels")
-    folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
-    folder.mkdir(parents=True)
-
-    def dump(fname: str, n: int) -> None:
-        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        labels = [int(v) for v in rng.integers(0, ncls, n)]
-        with open(folder / fname, "wb") as fh:
-            pickle.dump({b"data": data, label_key: labels, b"batch_label": b"x"}, fh, protocol=2)
-
-    if name == "cifar10":
-        for b in range(1, 6):
-            dump(f"data_batch_{b}", n_train // 5)
-        dump("test_batch", n_test)
-    else:
-        dump("train", n_train)
-        dump("test", n_test)
-    return folder
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])

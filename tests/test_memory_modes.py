@@ -139,9 +139,12 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_steps_follow_the_float32_steps(amp: str, one_torch_thread) -> None:
     """Along a float32 search trajectory, every mixed-precision step taken from the same state gives the float32
-    loss (1%) and moves the weights and the alphas in the float32 directions (cosine; bf16 keeps 8 bits).
-    Whole trajectories are compared below: a search is chaotic, so they drift apart over many steps whatever
-    the precision."""
+    loss (1%), moves the weights in the float32 direction (cosine), and measures the float32 gate gradients
+    within half their norm. The bounds are what the precision promises, not one CPU's outcome: bf16 rounds every
+    result to 8 bits (u = 2^-8), and a gradient through the ~40 rounded stages of this network may carry
+    40·u ≈ 16% error (measured: 17% bf16, 7% fp16 on an Intel Xeon), so half the norm leaves a 3x margin. The
+    alpha update itself is not compared: Adam with beta1 = 0 moves every alpha by ±lr after the sign of its
+    gradient, and the sign of a near-zero gradient is not something 8 bits can promise."""
     fp32 = SearchEngine(tiny_config(batch_size=8, temperature=0.5), 10)
     low = SearchEngine(tiny_config(batch_size=8, temperature=0.5, amp=amp), 10)
     assert low.amp_dtype == (torch.bfloat16 if amp == "bf16" else torch.float16)
@@ -150,7 +153,6 @@ def test_amp_steps_follow_the_float32_steps(amp: str, one_torch_thread) -> None:
         for kind in ("weight", "arch"):
             _follow(low, fp32)
             before_w = torch.cat([p.detach().flatten() for p in fp32.net.weight_parameters()])
-            before_a = fp32.net.arch_alpha.detach().clone()
             scale = low.scaler.get_scale()
             results = []
             for engine in (fp32, low):
@@ -167,8 +169,14 @@ def test_amp_steps_follow_the_float32_steps(amp: str, one_torch_thread) -> None:
                 else:
                     assert _cosine(*moves) > 0.95
             else:
-                moves = [e.net.arch_alpha.detach() - before_a for e in (fp32, low)]
-                assert _cosine(*moves) > 0.75
+                _follow(low, fp32)
+                grads = []
+                for engine in (fp32, low):
+                    engine.generator.manual_seed(i)
+                    path = engine.sample(skip_drop_prob=0.0, pool_drop_prob=0.0, warmup=False)
+                    grads.append(engine.gate_gradient(_batch(100 + i), *path)[1])
+                if grads[1] is not None:  # None: an fp16 backward overflowed, and the arch step was skipped
+                    assert float((grads[1] - grads[0]).norm()) <= 0.5 * float(grads[0].norm())
     for m in low.net.modules():  # statistics and parameters stay float32
         if isinstance(m, torch.nn.BatchNorm2d):
             assert m.running_mean.dtype == m.running_var.dtype == torch.float32
@@ -176,11 +184,12 @@ def test_amp_steps_follow_the_float32_steps(amp: str, one_torch_thread) -> None:
 
 
 def test_amp_trajectory_stays_near_the_float32_one(one_torch_thread) -> None:
-    losses, alphas, _ = _trajectory(3)
-    amp_losses, amp_alphas, _ = _trajectory(3, amp="bf16")
+    """A short bf16 search keeps the float32 losses within 5%. Alphas are not compared: each arch step moves an
+    alpha by ±lr after the sign of a gradient bf16 may flip where it is near zero (see above), and the next paths
+    are sampled from those alphas, so the two searches need not even run the same ops."""
+    losses, _, _ = _trajectory(3)
+    amp_losses, _, _ = _trajectory(3, amp="bf16")
     torch.testing.assert_close(amp_losses, losses, rtol=0.05, atol=0)
-    moved = alphas[-1] - alphas[0]
-    assert _cosine(amp_alphas[-1] - amp_alphas[0], moved) > 0.5
 
 
 def test_amp_keeps_the_loss_in_float32(monkeypatch) -> None:
@@ -210,7 +219,7 @@ def test_fp16_state_round_trips_its_loss_scale() -> None:
 
 
 @pytest.mark.parametrize(("overrides", "words"), [
-    (dict(amp="bf16", kernels="triton"), "--kernels torch"),
+    (dict(amp="bf16", kernels="triton"), "which lacks --amp"),
     (dict(recompute="cell", compile="default"), "--compile"),
 ])
 def test_engine_refuses_combinations_it_cannot_run(overrides: dict, words: str) -> None:

@@ -70,6 +70,11 @@ class ImageDataset:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
+    def resident_bytes(self) -> int:
+        """Bytes the images and labels take on a device that holds them (the search keeps them there)."""
+        return sum(t.numel() * t.element_size()
+                   for t in (self.train_images, self.train_labels, self.test_images, self.test_labels))
+
 
 # --------------------------------------------------------------------------------------------------------------
 # CIFAR

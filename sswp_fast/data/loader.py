@@ -173,6 +173,27 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
+def search_split(dataset: ImageDataset | FolderDataset, train_ratio: float,
+                 debug: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(train, valid, test)`` image indices of a search (spec §2.3, see :func:`build_search_loaders`); a
+    one-line :class:`DataError` when ``train_ratio`` leaves one of the training parts empty."""
+    if not 0.0 < train_ratio < 1.0:
+        raise DataError(f"--train_ratio must lie strictly between 0 and 1 (got {train_ratio}); 0.5 is the default")
+    n = int(dataset.train_labels.numel())
+    valid_size = int(n - train_ratio * n)
+    train_idx, valid_idx = class_balanced_split(dataset.train_labels, valid_size, dataset.num_classes)
+    if train_idx.numel() == 0 or valid_idx.numel() == 0:
+        empty = "weight-step (train)" if train_idx.numel() == 0 else "arch-step (valid)"
+        raise DataError(
+            f"--train_ratio {train_ratio} leaves the {empty} part of the {n} training images empty; "
+            "use a value strictly between 0 and 1"
+        )
+    test_idx = torch.arange(int(dataset.test_labels.numel()), dtype=torch.int64)
+    if debug:
+        train_idx, valid_idx, test_idx = (t[:DEBUG_SUBSET] for t in (train_idx, valid_idx, test_idx))
+    return train_idx, valid_idx, test_idx
+
+
 def build_search_loaders(
     dataset: ImageDataset | FolderDataset,
     train_ratio: float,
@@ -194,20 +215,7 @@ def build_search_loaders(
     device = torch.device(device)
     if not _same_device(device, generator.device):
         raise ValueError(f"the generator is on {generator.device} but the loaders should run on {device}")
-    if not 0.0 < train_ratio < 1.0:
-        raise DataError(f"--train_ratio must lie strictly between 0 and 1 (got {train_ratio}); 0.5 is the default")
-    n = int(dataset.train_labels.numel())
-    valid_size = int(n - train_ratio * n)
-    train_idx, valid_idx = class_balanced_split(dataset.train_labels, valid_size, dataset.num_classes)
-    if train_idx.numel() == 0 or valid_idx.numel() == 0:
-        empty = "weight-step (train)" if train_idx.numel() == 0 else "arch-step (valid)"
-        raise DataError(
-            f"--train_ratio {train_ratio} leaves the {empty} part of the {n} training images empty; "
-            "use a value strictly between 0 and 1"
-        )
-    test_idx = torch.arange(int(dataset.test_labels.numel()), dtype=torch.int64)
-    if debug:
-        train_idx, valid_idx, test_idx = (t[:DEBUG_SUBSET] for t in (train_idx, valid_idx, test_idx))
+    train_idx, valid_idx, test_idx = search_split(dataset, train_ratio, debug)
 
     if isinstance(dataset, ImageDataset):
         train_x, train_y = dataset.train_images.to(device), dataset.train_labels.to(device)

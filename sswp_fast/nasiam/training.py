@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import math
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,13 +30,16 @@ from torch import nn
 
 from .. import run_folder
 from ..checkpoint import atomic_save, load_checkpoint
-from ..data import EvalTransform, FolderDataset, SimCLRAugment, SupervisedAugment, load_dataset
+from ..data import EvalTransform, FolderDataset, ImageDataset, SimCLRAugment, SupervisedAugment, load_dataset
 from ..data.loader import FolderBatches, ResidentBatches
-from ..engine import pick_device, pick_memory_format
-from ..errors import ConfigError, SSWPError
+from ..devices import describe as describe_device
+from ..devices import pick_device, require_present
+from ..engine import pick_memory_format
+from ..errors import CheckpointError, ConfigError, SSWPError
 from ..knn import knn_accuracy
 from ..losses import topk_accuracy
 from ..reporting import MetricsFile, Progress, close_log, open_log
+from ..run_plan import Plan
 from .backbones import resnet
 from .config import NasiamConfig
 from .genotypes import (
@@ -72,6 +77,100 @@ def load_genotype(config: NasiamConfig) -> NasiamGenotype:
         return published_genotype(config.framework, config.genotype)
     raise ConfigError(f"-g {config.genotype}: no such file and no published {config.framework} genotype of that "
                       f"name (published: {', '.join(published_names(config.framework))}); pass a search's .txt file")
+
+
+def search_split(config: NasiamConfig, num_train: int) -> tuple[int, int]:
+    """``(split, n)``: weight steps take training images ``[0, split)``, arch steps ``[split, n)`` (a quarter of
+    the training set on ImageNet, spec §3); a one-line error when a side holds less than a batch."""
+    n = num_train // 4 if config.dataset == "imagenet" else num_train
+    split = int(math.floor(config.train_portion * n))
+    if split < config.batch_size or n - split < config.batch_size:
+        raise ConfigError(f"--train_portion {config.train_portion} leaves fewer than --batch-size {config.batch_size} "
+                          f"images on one side of the {n}-image split; lower --batch-size")
+    return split, n
+
+
+def pretrained_backbone(config: NasiamConfig, model: nn.Module) -> None:
+    """Load the backbone of ``--pretrained`` into ``model`` (a ResNet whose ``fc`` is left as it is); one-line
+    errors for a file without that framework's backbone or with another architecture's."""
+    state = load_checkpoint(config.pretrained, fix="pass --pretrained with a pretrain run's checkpoint")
+    weights = backbone_keys(state.get("state_dict", state), config.framework)
+    if not weights:
+        raise ConfigError(f"{config.pretrained} holds no {config.framework} backbone "
+                          f"({BACKBONE_PREFIX[config.framework]}* keys); pass the checkpoint of a pretrain run of "
+                          "that framework")
+    with warnings.catch_warnings():  # into a meta network (a plan) the copies are no-ops, and torch says so
+        warnings.simplefilter("ignore")
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    if set(missing) != {"fc.weight", "fc.bias"} or unexpected:
+        raise ConfigError(f"{config.pretrained} does not fit an --arch {config.arch} backbone (missing "
+                          f"{[k for k in missing if not k.startswith('fc.')][:3]}, unexpected {unexpected[:3]}); "
+                          "pass the --arch it was pretrained with")
+
+
+@dataclass
+class NasiamPlan:
+    """A NASiam command with every input checked (:func:`plan_nasiam`); nothing written yet."""
+
+    config: NasiamConfig
+    device: torch.device
+    dataset: ImageDataset | FolderDataset
+    run_dir: Path
+    resume_state: dict | None
+    detail: str
+
+    def plan(self) -> Plan:
+        c, data = self.config, self.dataset
+        folder = (f"resumed at epoch {self.resume_state['epoch']}" if self.resume_state is not None
+                  else "replaced (--force)" if c.force and self.run_dir.exists() else "new")
+        items = {
+            "device": str(self.device),
+            "framework": c.framework, "backbone": c.arch,
+            "run_folder": {"path": str(self.run_dir), "state": folder},
+            "data": {"dataset": c.dataset, "path": c.data, "train_images": int(data.train_labels.numel()),
+                     "test_images": int(data.test_labels.numel()), "classes": data.num_classes},
+            "epochs": c.epochs, "batch": c.batch_size, "lr": c.lr,
+            c.command: self.detail,
+        }
+        notes = {"device": describe_device(self.device), "run_folder": f"{self.run_dir} ({folder})",
+                 "data": f"{c.dataset}{'' if c.data is None else ' from ' + c.data}: {data.train_labels.numel()} "
+                         f"training images, {data.test_labels.numel()} test images, {data.num_classes} classes"}
+        return Plan(f"sswp-fast nasiam {c.command}", items, notes)
+
+
+def _resume_state(config: NasiamConfig, run_dir: Path) -> dict:
+    path = run_dir / CHECKPOINT
+    state = load_checkpoint(path)
+    if state.get("format") != FORMAT:
+        raise SSWPError(f"{path} is not an sswp-fast NASiam checkpoint; start without --resume")
+    run_folder.refuse_changed_config(config.differences(state["config"]), state["config"], config.to_dict())
+    return state
+
+
+def plan_nasiam(config: NasiamConfig, root: Path | str = ".", run: bool = True) -> NasiamPlan:
+    """Check every input of a NASiam command (flags, device, dataset, the weight/arch split, the genotype, the
+    pretrained backbone, run folder, resume checkpoint) without writing or allocating anything on the device."""
+    config.validate()
+    device = pick_device(config.device)
+    if run:
+        require_present(device)
+    dataset = load_dataset(config.dataset, config.data)
+    if config.command == "search":
+        split, n = search_split(config, int(dataset.train_labels.numel()))
+        detail = f"weight steps on training images [0, {split}), arch steps on [{split}, {n})"
+    elif config.command == "pretrain":
+        genotype = load_genotype(config)
+        detail = f"heads of {config.genotype}: {genotype}"
+    else:
+        with torch.device("meta"):
+            backbone = resnet(config.arch, dataset.num_classes, config.cifar)
+        pretrained_backbone(config, backbone)
+        detail = f"the frozen {config.arch} backbone of {config.pretrained}"
+    run_dir = run_folder.run_dir_for(root, config.exp_group, f"nasiam-{config.framework}-{config.command}",
+                                     config.note)
+    run_folder.prepare_run_dir(run_dir, config.resume, config.force, create=False, resume_file=CHECKPOINT)
+    resume_state = _resume_state(config, run_dir) if config.resume else None
+    return NasiamPlan(config, device, dataset, run_dir, resume_state, detail)
 
 
 def backbone_keys(state: dict[str, torch.Tensor], framework: str) -> dict[str, torch.Tensor]:
@@ -114,12 +213,14 @@ class NasiamRun(ABC):
     """What every NASiam command shares: folder, log, data, device, checkpoint, epoch loop."""
 
     def __init__(self, config: NasiamConfig, root: Path | str = "."):
-        config.validate()
+        """Every input is checked first (:func:`plan_nasiam`), and the model and a resume checkpoint loaded,
+        before the run folder is made: a refused run leaves nothing behind."""
+        self.plan = plan = plan_nasiam(config, root)
         self.config = c = config
-        self.device = pick_device(c.device)
+        self.device = plan.device
         self.memory_format = pick_memory_format("auto", self.device)
         """Channels-last on CPU (oneDNN's ResNet convolutions are faster in it), the default layout on CUDA."""
-        self.dataset = load_dataset(c.dataset, c.data)
+        self.dataset = plan.dataset
         if not isinstance(self.dataset, FolderDataset):  # resident on the device once, shared by every loader
             d = self.dataset
             self._resident = {"train": (d.train_images.to(self.device), d.train_labels.to(self.device)),
@@ -127,18 +228,18 @@ class NasiamRun(ABC):
         torch.manual_seed(c.seed)
         self.generator = torch.Generator(self.device).manual_seed(c.seed + 1)
         self.setup()
-        self.run_dir = run_folder.prepare_run_dir(
-            run_folder.run_dir_for(root, c.exp_group, f"nasiam-{c.framework}-{c.command}", c.note), c.resume, c.force,
-            resume_file=CHECKPOINT)
-        self.log = open_log(self.run_dir, "sswp_fast.nasiam")
         self.start_epoch = 0
         self.best = 0.0
+        if plan.resume_state is not None:
+            self._load(plan.resume_state)
+        self.run_dir = run_folder.prepare_run_dir(plan.run_dir, c.resume, c.force, resume_file=CHECKPOINT)
+        self.log = open_log(self.run_dir, "sswp_fast.nasiam")
         if c.resume:
-            self._load()
+            self.log.info(f"resumed from {self.run_dir / CHECKPOINT} at epoch {self.start_epoch}")
         else:
             self.log.info(repr(argparse.Namespace(**c.to_dict())))
         self.metrics = MetricsFile(self.run_dir, self.start_epoch)
-        self.progress = Progress(c.progress, c.epochs)
+        self.progress = Progress(c.progress, c.epochs, self.start_epoch)
 
     @abstractmethod
     def setup(self) -> None:
@@ -196,18 +297,16 @@ class NasiamRun(ABC):
                      "generator": self.generator.get_state(), "rng": torch.get_rng_state(), **self.state()},
                     self.run_dir / CHECKPOINT)
 
-    def _load(self) -> None:
-        path = self.run_dir / CHECKPOINT
-        state = load_checkpoint(path)
-        if state.get("format") != FORMAT:
-            raise SSWPError(f"{path} is not an sswp-fast NASiam checkpoint; start without --resume")
-        run_folder.refuse_changed_config(self.config.differences(state["config"]), state["config"],
-                                         self.config.to_dict())
-        self.load_state(state)
+    def _load(self, state: dict) -> None:
+        """Continue from the checkpoint (its format and configuration were checked by the plan)."""
+        try:
+            self.load_state(state)
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise CheckpointError(f"{self.plan.run_dir / CHECKPOINT} does not match this model "
+                                  f"({str(err).splitlines()[0]}); start a new --note") from None
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["rng"])
         self.start_epoch, self.best = state["epoch"], state["best"]
-        self.log.info(f"resumed from {path} at epoch {self.start_epoch}")
 
     @abstractmethod
     def train_epoch(self, epoch: int) -> dict:
@@ -300,12 +399,7 @@ class SearchRun(_SelfSupervisedRun):
                 arch, lr=c.search_lr, betas=(0.9, 0.999), weight_decay=c.search_wd)
         else:
             self.arch_optimizer = torch.optim.Adam(arch, lr=c.search_lr, betas=(0.9, 0.999), weight_decay=c.search_wd)
-        n = int(self.dataset.train_labels.numel())
-        n = n // 4 if c.dataset == "imagenet" else n
-        split = int(math.floor(c.train_portion * n))
-        if split < c.batch_size or n - split < c.batch_size:
-            raise ConfigError(f"--train_portion {c.train_portion} leaves fewer than --batch-size {c.batch_size} "
-                              f"images on one side of the {n}-image split; lower --batch-size")
+        split, n = search_split(c, int(self.dataset.train_labels.numel()))
         self.train_loader = self._loader("train", torch.arange(split), drop_last=True)
         self.arch_loader = self._loader("train", torch.arange(split, n), drop_last=True, cap=False)
 
@@ -384,19 +478,10 @@ class LinclsRun(NasiamRun):
 
     def setup(self) -> None:
         c = self.config
-        state = load_checkpoint(c.pretrained, fix="pass --pretrained with a pretrain run's checkpoint")
-        weights = backbone_keys(state.get("state_dict", state), c.framework)
-        if not weights:
-            raise ConfigError(f"{c.pretrained} holds no {c.framework} backbone ({BACKBONE_PREFIX[c.framework]}* "
-                              "keys); pass the checkpoint of a pretrain run of that framework")
         self.model = resnet(c.arch, self.dataset.num_classes, c.cifar).to(self.device, memory_format=self.memory_format)
         nn.init.normal_(self.model.fc.weight, std=0.01)
         nn.init.zeros_(self.model.fc.bias)
-        missing, unexpected = self.model.load_state_dict(weights, strict=False)
-        if set(missing) != {"fc.weight", "fc.bias"} or unexpected:
-            raise ConfigError(f"{c.pretrained} does not fit an --arch {c.arch} backbone (missing "
-                              f"{[k for k in missing if not k.startswith('fc.')][:3]}, unexpected {unexpected[:3]}); "
-                              "pass the --arch it was pretrained with")
+        pretrained_backbone(c, self.model)
         for name, p in self.model.named_parameters():
             p.requires_grad_(name.startswith("fc."))
         fc = list(self.model.fc.parameters())
