@@ -41,19 +41,22 @@ def interpreter_on() -> bool:
 
 @dataclass(frozen=True)
 class Limit:
-    """A feature the device executor lacks: the flag that asks for it, a test on (config, processes), and why."""
+    """A feature the device executor lacks: the flag that asks for it, a test on (config, processes), why, and
+    how to do without it."""
 
     flag: str
     asked: Callable[[SearchConfig, int], bool]
     why: str
+    instead: str
 
 
 DEVICE_EXECUTOR_LIMITS: tuple[Limit, ...] = (
-    Limit("--weight_optm adam", lambda c, n: c.weight_optm != "sgd", "its masked optimizer update is SGD only"),
-    Limit("--prune_edges", lambda c, n: c.prune_edges, "it has no dropped edges yet"),
-    Limit("--amp", lambda c, n: c.amp != "off", "the Triton kernels are float32 only"),
+    Limit("--weight_optm adam", lambda c, n: c.weight_optm != "sgd", "its masked optimizer update is SGD only",
+          "pass --weight_optm sgd"),
+    Limit("--prune_edges", lambda c, n: c.prune_edges, "it has no dropped edges yet", "drop --prune_edges"),
+    Limit("--amp", lambda c, n: c.amp != "off", "the Triton kernels are float32 only", "pass --amp off"),
     Limit("torchrun (several processes)", lambda c, n: n > 1,
-          "its BatchNorm does not synchronise across processes yet"),
+          "its BatchNorm does not synchronise across processes yet", "run in a single process"),
 )
 """What the device executor cannot run yet; ``auto`` takes the PyTorch executor for these (README table)."""
 
@@ -124,7 +127,7 @@ def choose_executor(config: SearchConfig, device: torch.device | str, processes:
     lacking = missing_features(config, processes)
     if config.compile != "off":
         if lacking:
-            _refuse(f"--compile {config.compile}", lacking, f"drop --compile or {lacking[0].flag}")
+            _refuse(f"--compile {config.compile}", lacking, f"drop --compile or {lacking[0].instead}")
         kernels = resolve_kernels(config.kernels, device)
         return Executor(kernels, True, f"--compile {config.compile} runs the device executor"
                         + (" with the Triton kernels" if kernels == "triton" else " with PyTorch kernels"))
@@ -133,7 +136,7 @@ def choose_executor(config: SearchConfig, device: torch.device | str, processes:
     if choice == "triton":
         if lacking:
             _refuse(f"{source} triton", lacking, f"use --kernels auto (which takes the PyTorch executor for it) "
-                    f"or drop {lacking[0].flag}")
+                    f"or {lacking[0].instead}")
         _check_triton_runs(device, source)
         return Executor("triton", True, f"{source} triton")
     if device.type != "cuda":

@@ -84,6 +84,6 @@ def test_without_the_flag_a_frozen_cell_keeps_all_fourteen_argmax_edges():
 def test_the_flag_is_refused_with_reference_quirks_and_with_device_side_dispatch():
     with pytest.raises(ConfigError, match="pick one"):
         _engine(reference_quirks=True)
-    with pytest.raises(ConfigError, match="--kernels torch"):
+    with pytest.raises(ConfigError, match="drop --compile or drop --prune_edges"):
         SearchEngine(SearchConfig(dataset="digits", layers=3, init_channels=4, batch_size=4, prune_edges=True,
                                   kernels="torch", compile="default").resolved(), num_classes=10)
