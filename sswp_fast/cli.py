@@ -306,7 +306,7 @@ def doctor_report() -> list[tuple[str, str]]:
     try:
         import triton
 
-        active = "active on CUDA (--kernels auto)" if cuda else (
+        active = "used on CUDA by --kernels auto where the run allows it (see a run's executor line)" if cuda else (
             "active on CPU tensors (TRITON_INTERPRET=1)" if interpreter_on() else "idle here (no CUDA device)")
         triton_state = f"{triton.__version__}: fused sep/dil conv kernels, {active}"
     except ImportError:
