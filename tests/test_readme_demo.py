@@ -5,7 +5,7 @@ the same architecture from random initialisation with the same budget."""
 from __future__ import annotations
 
 import json
-import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,26 +15,9 @@ from sswp_fast.cli import main
 from sswp_fast.export import read_net_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+sys.path.insert(0, str(README.parent / "benchmarks"))
 
-
-def readme_commands(prefix: str) -> list[list[str]]:
-    """The arguments of every README line that starts with ``prefix`` (``.venv/bin/sswp-fast finetune``...)."""
-    return [shlex.split(line.split(".venv/bin/sswp-fast ", 1)[1]) for line in README.read_text().splitlines()
-            if line.startswith(prefix)]
-
-
-def best_top1(run: Path) -> float:
-    """The best test top-1 a compact-network run logged."""
-    last = [line for line in (run / "log.txt").read_text().splitlines() if line.startswith("best_top1 ")][-1]
-    return float(last.split(",")[0].split()[1])
-
-
-def demo_arguments() -> list[str]:
-    """The arguments of ``sswp-fast`` in the README's install-and-run command."""
-    for line in README.read_text().splitlines():
-        if line.startswith("bash scripts/install.sh && .venv/bin/sswp-fast "):
-            return shlex.split(line.split(".venv/bin/sswp-fast ", 1)[1])
-    raise AssertionError("README has no demo command")
+from bench_readme_demo import best_top1, demo_arguments, readme_commands  # noqa: E402
 
 
 @pytest.mark.slow
@@ -52,18 +35,18 @@ def test_readme_demo_search_writes_genotype_weights_and_metrics(tmp_path, monkey
     assert len(metrics) == epochs
     assert metrics[-1]["frozen_cells"] == list(range(int(args[args.index("--layers") + 1])))
 
-    finetune, = readme_commands(".venv/bin/sswp-fast finetune ")
-    scratch, = readme_commands(".venv/bin/sswp-fast train ")
+    finetune, = readme_commands("finetune")
+    scratch, = readme_commands("train")
     assert finetune[1:] == scratch[1:] and "0.3" == finetune[finetune.index("--train_ratio") + 1]
     accuracies = {}
     for seed in ("2", "3"):  # the README's runs (seed 2, the default) and one more seed
         for args in (finetune, scratch):
             assert main([*args, "--seed", seed, "--note", f"demo{seed}"]) == 0
-            accuracies[args[0], seed] = best_top1(run.parent / f"{args[0]}-demo{seed}_Epoch_{epochs - 1}")
+            accuracies[args[0], seed] = best_top1(run.parent / f"{args[0]}-demo{seed}_Epoch_{epochs - 1}" / "log.txt")
     print("test top-1 with 30% of the labels:", accuracies)
     for seed in ("2", "3"):
         assert accuracies["finetune", seed] > accuracies["train", seed], accuracies
-    for args in readme_commands(".venv/bin/sswp-fast linear-eval ") + readme_commands(".venv/bin/sswp-fast knn "):
+    for args in readme_commands("linear-eval") + readme_commands("knn"):
         assert main(args) == 0
 
 
