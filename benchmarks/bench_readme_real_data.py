@@ -82,9 +82,11 @@ def markdown(report: dict) -> str:
              "`python benchmarks/bench_readme_real_data.py --data DATA`.", "",
              f"- executor: {run['executor']}",
              f"- recompute: {run['recompute']} ({plan['recompute']['reason']})",
-             "- predicted step peaks (GB, on top of what the process holds): "
+             "- predicted peak per step, GB (the tensors the model counts: weights, optimizer state, activations; "
+             "not the process's libraries, allocator caching or oneDNN workspaces): "
              + ", ".join(f"{mode} {gb:.1f}" for mode, gb in predicted.items()),
-             f"- resident before the first step: {run['rss_before_steps_gib']:.2f} GiB", "",
+             f"- resident before the first step (torch, the network, the dataset): "
+             f"{run['rss_before_steps_gib']:.2f} GiB", "",
              "| step | seconds | peak resident set (GiB) |", "|---|---|---|",
              f"| first weight step (warm-up) | {run['weight_step']['seconds']} | "
              f"{run['weight_step']['peak_rss_gib']:.2f} |",
