@@ -54,7 +54,7 @@ def best_top1(log: Path) -> float:
 
 
 def _sswp(args: list[str], cwd: Path) -> str:
-    done = subprocess.run([sys.executable, "-m", "sswp_fast.cli", *args, "--progress", "off"], cwd=cwd,
+    done = subprocess.run([sys.executable, "-m", "sswp_fast.cli", *args], cwd=cwd,
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"sswp-fast {' '.join(args)} failed:\n{done.stderr[-2000:]}")
