@@ -12,10 +12,11 @@ else
 fi
 echo "install 2/3: pinned requirements from requirements.txt (torch, triton, ...: under a minute from a local" \
      "wheel cache, several minutes when torch downloads)"
-.venv/bin/pip install --disable-pip-version-check --progress-bar off -r requirements.txt | grep -v "^Requirement already satisfied" || true
+.venv/bin/pip install --disable-pip-version-check --progress-bar off -r requirements.txt \
+  | { grep -v "^Requirement already satisfied" || true; }
 echo "install 3/3: sswp-fast in editable mode; compiling the C++ InfoNCE extension (about 2 minutes on 2 cores)"
 .venv/bin/pip install --disable-pip-version-check --progress-bar off --no-build-isolation --no-deps -e . \
-  | grep -v "^Requirement already satisfied" || true
+  | { grep -v "^Requirement already satisfied" || true; }
 bash scripts/install_stamp.sh > .venv/install-stamp
 echo "installed into .venv; what was built and what a run here uses (sswp-fast doctor):"
 .venv/bin/sswp-fast doctor
