@@ -51,9 +51,6 @@ class Limit:
 
 
 DEVICE_EXECUTOR_LIMITS: tuple[Limit, ...] = (
-    Limit("--weight_optm adam", lambda c, n: c.weight_optm != "sgd", "its masked optimizer update is SGD only",
-          "pass --weight_optm sgd"),
-    Limit("--prune_edges", lambda c, n: c.prune_edges, "it has no dropped edges yet", "drop --prune_edges"),
     Limit("--amp", lambda c, n: c.amp != "off", "the Triton kernels are float32 only", "pass --amp off"),
     Limit("torchrun (several processes)", lambda c, n: n > 1,
           "its BatchNorm does not synchronise across processes yet", "run in a single process"),

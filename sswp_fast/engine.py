@@ -53,7 +53,7 @@ from .step_compiler import compile_step
 from .supernet import EDGES_PER_CELL, NODE_EDGES, DevicePlan, ExecutionPlan, SearchNetwork
 
 if TYPE_CHECKING:
-    from .dispatch import MaskedWeightUpdate
+    from .bank_optimizer import MaskedBankUpdate
 
 
 @dataclass
@@ -142,16 +142,25 @@ class SearchEngine:
             self.target_net = copy.deepcopy(self.net).requires_grad_(False)
             self.target_projector = copy.deepcopy(self.byol.projector).requires_grad_(False)
         self.weight_params = weights
-        self.masked_update: MaskedWeightUpdate | None = None
         if config.weight_optm == "sgd":
             self.weight_optimizer: torch.optim.Optimizer = torch.optim.SGD(
                 weights, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
         else:
             self.weight_optimizer = torch.optim.Adam(weights, lr=config.lr, weight_decay=config.weight_decay)
+        self.masked_update: MaskedBankUpdate | None = None
+        """The weight step of the device executor: the candidate ops live in parameter banks
+        (:mod:`sswp_fast.banks`), updated only where their op ran (:mod:`sswp_fast.bank_optimizer`)."""
+        self.clip_params = weights
+        """What gradient clipping sees: the weights, and on the device executor the banks' gradients."""
         if self.dispatch:
-            from .dispatch import MaskedWeightUpdate
+            from .bank_optimizer import MaskedBankUpdate
+            from .banks import bind_banks
 
-            self.masked_update = MaskedWeightUpdate(self.net, self.weight_optimizer)
+            banks = bind_banks(self.net)
+            if self.byol is not None:
+                bind_banks(self.target_net)
+            self.masked_update = MaskedBankUpdate(banks, self.weight_optimizer)
+            self.clip_params = weights + banks.leaves()
         self.arch_optimizer = ArchAdam(config.layers * EDGES_PER_CELL, self.device, ArchAdamConfig(
             lr=config.arch_lr, beta1=config.arch_adam_beta1, beta2=config.arch_adam_beta2,
             weight_decay=config.arch_weight_decay))
@@ -333,11 +342,14 @@ class SearchEngine:
                                        warmup=warmup)
         plan = self._plan(active, inactive, probe=self.quirks)
         result = self._step_loss(batch, plan)
-        self.weight_optimizer.zero_grad(set_to_none=True)
+        if self.masked_update is not None:
+            self.masked_update.zero_grad()
+        else:
+            self.weight_optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(result.loss).backward()
-        average_gradients(self.weight_params + ([plan.gates] if plan.gates is not None else []), self.world)
+        average_gradients(self.clip_params + ([plan.gates] if plan.gates is not None else []), self.world)
         self.scaler.unscale_(self.weight_optimizer)
-        nn.utils.clip_grad_norm_(self.weight_params, self.config.grad_clip)
+        nn.utils.clip_grad_norm_(self.clip_params, self.config.grad_clip)
         if self.masked_update is not None:
             self.masked_update.step(active)
         else:
@@ -441,6 +453,8 @@ class SearchEngine:
         for c in self.frozen_cells():
             self.frozen_ops[c] = self._frozen_cell_ops(c)
         self.weight_optimizer.load_state_dict(state["weight_optimizer"])
+        if self.masked_update is not None:
+            self.masked_update.adopt_state()
         self.arch_optimizer.load_state_dict(state["arch_optimizer"])
         self.generator.set_state(state["generator"])
         if self.gate_grad_sum is not None:

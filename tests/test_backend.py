@@ -11,8 +11,6 @@ from sswp_fast.config import SearchConfig
 from sswp_fast.errors import ConfigError
 
 UNSUPPORTED = [  # (flags, processes): every feature the device executor lacks, one at a time
-    ({"weight_optm": "adam"}, 1),
-    ({"prune_edges": True}, 1),
     ({"amp": "bf16"}, 1),
     ({}, 4),
 ]
@@ -57,9 +55,11 @@ def test_an_explicit_triton_with_an_unsupported_feature_is_a_one_line_error(flag
         choose_executor(_config(compile="default", **flags), "cuda", processes)
 
 
-def test_the_quick_start_flags_get_the_pytorch_executor_on_cuda() -> None:
+def test_the_quick_start_flags_get_the_device_executor_on_cuda() -> None:
     executor = choose_executor(_config(weight_optm="adam", prune_edges=True), "cuda")
-    assert executor.describe() == "torch (device executor lacks --weight_optm adam, --prune_edges)"
+    assert executor.name == "device"
+    executor = choose_executor(_config(weight_optm="adam", amp="bf16"), "cuda")
+    assert executor.describe() == "torch (device executor lacks --amp)"
 
 
 def test_an_explicit_flag_beats_the_environment(monkeypatch) -> None:
@@ -69,7 +69,7 @@ def test_an_explicit_flag_beats_the_environment(monkeypatch) -> None:
     assert resolve_kernels("torch", "cpu") == "torch"
     assert choose_executor(_config(), "cpu").describe() == f"device (${KERNELS_ENV} triton)"
     with pytest.raises(ConfigError, match=rf"\${KERNELS_ENV} triton runs the device executor"):
-        choose_executor(_config(weight_optm="adam"), "cpu")
+        choose_executor(_config(amp="bf16"), "cpu")
     monkeypatch.setenv(KERNELS_ENV, "torch")
     assert choose_executor(_config(), "cuda").kernels == "torch"
 

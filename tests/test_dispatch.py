@@ -1,9 +1,11 @@
 """Device-side dispatch (``sswp_fast.dispatch``): a cell run from device-side op indices equals the module path.
 
 Compared with :class:`~sswp_fast.supernet.SearchCell` run from a host plan: outputs, gradients of the inputs and
-of every parameter, the gate gradients of probing plans, and the whole state dict afterwards (running
-statistics and ``num_batches_tracked`` of exactly the BNs that ran). Also: no host synchronisation and the same
-operator sequence whatever was sampled (what CUDA-graph replay needs), and the masked optimizer step.
+of every parameter (on the device executor, the parameter's part of its cell's bank gradient), the gate gradients
+of probing plans, and the whole state dict afterwards (running statistics and ``num_batches_tracked`` of exactly
+the BNs that ran; the banks are what the modules' tensors view). Also: no host synchronisation and the same
+operator sequence whatever was sampled (what CUDA-graph replay needs), dropped edges, and the masked optimizer
+step on the banks.
 Triton kernels run in the interpreter on CPU (tests/conftest.py), so the cells are tiny.
 """
 
@@ -16,9 +18,10 @@ import torch
 from conftest import tiny_config
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from sswp_fast.dispatch import MaskedWeightUpdate, run_cell, slot_groups
+from sswp_fast.bank_optimizer import MaskedBankUpdate
+from sswp_fast.banks import bind_banks, bind_cell
+from sswp_fast.dispatch import Selection, run_cell, slot_groups
 from sswp_fast.engine import SearchEngine
-from sswp_fast.errors import ConfigError
 from sswp_fast.supernet import NODE_EDGES, DevicePlan, SearchNetwork
 
 # every op on a stride-2 and on a stride-1 edge of a reduction cell (stride-2 edges: 0 1 2 3 5 6 9 10)
@@ -35,12 +38,23 @@ def cell_and_inputs(reduction: bool, affine: bool, n: int = 2, size: int = 6):
 
 
 def outputs_and_grads(fn, cell, s0, s1, dy=None):
+    """Output of ``fn(cell, s0, s1)`` and the gradients of the inputs and of every parameter of ``cell``; for a
+    cell with banks, a bank-held parameter's gradient is its part of the bank gradient."""
     s0, s1 = s0.clone().requires_grad_(), s1.clone().requires_grad_()
     out = fn(cell, s0, s1)
     dy = torch.randn_like(out) if dy is None else dy
-    leaves = [s0, s1, *cell.parameters()]
-    grads = torch.autograd.grad(out, leaves, dy, allow_unused=True, materialize_grads=True)
-    return out, grads, dy
+    banks = cell.__dict__.get("_banks")
+    offsets = {} if banks is None else {id(p): o for p, o in banks.bound_params()}
+    params = list(cell.parameters())
+    leaves = [s0, s1, *(p for p in params if id(p) not in offsets)] + ([banks.weights] if banks else [])
+    grads = iter(torch.autograd.grad(out, leaves, dy, allow_unused=True, materialize_grads=True))
+    inputs = [next(grads), next(grads)]
+    own = [next(grads) for p in params if id(p) not in offsets]
+    bank = next(grads) if banks else None
+    own_it = iter(own)
+    per_param = [bank[offsets[id(p)]:offsets[id(p)] + p.numel()].view(p.shape) if id(p) in offsets else next(own_it)
+                 for p in params]
+    return out, inputs + per_param, dy
 
 
 def assert_states_equal(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -64,6 +78,7 @@ def test_cell_equals_the_module_path(reduction, affine, training):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
     twin = copy.deepcopy(cell)
+    bind_cell(cell)
     active = torch.tensor(EVERY_OP)
     out, grads, dy = outputs_and_grads(lambda c, a, b: run_cell(c, NODE_EDGES, a, b, active), cell, s0, s1)
     ref, ref_grads, _ = outputs_and_grads(lambda c, a, b: c(a, b, EVERY_OP), twin, s0, s1, dy)
@@ -79,6 +94,7 @@ def test_probing_gives_the_module_paths_gate_gradients():
     and the inactive ops' BN running statistics as on the module path (spec §5.4-5.5)."""
     cell, s0, s1 = cell_and_inputs(True, False)
     twin = copy.deepcopy(cell)
+    bind_cell(cell)
     active = torch.tensor(EVERY_OP)
     inactive = (active + torch.randint(1, 7, (14,))) % 7
     gates = torch.nn.functional.one_hot(active, 7).float().requires_grad_()
@@ -98,6 +114,7 @@ def test_probing_gives_the_module_paths_gate_gradients():
 def test_full_v2_probing_measures_all_seven_ops():
     cell, s0, s1 = cell_and_inputs(False, False)
     twin = copy.deepcopy(cell)
+    bind_cell(cell)
     active = torch.tensor(EVERY_OP)
     others = (active[:, None] + torch.arange(1, 7)) % 7
     gates = torch.nn.functional.one_hot(active, 7).float().requires_grad_()
@@ -131,11 +148,12 @@ class OpTrace(TorchDispatchMode):
 
 def test_the_step_never_reads_the_path_and_runs_the_same_operators_whatever_was_sampled():
     cell, s0, s1 = cell_and_inputs(True, False)
+    banks = bind_cell(cell)
     traces = []
     for active in (torch.tensor(EVERY_OP), torch.tensor(EVERY_OP[::-1])):
         with OpTrace() as trace:
             out = run_cell(cell, NODE_EDGES, s0.requires_grad_(), s1, active)
-            torch.autograd.grad(out.sum(), [s0, *cell.parameters()])
+            torch.autograd.grad(out.sum(), [s0, banks.weights, *cell.preprocess0.parameters()])
         assert trace.syncs() == []
         traces.append(trace.ops)
     assert traces[0] == traces[1]
@@ -155,50 +173,83 @@ def test_the_engine_plans_on_the_device_without_reading_the_path():
     assert sorted(torch.cat([active[..., None], others], -1)[1, 5].tolist()) == list(range(7))
 
 
-def test_adam_weights_are_refused_with_the_fix():
-    with pytest.raises(ConfigError, match=r"lacks --weight_optm adam .*use --kernels auto"):
-        SearchEngine(tiny_config(kernels="triton", weight_optm="adam"), num_classes=10)
+def test_a_dropped_edge_adds_nothing_and_touches_no_statistics():
+    """--prune_edges: an edge at -1 is left out of its node, as the module path leaves it out; its slot uses the
+    banks' scratch row, so no BatchNorm of any op of that edge moves."""
+    cell, s0, s1 = cell_and_inputs(True, False)
+    twin = copy.deepcopy(cell)
+    bind_cell(cell)
+    active = list(EVERY_OP)
+    active[3] = active[10] = -1  # a stride-2 edge and a stride-1 edge (node 1 keeps edge 2, node 3 keeps 9 11-13)
+    out = run_cell(cell, NODE_EDGES, s0, s1, torch.tensor(active))
+    ref = twin(s0, s1, active)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    assert_states_equal(cell, twin)
 
 
-def test_masked_update_leaves_the_ops_that_did_not_run_untouched():
-    """Zero gradients on every op that did not run: after the masked step those parameters and momentum
-    buffers are bitwise unchanged, and the others equal a plain SGD step that never saw the idle ops."""
-    net = SearchNetwork(4, 10, 3)
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_masked_bank_update_is_the_pytorch_step_of_the_ops_that_ran(optimizer):
+    """Gradients everywhere in the banks (as the device executor gives them, here even in the rows of ops that did
+    not run): after two masked steps the ops that did not run, and their optimizer state, are bitwise unchanged,
+    and the others equal ``torch.optim`` steps that only ever saw the ops that ran. The optimizer's state dict
+    then loads into the plain optimizer of the twin and steps it the same way."""
+    net = SearchNetwork(4, 10, 3).double()
     twin = copy.deepcopy(net)
-    active = torch.randint(0, 7, (3, 14))
-    ran = {id(p) for c, cell in enumerate(net.cells) for e, edge in enumerate(cell.edges)
-           for p in edge._ops[int(active[c, e])].parameters()}
-    opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
-    twin_opt = torch.optim.SGD(twin.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
-    masked = MaskedWeightUpdate(net, opt)
+    banks = bind_banks(net)
+
+    def make(params):
+        if optimizer == "sgd":
+            return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-2)
+        return torch.optim.Adam(params, lr=0.01, weight_decay=1e-2)
+
+    opt, twin_opt = make(net.weight_parameters()), make(twin.weight_parameters())
+    masked = MaskedBankUpdate(banks, opt)
+    held = {id(p): i for i, p in enumerate(banks.params)}
+    pairs = list(zip(net.weight_parameters(), twin.weight_parameters(), strict=True))
     for _ in range(2):
-        for p, q in zip(net.weight_parameters(), twin.weight_parameters(), strict=True):
-            g = torch.randn_like(p)
-            is_edge_param = any(p is r for r in masked.params)
-            p.grad = g if (id(p) in ran or not is_edge_param) else torch.zeros_like(p)
-            q.grad = g.clone() if (id(p) in ran or not is_edge_param) else None
-        before = {id(p): p.detach().clone() for p in net.weight_parameters()}
+        active = torch.randint(0, 7, (3, 14))
+        ran = {id(p) for c, cell in enumerate(net.cells) for e, edge in enumerate(cell.edges)
+               for p in edge._ops[int(active[c, e])].parameters()}
+        masked.zero_grad()
+        twin_opt.zero_grad(set_to_none=True)
+        for leaf in banks.leaves():
+            leaf.grad = torch.randn_like(leaf)
+        for p, q in pairs:
+            if id(p) in held:
+                q.grad = banks.view_of(banks.flat_grad(), held[id(p)]).clone() \
+                    if id(p) in ran else None
+            else:
+                p.grad = torch.randn_like(p)
+                q.grad = p.grad.clone()
+        before = {id(p): p.detach().clone() for p, _ in pairs}
         masked.step(active)
         twin_opt.step()
-        for p, q in zip(net.weight_parameters(), twin.weight_parameters(), strict=True):
-            if id(p) in ran or not any(p is r for r in masked.params):
-                torch.testing.assert_close(p, q, rtol=0, atol=1e-7)
-                assert not torch.equal(p, before[id(p)])
-            else:
+        for p, q in pairs:
+            if id(p) in held and id(p) not in ran:
                 assert torch.equal(p, before[id(p)])
-                assert opt.state[p]["momentum_buffer"].abs().max() == 0
+            else:
+                torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
+    loaded = make(twin.weight_parameters())
+    loaded.load_state_dict(opt.state_dict())  # the PyTorch executor resuming the device executor's checkpoint
+    for _, q in pairs:
+        twin_state, state = twin_opt.state[q], loaded.state[q]
+        for name, value in state.items():
+            torch.testing.assert_close(value, twin_state.get(name, torch.zeros_like(value)), rtol=0, atol=1e-12)
 
 
 def test_a_slot_group_keeps_only_its_input_for_backward():
-    """Recompute: of a whole node (five slots, every op), autograd stores the stacked input and the op indices;
-    the intermediates are rebuilt in the backward pass (exactness: the tests above)."""
+    """Recompute: of a whole node (five slots, every op), autograd stores the stacked input (and the weight banks,
+    views of the parameters); the intermediates are rebuilt in the backward pass (exactness: the tests above)."""
     cell, _, _ = cell_and_inputs(False, False)
+    banks = bind_cell(cell)
     group, _ = slot_groups(cell, NODE_EDGES)[3][0]
     x = torch.randn(2, 5 * 4, 6, 6, requires_grad=True)
     ops = torch.tensor([0, 1, 3, 5, 6])
     saved: list[torch.Tensor] = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        y = group(x, ops)
-    assert sorted(t.data_ptr() for t in saved) == sorted((x.data_ptr(), ops.data_ptr()))
+        y = group(x, Selection.of(ops, banks), banks.views()[3][0])
+    weights = banks.weights.untyped_storage().data_ptr()
+    activations = [t for t in saved if t.untyped_storage().data_ptr() != weights]
+    assert [t.data_ptr() for t in activations] == [x.data_ptr()]
     (dx,) = torch.autograd.grad(y.sum(), [x])
     assert dx.abs().sum() > 0

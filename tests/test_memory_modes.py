@@ -10,6 +10,7 @@ import torch
 from conftest import tiny_config
 
 from sswp_fast import Batch, SearchEngine, sample_paths
+from sswp_fast.banks import bind_banks
 from sswp_fast.errors import ConfigError
 from sswp_fast.losses import info_nce
 from sswp_fast.sampling import one_hot
@@ -32,6 +33,9 @@ def _backward(net: SearchNetwork, x: torch.Tensor, plan) -> dict[str, torch.Tens
     """Gradients of every parameter (and of the gates) after one InfoNCE backward, plus every buffer."""
     info_nce(net(x, plan), 0.5).backward()
     out = {f"grad.{n}": p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    banks = net.__dict__.get("_banks")  # the device executor's parameter banks (sswp_fast.banks)
+    if banks is not None:
+        out.update({f"grad.banks.{c}": leaf.grad.clone() for c, leaf in enumerate(banks.leaves())})
     out.update({f"buffer.{n}": b.clone() for n, b in net.named_buffers()})
     if plan.gates is not None:
         out["gates"] = plan.gates.grad.clone()
@@ -60,10 +64,12 @@ def test_recompute_modes_give_the_same_gradients_and_statistics(kind: str, probe
     results = {}
     for mode in MODES:
         net = copy.deepcopy(base)
+        if kind == "device":
+            bind_banks(net)
         net.recompute = mode
         results[mode] = _backward(net, x, _plan(kind, active, inactive, probe, dtype))
     reference = results["none"]
-    assert any(k.startswith("grad.cells.2.edges") for k in reference)
+    assert any(k.startswith(("grad.cells.2.edges", "grad.banks.2")) for k in reference)
     for mode in ("edge", "cell"):
         assert results[mode].keys() == reference.keys()
         for key, value in reference.items():
