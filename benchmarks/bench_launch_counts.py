@@ -1,8 +1,9 @@
 """Launches and host synchronisations per search step, which decide a step's speed on a GPU.
 
-For ``--kernels torch`` (host-planned path) and ``--kernels triton`` (device-side dispatch), one weight step and
-one arch step are run under a ``TorchDispatchMode`` that records every ATen operator call (forward, backward and
-optimizer), with every Triton kernel launch counted too. Reported per step:
+For ``--kernels torch`` (host-planned path), ``--kernels triton`` (device-side dispatch) and, when
+``$SSWP_REFERENCE`` names a checkout, the reference's own step, one weight step and one arch step are run under
+a ``TorchDispatchMode`` that records every ATen operator call (forward, backward and optimizer), with every
+Triton kernel launch counted too. Reported per step:
 
 * ``aten``: ATen operator calls; ``aten_compute``: those that are not views or metadata-only (each of those
   launches at least one kernel on a GPU);
@@ -35,6 +36,8 @@ if not torch.cuda.is_available():
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
+import bench_common  # noqa: E402
+import reference_harness  # noqa: E402
 from bench_common import BenchConfig, Stepper, machine_info, write_results  # noqa: E402
 
 SYNC_OPS = ("aten._local_scalar_dense", "aten.item", "aten.nonzero", "aten.equal", "aten.is_nonzero")
@@ -120,23 +123,38 @@ def main(argv: list[str] | None = None) -> int:
     _patch_triton_launchers()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = BenchConfig(layers=args.layers, C=4, batch=2)  # counts do not depend on C, batch or image size
+    bench_common.IMAGE_SIZE = 8  # the smallest images two reductions leave whole: the interpreter is slow
+    variants = [("torch", "ours", "torch", "auto"), ("device, recompute edge", "ours", "triton", "edge"),
+                ("device, recompute none", "ours", "triton", "none")]
+    skip = reference_harness.skip_reason()
+    if skip is None:
+        variants.append(("reference", "reference", "auto", "auto"))
+    else:
+        print(f"reference not counted: {skip}", flush=True)
     rows = []
-    for kernels in ("torch", "triton"):
-        stepper = Stepper("ours", cfg, device, kernels=kernels)
+    for name, impl, kernels, recompute in variants:
+        stepper = Stepper(impl, cfg, device, kernels=kernels, recompute=recompute)
         stepper.weight()  # first steps create optimizer state; count a later one
         stepper.arch()
         for step in ("weight", "arch"):
-            rows.append({"kernels": kernels, "step": step, **count_step(stepper, step)})
+            rows.append({"executor": name, "step": step, **count_step(stepper, step)})
             print(rows[-1], flush=True)
+    reference = {r["step"]: r["launches"] for r in rows if r["executor"] == "reference"}
     report = {"machine": machine_info(), "layers": args.layers, "device": device,
-              "note": "counts are independent of C, batch and image size; measured at C=4, batch 2", "rows": rows}
+              "note": "counts are independent of C, batch and image size; measured at C=4, batch 2, 8x8 images",
+              "rows": rows}
     lines = [f"# Launches and host synchronisations per step, L={args.layers} ({device})", "",
              f"Measured {report['machine']['date']}, torch {report['machine']['torch']}, triton "
-             f"{report['machine']['triton']}. Counts do not depend on C, batch or image size.", "",
-             "| --kernels | step | ATen calls | ATen compute | Triton launches | launches | syncs |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['kernels']} | {r['step']} | {r['aten']} | {r['aten_compute']} | {r['triton']} | "
-              f"{r['launches']} | {r['syncs']} |" for r in rows]
+             f"{report['machine']['triton']}, by `python benchmarks/bench_launch_counts.py` (Triton kernels in the "
+             "interpreter on CPU). Counts do not depend on C, batch or image size. `torch`: the PyTorch executor "
+             "(`--kernels torch`); `device`: the device executor (`--kernels triton`, the CUDA default); "
+             "`reference`: the reference's own step code, counted by the same counter in the same run.", "",
+             "| executor | step | ATen calls | ATen compute | Triton launches | launches | × reference | syncs |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['launches'] / reference[r['step']]:.2f}" if r["step"] in reference else "n/a"
+        lines.append(f"| {r['executor']} | {r['step']} | {r['aten']} | {r['aten_compute']} | {r['triton']} | "
+                     f"{r['launches']} | {ratio} | {r['syncs']} |")
     write_results(args.out, f"launch_counts_{device}", report, "\n".join(lines))
     return 0
 

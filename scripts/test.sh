@@ -11,5 +11,9 @@ else
 fi
 echo "ruff check"
 .venv/bin/ruff check .
-echo "pytest, slow tests excluded: about 8 minutes on an idle 2-core machine, up to 20 when it is loaded"
-.venv/bin/python -m pytest -q -m "not slow" "$@"
+workers=$(nproc)
+[ "$workers" -gt 4 ] && workers=4
+echo "pytest, slow tests excluded, on $workers worker processes: a few minutes on an idle 2-core machine"
+# One test file per worker (module fixtures run once); one torch thread per worker, so that the workers do not
+# fight over the cores (results do not depend on the thread count).
+OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" .venv/bin/python -m pytest -q -m "not slow" -n "$workers" --dist loadfile "$@"

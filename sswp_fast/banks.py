@@ -296,7 +296,7 @@ class NetworkBanks:
         self.params: list[nn.Parameter] = []
         self.offsets: list[int] = []
         op_of: list[int] = []
-        element_param = torch.full((self.weights.numel(),), -1, dtype=torch.long)
+        element_param = torch.full((self.weights.numel(),), -1, dtype=torch.int32)
         for c, (cell, cell_layouts) in enumerate(zip(net.cells, layouts, strict=True)):
             flats = [flat[s:s + n[c]] for flat, s, n in zip((self.weights, self.stats, self.counts), starts, sizes,
                                                            strict=True)]

@@ -145,7 +145,7 @@ class _SlotGroup:
         conv2 = sampled_dwpw(out.reshape(n, g * c, ho, wo), path.second, 1, self.sep_variants, *banks.second)
         out2 = slots(_batch_norm(conv2, path.ops, banks, banks.stats2, banks.bn2, self.bn, update))
         out = torch.where(path.is_sep.view(1, g, 1, 1, 1), out2, out)
-        return torch.where(chosen(DROPPED), torch.zeros_like(out), out)  # a dropped edge adds nothing
+        return out.masked_fill(chosen(DROPPED), 0.0)  # a dropped edge adds nothing
 
     def _factorized_reduce(self, x: torch.Tensor, reduce: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Every slot's factorized reduce (before its BN): two grouped, offset, stride-2 1×1 convolutions."""

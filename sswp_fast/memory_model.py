@@ -202,16 +202,21 @@ class _CostliestPathEngine(SearchEngine):
 
     def persistent_bytes(self) -> int:
         """Parameters, buffers and the optimizer state of every weight, as after the first steps of a run."""
+        banked = set() if self.masked_update is None else {id(p) for p in self.masked_update.banks.params}
         with torch.no_grad(), LiveBytes():  # the mode for its fast meta kernels; the state is counted below
-            for p in self.weight_params:
-                p.grad = torch.zeros_like(p)
+            for p in self.clip_params:  # on the device executor the banks get the gradients, not the edges
+                if id(p) not in banked:
+                    p.grad = torch.zeros_like(p)
             if self.masked_update is not None:
                 self.masked_update.step(self._active)
+                self.masked_update.zero_grad()
             else:
                 self.weight_optimizer.step()
         self.weight_optimizer.zero_grad(set_to_none=True)
         modules = [self.net] + ([self.byol, self.target_net, self.target_projector] if self.byol else [])
         state = [v for s in self.weight_optimizer.state.values() for v in s.values()]
+        if self.masked_update is not None:  # the masked update's maps (per element, per parameter)
+            state += [self.masked_update.banks.element_param, self.masked_update.banks.param_op]
         return sum(_tensor_bytes(m.parameters()) + _tensor_bytes(m.buffers()) for m in modules) + _tensor_bytes(state)
 
 

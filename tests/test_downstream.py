@@ -183,7 +183,7 @@ def test_bad_input_gets_one_line_errors(search_dir, tmp_path, monkeypatch, capsy
 
 def _stage_arguments(stage: str) -> list[str]:
     if stage == "pretrain":  # its own epochs flag; starts from the search weights
-        return ["pretrain", *STAGE[:8], "--epochs", "2", "--preserve_weight", *STAGE[-4:]]
+        return ["pretrain", *STAGE[:10], "--epochs", "2", "--preserve_weight", *STAGE[-4:]]
     return [stage, *STAGE]
 
 

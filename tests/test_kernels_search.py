@@ -12,7 +12,7 @@ from sswp_fast.backend import KERNELS_ENV
 from sswp_fast.cli import main
 
 SHORT = ["--dataset", "digits", "--epochs", "3", "--epoch_ratios", "0.34,0.66,0.0,0.0", "--min_warmup", "0",
-         "--layers", "3", "--init_channels", "4", "--batch_size", "2", "--steps_per_epoch", "1",
+         "--layers", "2", "--init_channels", "4", "--batch_size", "2", "--steps_per_epoch", "1",
          "--update_arch_every", "1", "--progress", "off", "--memory_format", "contiguous", "--device", "cpu"]
 
 

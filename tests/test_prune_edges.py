@@ -81,9 +81,11 @@ def test_without_the_flag_a_frozen_cell_keeps_all_fourteen_argmax_edges():
     assert engine.frozen_ops[1].tolist() == engine.net.arch_alpha[1].argmax(-1).tolist()
 
 
-def test_the_flag_is_refused_with_reference_quirks_and_with_device_side_dispatch():
+def test_the_flag_is_refused_with_reference_quirks_only():
+    """The device executor runs it too (a dropped edge is op -1: tests/test_device_executor.py), so --compile
+    takes it."""
     with pytest.raises(ConfigError, match="pick one"):
         _engine(reference_quirks=True)
-    with pytest.raises(ConfigError, match="drop --compile or drop --prune_edges"):
-        SearchEngine(SearchConfig(dataset="digits", layers=3, init_channels=4, batch_size=4, prune_edges=True,
-                                  kernels="torch", compile="default").resolved(), num_classes=10)
+    engine = SearchEngine(SearchConfig(dataset="digits", layers=3, init_channels=4, batch_size=4, prune_edges=True,
+                                       kernels="torch", compile="default").resolved(), num_classes=10)
+    assert engine.dispatch
