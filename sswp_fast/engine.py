@@ -146,7 +146,9 @@ class SearchEngine:
             self.weight_optimizer: torch.optim.Optimizer = torch.optim.SGD(
                 weights, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
         else:
-            self.weight_optimizer = torch.optim.Adam(weights, lr=config.lr, weight_decay=config.weight_decay)
+            self.weight_optimizer = torch.optim.Adam(  # capturable: step counts on the GPU, no sync (CUDA graphs)
+                weights, lr=config.lr, weight_decay=config.weight_decay,
+                capturable=self.dispatch and self.device.type == "cuda")
         self.masked_update: MaskedBankUpdate | None = None
         """The weight step of the device executor: the candidate ops live in parameter banks
         (:mod:`sswp_fast.banks`), updated only where their op ran (:mod:`sswp_fast.bank_optimizer`)."""

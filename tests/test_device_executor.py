@@ -138,3 +138,30 @@ def test_the_banks_keep_the_reference_state_dict_and_loading_writes_into_them(tm
     start = offsets[id(mine)]
     assert torch.equal(banks.cells[1].weights[start:start + mine.numel()].view_as(edge), edge)
     assert all(torch.equal(net.state_dict()[k], other.state_dict()[k]) for k in before)
+
+
+@pytest.mark.slow  # minutes: five engine steps with the Triton kernels in the interpreter
+def test_a_step_is_capturable_no_sync_and_the_same_launches_whatever_was_sampled() -> None:
+    """The preconditions of capturing a step once as a CUDA graph and replaying it, on the engine's whole weight
+    and arch steps with the Triton kernels (interpreter): no host synchronisation, and the same ATen operators in
+    the same order for two different sampled paths. SGD (the default); Adam is made ``capturable`` on CUDA,
+    where its step counts then stay on the device. The tiny tensors keep the interpreter fast; the operator
+    sequence does not depend on sizes."""
+    from test_dispatch import OpTrace
+
+    engine = _engine(DEVICE)
+    batch = Batch((torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)))
+    engine.weight_step(batch, warmup=False)  # the first weight step creates the momentum buffers
+    traces = {}
+    for step in ("weight", "arch"):
+        for attempt in range(2):
+            before = engine.net.arch_gates.clone()
+            with OpTrace() as trace:
+                if step == "weight":
+                    engine.weight_step(batch, warmup=False, skip_drop_prob=0.3, pool_drop_prob=0.3)
+                else:
+                    engine.arch_step(batch)
+            assert trace.syncs() == [], (step, trace.syncs())
+            assert not torch.equal(engine.net.arch_gates, before), "the two steps sampled different paths"
+            traces[step, attempt] = trace.ops
+        assert traces[step, 0] == traces[step, 1], step
