@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             print(rows[-1], flush=True)
     reference = {r["step"]: r["launches"] for r in rows if r["executor"] == "reference"}
     report = {"machine": machine_info(), "layers": args.layers, "device": device,
-              "note": "counts are independent of C, batch and image size; measured at C=4, batch 2 (reference: batch 4, "
-                      "its top-5 accuracy needs 7 logits), 8x8 images",
+              "note": "counts are independent of C, batch and image size; measured at C=4, batch 2 (reference: "
+                      "batch 4, its top-5 accuracy needs 7 logits), 8x8 images",
               "rows": rows}
     lines = [f"# Launches and host synchronisations per step, L={args.layers} ({device})", "",
              f"Measured {report['machine']['date']}, torch {report['machine']['torch']}, triton "
