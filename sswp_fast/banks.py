@@ -27,10 +27,10 @@ from math import prod
 import torch
 from torch import nn
 
-from .ops import NUM_CANDIDATES, PARAMETRIC_INDICES, POOL_INDICES, SKIP_INDEX, FactorizedReduce
+from .ops import CANDIDATES, NUM_CANDIDATES, PARAMETRIC_INDICES, POOL_INDICES, SKIP_INDEX, FactorizedReduce
 
-SEP_INDICES = (3, 4)
-"""The ops with a second half (``sep_conv_3x3``, ``sep_conv_5x5``)."""
+SEP_INDICES = (CANDIDATES.index("sep_conv_3x3"), CANDIDATES.index("sep_conv_5x5"))
+"""The ops with a second half (``sep_conv_*``)."""
 
 BANK_ROWS = NUM_CANDIDATES + 1
 """Rows of a BatchNorm bank: one per op, and a scratch row last (``-1``: a dropped edge, ``--prune_edges``)."""

@@ -153,7 +153,8 @@ class SearchEngine:
         """The weight step of the device executor: the candidate ops live in parameter banks
         (:mod:`sswp_fast.banks`), updated only where their op ran (:mod:`sswp_fast.bank_optimizer`)."""
         self.clip_params = weights
-        """What gradient clipping sees: the weights, and on the device executor the banks' gradients."""
+        """The tensors whose gradients a weight step averages and clips: the weights, and on the device executor
+        the banks (which get the candidate ops' gradients there)."""
         if self.dispatch:
             from .bank_optimizer import MaskedBankUpdate
             from .banks import bind_banks
