@@ -140,13 +140,18 @@ def test_the_banks_keep_the_reference_state_dict_and_loading_writes_into_them(tm
     assert all(torch.equal(net.state_dict()[k], other.state_dict()[k]) for k in before)
 
 
-@pytest.mark.slow  # minutes: five engine steps with the Triton kernels in the interpreter
-def test_a_step_is_capturable_no_sync_and_the_same_launches_whatever_was_sampled() -> None:
+def test_a_step_is_capturable_no_sync_and_the_same_launches_whatever_was_sampled(monkeypatch) -> None:
     """The preconditions of capturing a step once as a CUDA graph and replaying it, on the engine's whole weight
-    and arch steps with the Triton kernels (interpreter): no host synchronisation, and the same ATen operators in
-    the same order for two different sampled paths. SGD (the default); Adam is made ``capturable`` on CUDA,
-    where its step counts then stay on the device. The tiny tensors keep the interpreter fast; the operator
-    sequence does not depend on sizes."""
+    and arch steps (sampling, forward, backward, clipping, masked optimizer, alpha update): no host
+    synchronisation, and the same operators in the same order for two different sampled paths. SGD (the default);
+    Adam is made ``capturable`` on CUDA, where its step counts then stay on the device.
+
+    With the PyTorch kernels: the slotted convolution is then one custom-op call whose CPU kernel reads the
+    indices internally, below the traced level, as its Triton kernel on CUDA does on the device. The Triton
+    kernels themselves are traced at cell level in the interpreter (tests/test_dispatch.py)."""
+    from sswp_fast import dispatch
+
+    monkeypatch.setitem(dispatch.runs_on_triton.__globals__, "INTERPRETED", False)
     from test_dispatch import OpTrace
 
     engine = _engine(DEVICE)
