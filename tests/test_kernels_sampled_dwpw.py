@@ -135,7 +135,7 @@ c, size, stride = 144, 16, 2  # the widest CIFAR search shape (most registers): 
 out = (size - 1) // stride + 1
 b = dwpw._block_sizes(out, out, size, size, c, c, stride, False)
 common = {"STRIDE": stride, **sd._constants(variants), "BLOCK_C": b.c}
-for dtype, precision, cap in (("fp32", "ieee", 80), ("bf16", "tf32", 90)):
+for dtype, precision, cap in (("fp32", "ieee", 90),):
     tile = {**common, "BLOCK_P": b.p, "BLOCK_W": b.pw, "BLOCK_CO": b.co, "DOT_PRECISION": precision}
     cases = [
         (sd._sampled_fwd_kernel, {**tile, "ROUND_BF16": dtype == "bf16"}),
@@ -163,12 +163,13 @@ print(count, "ok")
 
 
 @pytest.mark.slow
-def test_sampled_kernels_compile_for_sm80_sm90(tmp_path):
+def test_sampled_kernels_compile_for_sm90(tmp_path):
     """Compile-only check (no GPU needed): the three branchy kernels with all four variants at the widest CIFAR
-    search shape, fp32 to an sm_80 and bf16 to an sm_90 cubin, without TRITON_INTERPRET (about a minute each:
-    every branch unrolls its taps)."""
+    search shape, fp32 (what the device executor runs) to an sm_90 cubin (H100/H200), without TRITON_INTERPRET
+    (about a minute each: every branch unrolls its taps; the dwpw tile functions they call are also compiled for
+    sm_80 by tests/test_kernels_dwpw.py)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
     proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=1800)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("6 ok"), proc.stderr[-3000:]
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("3 ok"), proc.stderr[-3000:]
