@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
              f"Measured {report['machine']['date']}, torch {report['machine']['torch']}, triton "
              f"{report['machine']['triton']}, by `python benchmarks/bench_launch_counts.py` (Triton kernels in the "
              "interpreter on CPU). Counts do not depend on C, batch or image size. `torch`: the PyTorch executor "
-             "(`--kernels torch`); `device`: the device executor (`--kernels triton`, the CUDA default); "
+             "(`--kernels torch`); `device`: the device executor (`--kernels triton`, the CUDA default) with "
+             "`--recompute edge` (its default where memory is short) and `none` (what `--recompute auto` takes on "
+             "a large GPU); "
              "`reference`: the reference's own step code, counted by the same counter in the same run.", "",
              "| executor | step | ATen calls | ATen compute | Triton launches | launches | × reference | syncs |",
              "|---|---|---|---|---|---|---|---|"]
