@@ -174,10 +174,6 @@ def _group_layout(edge_ops: Sequence[nn.ModuleList], stride: int, channels: int)
     return layout
 
 
-def _module_tensor(entry: _Entry) -> torch.Tensor:
-    return getattr(entry.module, entry.name)
-
-
 def _fill_and_bind(blocks: list[_Block], flat: torch.Tensor) -> list[torch.Tensor]:
     """Copy the blocks' module tensors into ``flat`` (scratch rows get their fill), re-point every module tensor at
     its row, and return the blocks as ``[rows, slots, *shape]`` views of ``flat``."""
@@ -188,7 +184,7 @@ def _fill_and_bind(blocks: list[_Block], flat: torch.Tensor) -> list[torch.Tenso
         with torch.no_grad():
             view.fill_(block.fill)
             for entry in block.entries:
-                view[entry.row, entry.slot].copy_(_module_tensor(entry))
+                view[entry.row, entry.slot].copy_(getattr(entry.module, entry.name))
         for entry in block.entries:
             row = view[entry.row, entry.slot]
             if entry.name in entry.module._parameters:
@@ -207,11 +203,10 @@ class CellBanks:
                  counts: torch.Tensor):
         self.layouts = layouts
         blocks = [b for node in layouts for layout in node for b in layout.weights]
-        self._weight_views = _fill_and_bind(blocks, weights)
+        self._shapes = [tuple(v.shape) for v in _fill_and_bind(blocks, weights)]
         self.weights = weights.detach().requires_grad_(True)
         """The cell's weight banks, flat: the leaf that autograd differentiates."""
         self._sizes = [b.numel for b in blocks]
-        self._shapes = [tuple(v.shape) for v in self._weight_views]
         stat_views = iter(_fill_and_bind([b for node in layouts for lay in node for b in lay.stats], stats))
         count_views = iter(_fill_and_bind([b for node in layouts for lay in node for b in lay.counts], counts))
         self._stats = [[(BatchStats(next(stat_views), next(stat_views), next(count_views)),
@@ -259,6 +254,11 @@ def _cell_layouts(cell: nn.Module) -> list[list[_GroupLayout]]:
             for node in slot_groups(cell, NODE_EDGES)]
 
 
+def _flat_size(layouts: list[list[_GroupLayout]], kind: str) -> int:
+    """Elements of a cell's ``kind`` blocks (``weights``, ``stats`` or ``counts``) in its flat tensor."""
+    return sum(b.numel for node in layouts for layout in node for b in getattr(layout, kind))
+
+
 def _bound_params(layouts: list[list[_GroupLayout]]) -> list[tuple[nn.Parameter, int]]:
     """The per-edge parameters a cell's weight banks hold, with their offsets in the cell's flat weights."""
     out, offset = [], 0
@@ -284,8 +284,7 @@ class NetworkBanks:
     def __init__(self, net: nn.Module):
         layouts = [_cell_layouts(cell) for cell in net.cells]
         param = next(net.parameters())
-        sizes = [[sum(b.numel for node in cell for lay in node for b in getattr(lay, kind)) for cell in layouts]
-                 for kind in ("weights", "stats", "counts")]
+        sizes = [[_flat_size(cell, kind) for cell in layouts] for kind in ("weights", "stats", "counts")]
         self.weights = torch.empty(sum(sizes[0]), device=param.device, dtype=param.dtype)
         self.stats = torch.empty(sum(sizes[1]), device=param.device, dtype=param.dtype)
         self.counts = torch.empty(sum(sizes[2]), device=param.device, dtype=torch.long)
@@ -352,8 +351,7 @@ def bind_cell(cell: nn.Module) -> CellBanks:
     """Banks for one cell on its own (tests evaluate single cells)."""
     layouts = _cell_layouts(cell)
     param = next(cell.parameters())
-    flats = [torch.empty(sum(b.numel for node in layouts for lay in node for b in getattr(lay, kind)),
-                         device=param.device, dtype=dtype)
+    flats = [torch.empty(_flat_size(layouts, kind), device=param.device, dtype=dtype)
              for kind, dtype in (("weights", param.dtype), ("stats", param.dtype), ("counts", torch.long))]
     banks = CellBanks(layouts, *flats)
     cell.__dict__["_banks"] = banks
