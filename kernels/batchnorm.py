@@ -39,6 +39,10 @@ Contents (one concept, Liger-Kernel style):
   ``torch.autograd.Function``, which saves only ``x``, the per-channel ``mean`` and ``rstd``, and ``weight``, a
   parameter that the backward needs, never a normalised copy of ``x``); ``batch_norm`` (drop-in for
   ``F.batch_norm``); ``bn_reference`` (the pure-PyTorch reference, ``F.batch_norm`` itself).
+* Banked running statistics (the device executor's, :mod:`sswp_fast.banks`): the buffers are ``[R, G, C/G]``
+  banks and a ``[G]`` index picks the row each slot of ``G`` channel blocks reads and updates; the finalize
+  kernel does the row update and the batch count (``_bank_offsets``). ``bn_banked_reference`` is its PyTorch
+  reference (gather, ``F.batch_norm``, scatter).
 
 On CPU tensors the kernels run only under the Triton interpreter (``TRITON_INTERPRET=1`` set before this module
 is imported); otherwise the launchers raise a one-line ``RuntimeError``. Offsets are int32: inputs must have
@@ -62,6 +66,7 @@ __all__ = [
     "BatchNormFn",
     "batch_norm",
     "bn_backward",
+    "bn_banked_reference",
     "bn_forward",
     "bn_reference",
     "bn_stats",
@@ -122,12 +127,28 @@ def _bn_stats_partial_kernel(x_ptr, pmean_ptr, pm2_ptr, C, HW, M, SPLITS, ITERS,
 
 
 @triton.jit
+def _bank_offsets(offs_c, mask_c, rows_ptr, count_ptr, SLOT_C, SLOTS, ROWS):
+    """Offsets of channels ``offs_c`` in ``[ROWS, SLOTS, SLOT_C]`` banks, where channel ``k`` is channel
+    ``k % SLOT_C`` of slot ``k // SLOT_C`` and a slot's row is ``rows[slot]`` (negative: counted from the end, as
+    torch indexing does); counts one more batch in the slot's ``[ROWS, SLOTS]`` count (once per slot)."""
+    slot = offs_c // SLOT_C
+    row = tl.load(rows_ptr + slot, mask=mask_c, other=0)
+    row = tl.where(row < 0, row + ROWS, row)
+    first = mask_c & (offs_c - slot * SLOT_C == 0)
+    count = tl.load(count_ptr + row * SLOTS + slot, mask=first, other=0)
+    tl.store(count_ptr + row * SLOTS + slot, count + 1, mask=first)
+    return (row * SLOTS + slot) * SLOT_C + (offs_c - slot * SLOT_C)
+
+
+@triton.jit
 def _bn_stats_finalize_kernel(
-    x_ptr, pmean_ptr, pm2_ptr, mean_ptr, rstd_ptr, varu_ptr, rm_ptr, rv_ptr,
-    C, HW, M, SPLITS, CHUNK, inv_m, inv_m1, eps, momentum,
-    HAS_RUNNING: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+    x_ptr, pmean_ptr, pm2_ptr, mean_ptr, rstd_ptr, varu_ptr, rm_ptr, rv_ptr, rows_ptr, count_ptr,
+    C, HW, M, SPLITS, CHUNK, inv_m, inv_m1, eps, momentum, SLOT_C, SLOTS, ROWS,
+    HAS_RUNNING: tl.constexpr, BANKED: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
-    """Grid (cdiv(C, BLOCK_C),): merge the SPLITS chunks of BLOCK_C channels; update the running buffers."""
+    """Grid (cdiv(C, BLOCK_C),): merge the SPLITS chunks of BLOCK_C channels; update the running buffers
+    (``BANKED``: the bank rows that ``rows`` selects, see :func:`_bank_offsets`)."""
     offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_s = tl.arange(0, BLOCK_S)
     mask_c = offs_c < C
@@ -147,7 +168,10 @@ def _bn_stats_finalize_kernel(
     tl.store(rstd_ptr + offs_c, rstd, mask=mask_c)
     tl.store(varu_ptr + offs_c, var_unbiased, mask=mask_c)
     if HAS_RUNNING:
-        _running_update(rm_ptr, rv_ptr, offs_c, mask_c, mean, var_unbiased, momentum, RTNE_BF16)
+        running = offs_c
+        if BANKED:
+            running = _bank_offsets(offs_c, mask_c, rows_ptr, count_ptr, SLOT_C, SLOTS, ROWS)
+        _running_update(rm_ptr, rv_ptr, running, mask_c, mean, var_unbiased, momentum, RTNE_BF16)
 
 
 @triton.jit
@@ -317,20 +341,29 @@ def bn_stats(
     running_mean: torch.Tensor | None = None,
     running_var: torch.Tensor | None = None,
     momentum: float = 0.1,
+    rows: torch.Tensor | None = None,
+    count: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-channel batch statistics of an [N, C, *] input: fp32 ``(mean, rstd, var_unbiased)``, each [C].
 
     ``rstd = 1 / sqrt(biased_var + eps)``; ``var_unbiased = M2 / (M - 1)`` (NaN when M = N*H*W = 1). When both
     running buffers are given they are updated in place, fused into the finalize kernel:
     ``running = (1 - momentum) * running + momentum * batch`` (batch variance unbiased).
+
+    Banked buffers: with ``rows`` (integer ``[G]``) the running buffers are banks ``[R, G, C/G]`` and ``count``
+    ``[R, G]`` (``num_batches_tracked`` per row); channel block ``g`` of ``x`` updates row ``rows[g]`` of slot
+    ``g`` (negative rows count from the end) and adds one to its count, in the same launch.
     """
-    check_device(x, running_mean, running_var)
+    check_device(x, running_mean, running_var, rows, count)
     if (running_mean is None) != (running_var is None):
         raise ValueError("bn_stats needs both running_mean and running_var, or neither")
     if running_mean is not None and not (running_mean.is_contiguous() and running_var.is_contiguous()):
         raise ValueError("bn_stats needs contiguous running buffers (they are updated in place)")
     x = x.contiguous()
     _, c, hw = _shape(x)
+    banked = rows is not None
+    if banked:
+        _check_banks(c, running_mean, running_var, rows, count)
     m = x.numel() // c
     if m == 0:
         raise ValueError("bn_stats got an empty input")
@@ -346,13 +379,29 @@ def bn_stats(
     _bn_stats_finalize_kernel[(triton.cdiv(c, block_c),)](
         x, pmean, pm2, mean, rstd, var_unbiased,
         running_mean if has_running else mean, running_var if has_running else mean,
+        rows if banked else mean, count if banked else mean,
         c, hw, m, splits, iters * block, 1.0 / m, 1.0 / (m - 1) if m > 1 else float("nan"), float(eps), float(momentum),
-        HAS_RUNNING=has_running, RTNE_BF16=has_running and _rtne_bf16(running_mean, running_var),
+        c // rows.numel() if banked else 1, rows.numel() if banked else 1, running_mean.shape[0] if banked else 1,
+        HAS_RUNNING=has_running, BANKED=banked, RTNE_BF16=has_running and _rtne_bf16(running_mean, running_var),
         BLOCK_C=block_c, BLOCK_S=block_s,
     )
     if has_running:
-        _bump_versions(running_mean, running_var)  # as the in-place torch update would
+        _bump_versions(running_mean, running_var, *((count,) if banked else ()))  # as in-place torch updates would
     return mean, rstd, var_unbiased
+
+
+def _check_banks(c: int, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                 rows: torch.Tensor, count: torch.Tensor | None) -> None:
+    """One-line errors for banked running buffers that do not fit ``c`` channels in ``rows.numel()`` slots."""
+    if running_mean is None or count is None:
+        raise ValueError("banked BatchNorm (rows given) needs running_mean, running_var and count banks")
+    slots = rows.numel()
+    shape = (running_mean.shape[0], slots, c // max(1, slots))
+    if c % max(1, slots) or tuple(running_mean.shape) != shape or tuple(running_var.shape) != shape:
+        raise ValueError(f"banked BatchNorm: {c} channels in {slots} slots need [rows, {slots}, {c // max(1, slots)}]"
+                         f" running banks, got {tuple(running_mean.shape)} and {tuple(running_var.shape)}")
+    if tuple(count.shape) != shape[:2] or not count.is_contiguous():
+        raise ValueError(f"banked BatchNorm: the count bank must be a contiguous {shape[:2]}, got {tuple(count.shape)}")
 
 
 def update_running_stats(
@@ -461,8 +510,9 @@ class BatchNormFn(torch.autograd.Function):
 
     The backward is once-differentiable (double backward raises; ``F.batch_norm`` supports it).
 
-    ``apply(x, weight, bias, running_mean, running_var, training, momentum, eps)``; in training mode the running
-    buffers (if given) are updated in place, in eval mode they provide mean and rstd.
+    ``apply(x, weight, bias, running_mean, running_var, training, momentum, eps, rows, count)``; in training mode
+    the running buffers (if given) are updated in place, in eval mode they provide mean and rstd. With ``rows``
+    they are banks, as :func:`bn_stats` takes them.
     """
 
     @staticmethod
@@ -476,11 +526,16 @@ class BatchNormFn(torch.autograd.Function):
         training: bool,
         momentum: float,
         eps: float,
+        rows: torch.Tensor | None = None,
+        count: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = x.contiguous()
         if training:
-            mean, rstd, _ = bn_stats(x, eps, running_mean, running_var, momentum)
+            mean, rstd, _ = bn_stats(x, eps, running_mean, running_var, momentum, rows, count)
         else:
+            if rows is not None:
+                slots = torch.arange(rows.numel(), device=rows.device)
+                running_mean, running_var = (t[rows, slots].reshape(-1) for t in (running_mean, running_var))
             mean = running_mean.detach().to(torch.float32, copy=True)  # a copy: the buffer may change before backward
             rstd = torch.rsqrt(running_var.detach().to(torch.float32) + eps).contiguous()
         out = bn_forward(x, mean, rstd, weight, bias)
@@ -499,7 +554,7 @@ class BatchNormFn(torch.autograd.Function):
         )
         dweight = dweight.to(weight.dtype) if need_dw else None
         dbias = dbias.to(ctx.bias_dtype) if need_db else None
-        return dx, dweight, dbias, None, None, None, None, None
+        return dx, dweight, dbias, None, None, None, None, None, None, None
 
 
 def batch_norm(
@@ -511,13 +566,19 @@ def batch_norm(
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    rows: torch.Tensor | None = None,
+    count: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Drop-in for ``torch.nn.functional.batch_norm`` (same signature and semantics) on the Triton kernels.
 
     ``num_batches_tracked`` is the module's business, as with ``F.batch_norm``. One difference: the output is
     always contiguous (NCHW), where PyTorch keeps a channels_last input's memory format.
+
+    Banked statistics: with ``rows`` and ``count`` the running buffers are banks (:func:`bn_stats`), and the
+    result is :func:`bn_banked_reference`'s, with its row gathers, scatters and count fused into the statistics
+    launch.
     """
-    check_device(input, running_mean, running_var, weight, bias)
+    check_device(input, running_mean, running_var, weight, bias, rows, count)
     if input.dim() < 2:
         raise ValueError(f"batch_norm expects an input of shape [N, C, *], got {tuple(input.shape)}")
     if training:
@@ -528,7 +589,7 @@ def batch_norm(
     elif running_mean is None or running_var is None:
         raise RuntimeError("batch_norm in eval mode (training=False) needs running_mean and running_var")
     return BatchNormFn.apply(input, weight, bias, running_mean, running_var, bool(training), float(momentum),
-                             float(eps))
+                             float(eps), rows, count)
 
 
 def bn_reference(
@@ -544,3 +605,27 @@ def bn_reference(
     """The pure-PyTorch reference: ``F.batch_norm`` itself."""
     return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
 
+
+def bn_banked_reference(
+    input: torch.Tensor,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    rows: torch.Tensor,
+    count: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """The pure-PyTorch reference of banked :func:`batch_norm`: gather the rows, ``F.batch_norm``, and in training
+    mode scatter the new statistics back and count one more batch in each row."""
+    slots = torch.arange(rows.numel(), device=rows.device)
+    mean, var = (t[rows, slots].reshape(-1) for t in (running_mean, running_var))
+    out = F.batch_norm(input, mean, var, weight, bias, training, momentum, eps)
+    if training:
+        with torch.no_grad():  # a context, not a decorator: torch.compile traces it
+            running_mean.index_put_((rows, slots), mean.view(rows.numel(), -1))
+            running_var.index_put_((rows, slots), var.view(rows.numel(), -1))
+            count.index_put_((rows, slots), torch.ones_like(count[0]), accumulate=True)
+    return out

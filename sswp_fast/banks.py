@@ -93,8 +93,6 @@ class GroupBanks:
     stats2: BatchStats
     slots: torch.Tensor
     """``arange(G)`` on the device (a constant, made once)."""
-    ones: torch.Tensor
-    """``ones(G)``, the batch-count increment (a constant, made once)."""
 
     def weights(self) -> list[torch.Tensor]:
         """The differentiable banks, in a fixed order (what :meth:`with_weights` takes back)."""
@@ -111,7 +109,7 @@ class GroupBanks:
         reduce = None if self.reduce is None else (next(it), next(it))
         bn1 = None if self.bn1 is None else (next(it), next(it))
         bn2 = None if self.bn2 is None else (next(it), next(it))
-        return GroupBanks(first, second, reduce, bn1, bn2, self.stats1, self.stats2, self.slots, self.ones)
+        return GroupBanks(first, second, reduce, bn1, bn2, self.stats1, self.stats2, self.slots)
 
 
 @dataclass
@@ -211,8 +209,7 @@ class CellBanks:
         count_views = iter(_fill_and_bind([b for node in layouts for lay in node for b in lay.counts], counts))
         self._stats = [[(BatchStats(next(stat_views), next(stat_views), next(count_views)),
                          BatchStats(next(stat_views), next(stat_views), next(count_views)),
-                         torch.arange(layout.slots, device=weights.device),
-                         torch.ones(layout.slots, device=weights.device, dtype=torch.long)) for layout in node]
+                         torch.arange(layout.slots, device=weights.device)) for layout in node]
                        for node in layouts]
         self.columns = torch.tensor([*range(NUM_CANDIDATES), -1], device=weights.device)
         """The op each column of a path's op masks stands for (the last, :data:`DROPPED`: -1)."""
@@ -231,7 +228,7 @@ class CellBanks:
         nodes = []
         for node, stats in zip(self.layouts, self._stats, strict=True):
             groups = []
-            for layout, (stats1, stats2, slots, ones) in zip(node, stats, strict=True):
+            for layout, (stats1, stats2, slots) in zip(node, stats, strict=True):
                 first = [next(chunks).flatten(0, 1) for _ in range(2 * len(PARAMETRIC_INDICES))]
                 second = [next(chunks).flatten(0, 1) for _ in range(2 * len(SEP_INDICES))]
                 reduce = None
@@ -241,7 +238,7 @@ class CellBanks:
                 if layout.affine:
                     bn1 = (next(chunks), next(chunks))
                     bn2 = (next(chunks), next(chunks))
-                groups.append(GroupBanks(first, second, reduce, bn1, bn2, stats1, stats2, slots, ones))
+                groups.append(GroupBanks(first, second, reduce, bn1, bn2, stats1, stats2, slots))
             nodes.append(groups)
         return nodes
 

@@ -44,7 +44,7 @@ from torch import nn
 
 from .banks import DROPPED, SEP_INDICES, BatchStats, CellBanks, GroupBanks, cell_banks
 from .kernels._common import runs_on_triton
-from .kernels.batchnorm import batch_norm
+from .kernels.batchnorm import batch_norm, bn_banked_reference
 from .kernels.sampled_dwpw import Variant, sampled_dwpw
 from .ops import PARAMETRIC_INDICES, POOL_INDICES, SKIP_INDEX
 
@@ -72,25 +72,22 @@ class Selection:
         return Selection(*(t[edges] for t in (self.ops, self.first, self.second, self.is_op, self.is_sep)))
 
 
-def _batch_norm(x: torch.Tensor, ops: torch.Tensor, banks: GroupBanks, stats: BatchStats,
-                affine: tuple[torch.Tensor, torch.Tensor] | None, bn: nn.BatchNorm2d, update: bool) -> torch.Tensor:
+def _batch_norm(x: torch.Tensor, ops: torch.Tensor, stats: BatchStats, affine: tuple[torch.Tensor, torch.Tensor] | None,
+                bn: nn.BatchNorm2d, slots: torch.Tensor, update: bool) -> torch.Tensor:
     """BatchNorm of a slot stack ``x`` ``[N, G*C, H, W]``, slot ``g`` with the statistics (and affine parameters)
     of bank row ``ops[g]``; in training mode ``update`` writes the new running statistics into those rows and
-    counts one more batch there. ``bn`` gives momentum, eps and the training flag."""
-    g, slots = ops.shape[0], banks.slots
-    mean = stats.mean[ops, slots].reshape(-1)
-    var = stats.var[ops, slots].reshape(-1)
+    counts one more batch there (in the statistics launch, on the Triton kernels). ``bn`` gives momentum, eps and
+    the training flag."""
     weight = bias = None
     if affine is not None:
         weight, bias = (t[ops, slots].reshape(-1) for t in affine)
-    norm = batch_norm if runs_on_triton(x) and not torch.compiler.is_compiling() else F.batch_norm
-    out = norm(x, mean, var, weight, bias, bn.training, bn.momentum, bn.eps)
-    if bn.training and update:
-        with torch.no_grad():  # a context, not a decorator: torch.compile traces it
-            stats.mean.index_put_((ops, slots), mean.view(g, -1))
-            stats.var.index_put_((ops, slots), var.view(g, -1))
-            stats.count.index_put_((ops, slots), banks.ones, accumulate=True)
-    return out
+    triton = runs_on_triton(x) and not torch.compiler.is_compiling()
+    if bn.training and not update:  # the batch statistics alone: the running ones are neither read nor written
+        return (batch_norm if triton else F.batch_norm)(x, None, None, weight, bias, True, bn.momentum, bn.eps)
+    if triton:
+        return batch_norm(x, stats.mean, stats.var, weight, bias, bn.training, bn.momentum, bn.eps, ops, stats.count)
+    return bn_banked_reference(x, stats.mean, stats.var, ops, stats.count, weight, bias, bn.training, bn.momentum,
+                               bn.eps)
 
 
 class _SlotGroup:
@@ -138,12 +135,12 @@ class _SlotGroup:
             pre = torch.where(chosen(op), slots(pooled), pre)
         if self.stride != 1:
             pre = torch.where(chosen(SKIP_INDEX), slots(self._factorized_reduce(x, banks.reduce)), pre)
-        out = slots(_batch_norm(pre.reshape(n, g * c, ho, wo), path.ops, banks, banks.stats1, banks.bn1, self.bn,
-                                update))
+        out = slots(_batch_norm(pre.reshape(n, g * c, ho, wo), path.ops, banks.stats1, banks.bn1, self.bn,
+                                banks.slots, update))
         if self.stride == 1:
             out = torch.where(chosen(SKIP_INDEX), slots(x), out)
         conv2 = sampled_dwpw(out.reshape(n, g * c, ho, wo), path.second, 1, self.sep_variants, *banks.second)
-        out2 = slots(_batch_norm(conv2, path.ops, banks, banks.stats2, banks.bn2, self.bn, update))
+        out2 = slots(_batch_norm(conv2, path.ops, banks.stats2, banks.bn2, self.bn, banks.slots, update))
         out = torch.where(path.is_sep.view(1, g, 1, 1, 1), out2, out)
         return out.masked_fill(chosen(DROPPED), 0.0)  # a dropped edge adds nothing
 

@@ -82,6 +82,42 @@ def test_multi_chunk_plans(monkeypatch, plan, training):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL, msg=lambda m, n=name: f"{n}: {m}")  # noqa: B023
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+def test_banked_statistics_match_the_gather_and_scatter_reference(training, affine):
+    """Banked running statistics (``rows``, ``count``): 3 slots of 5 channels reading and updating rows 2, -1 and
+    0 of ``[8, 3, 5]`` banks, the counts of those rows one higher, every other row untouched; outputs and
+    gradients as ``bn_banked_reference``'s (gather, ``F.batch_norm``, scatter)."""
+    x, weight, bias, _, dout = _inputs((2, 15, 6, 6), affine)
+    rows = torch.tensor([2, -1, 0])
+    banks = (torch.randn(8, 3, 5), torch.rand(8, 3, 5) + 0.5, torch.randint(0, 9, (8, 3)))
+
+    def run(fn):
+        mean, var, count = (t.clone() for t in banks)
+        out = _run(lambda *a: fn(a[0], mean, var, rows, count, *a[3:]), x, weight, bias, (mean, var), dout, training)
+        return (*out, mean, var, count)
+
+    ours = run(lambda x, m, v, r, c, *a: bn.batch_norm(x, m, v, *a, rows=r, count=c))
+    ref = run(bn.bn_banked_reference)
+    for name, a, b in zip((*NAMES, "mean bank", "var bank", "count bank"), ours, ref, strict=True):
+        if name in ("running_mean", "running_var") or b is None:
+            continue
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL, msg=lambda m, n=name: f"{n}: {m}")  # noqa: B023
+    untouched = torch.ones(8, 3, dtype=torch.bool)
+    if training:
+        untouched[rows, torch.arange(3)] = False
+        assert torch.equal(ours[-1][~untouched], banks[2][~untouched] + 1)
+    for mine, before in zip(ours[-3:], banks, strict=True):
+        assert torch.equal(mine[untouched], before[untouched])
+
+
+def test_banked_statistics_need_fitting_banks():
+    x = torch.randn(2, 6, 4, 4)
+    with pytest.raises(ValueError, match=r"need \[rows, 3, 2\] running banks"):
+        bn.batch_norm(x, torch.zeros(8, 2, 3), torch.ones(8, 2, 3), training=True,
+                      rows=torch.zeros(3, dtype=torch.long), count=torch.zeros(8, 3, dtype=torch.long))
+
+
 @pytest.mark.parametrize(
     ("dtype", "param_dtype"),
     [(torch.bfloat16, torch.float32), (torch.float16, torch.float32), (torch.bfloat16, torch.bfloat16)],
