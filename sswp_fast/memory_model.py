@@ -182,23 +182,27 @@ def _tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
-class _CostliestPathEngine(SearchEngine):
-    """A search engine on the meta device whose every sampled path is the costliest one."""
+class FixedPathEngine(SearchEngine):
+    """A search engine (on the meta device by default) whose every sampled path is the same one: by default the
+    costliest (:data:`COSTLIEST_OP` on every edge, :data:`PROBED_OP` beside it in ``two`` mode)."""
 
-    def __init__(self, config: SearchConfig, num_classes: int, executor: Executor, device: str = "meta"):
-        """``device``: meta for predictions; a real device runs the same steps (how the model is tested)."""
+    def __init__(self, config: SearchConfig, num_classes: int, executor: Executor, device: str = "meta",
+                 active: list[list[int]] | None = None, inactive: list[list[int]] | None = None):
+        """``device``: meta for predictions; a real device runs the same steps (how the model is tested).
+        ``active`` / ``inactive``: the op of every edge of every cell (``[layers][14]``) instead of the costliest."""
         super().__init__(config, num_classes, device, executor=executor)
         shape = (config.layers, len(self.net.cells[0].edges))
-        self._active = torch.full(shape, COSTLIEST_OP, device=device)
-        self._inactive = torch.full(shape, PROBED_OP, device=device) if self.two else None
+        self._host = ([[COSTLIEST_OP] * shape[1] for _ in range(shape[0])] if active is None else active,
+                      ([[PROBED_OP] * shape[1] for _ in range(shape[0])] if inactive is None else inactive)
+                      if self.two else None)
+        self._active = torch.tensor(self._host[0], device=device)
+        self._inactive = None if self._host[1] is None else torch.tensor(self._host[1], device=device)
 
     def sample(self, *, skip_drop_prob: float, pool_drop_prob: float, warmup: bool):
         return self._active, self._inactive
 
     def _host_path(self, active, inactive):
-        rows, cols = self._active.shape
-        return ([[COSTLIEST_OP] * cols for _ in range(rows)],
-                None if inactive is None else [[PROBED_OP] * cols for _ in range(rows)])
+        return self._host[0], None if inactive is None else self._host[1]
 
     def persistent_bytes(self) -> int:
         """Parameters, buffers and the optimizer state of every weight, as after the first steps of a run."""
@@ -242,7 +246,7 @@ _CACHE: dict[tuple, dict[str, ModelledPeaks]] = {}
 
 def _modelled(config: SearchConfig, num_classes: int, image_size: int, rows: int,
               executor: Executor) -> dict[str, ModelledPeaks]:
-    engine = _CostliestPathEngine(dataclasses.replace(config, recompute="none", amp="off"), num_classes, executor)
+    engine = FixedPathEngine(dataclasses.replace(config, recompute="none", amp="off"), num_classes, executor)
     persistent = engine.persistent_bytes()
     views = 1 if config.data_mode == "supervised" else 2
     batch = Batch(tuple(torch.empty(rows, 3, image_size, image_size, device="meta") for _ in range(views)),

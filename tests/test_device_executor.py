@@ -137,7 +137,8 @@ def test_the_banks_keep_the_reference_state_dict_and_loading_writes_into_them(tm
     mine = net.cells[1].edges[0]._ops[3].op[1].weight
     start = offsets[id(mine)]
     assert torch.equal(banks.cells[1].weights[start:start + mine.numel()].view_as(edge), edge)
-    assert all(torch.equal(net.state_dict()[k], other.state_dict()[k]) for k in before)
+    loaded, expected = net.state_dict(), other.state_dict()
+    assert all(torch.equal(loaded[k], expected[k]) for k in before)
 
 
 def test_a_step_is_capturable_no_sync_and_the_same_launches_whatever_was_sampled(monkeypatch) -> None:

@@ -16,8 +16,8 @@ from sswp_fast.engine import Batch
 from sswp_fast.memory_model import (
     HEADROOM,
     MODES_FASTEST_FIRST,
+    FixedPathEngine,
     LiveBytes,
-    _CostliestPathEngine,
     fastest_fitting,
     modelled_peaks,
 )
@@ -38,7 +38,7 @@ def test_the_meta_count_equals_the_count_of_the_same_steps_on_real_tensors(data_
     views = 1 if data_mode == "supervised" else 2
     batch = Batch(tuple(torch.randn(8, 3, 16, 16) for _ in range(views)), torch.zeros(8, dtype=torch.long))
     for mode in MODES_FASTEST_FIRST:
-        engine = _CostliestPathEngine(dataclasses.replace(config, recompute=mode), 10, TORCH, device="cpu")
+        engine = FixedPathEngine(dataclasses.replace(config, recompute=mode), 10, TORCH, device="cpu")
         assert engine.persistent_bytes() == predicted[mode].persistent
         counted = []
         for kind in ("weight", "arch"):
