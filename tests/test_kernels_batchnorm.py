@@ -222,10 +222,14 @@ from triton.compiler import ASTSource
 from sswp_fast.kernels import batchnorm as bn
 from sswp_fast.kernels import _common
 assert not _common.INTERPRETED
-io = {"x_ptr": "*bf16", "y_ptr": "*bf16", "dy_ptr": "*bf16", "dx_ptr": "*bf16", "rm_ptr": "*bf16", "rv_ptr": "*bf16"}
+io = {"x_ptr": "*bf16", "y_ptr": "*bf16", "dy_ptr": "*bf16", "dx_ptr": "*bf16", "rm_ptr": "*bf16", "rv_ptr": "*bf16",
+      "rows_ptr": "*i64", "count_ptr": "*i64"}
 cases = [
     (bn._bn_stats_partial_kernel, {"BLOCK": 1024}),
-    (bn._bn_stats_finalize_kernel, {"HAS_RUNNING": True, "RTNE_BF16": False, "BLOCK_C": 16, "BLOCK_S": 256}),
+    (bn._bn_stats_finalize_kernel, {"HAS_RUNNING": True, "BANKED": False, "RTNE_BF16": False, "BLOCK_C": 16,
+                                    "BLOCK_S": 256}),
+    (bn._bn_stats_finalize_kernel, {"HAS_RUNNING": True, "BANKED": True, "RTNE_BF16": False, "BLOCK_C": 16,
+                                    "BLOCK_S": 256}),  # the device executor's banked statistics
     (bn._bn_running_update_kernel, {"RTNE_BF16": False, "BLOCK_C": 1024}),
     (bn._bn_apply_kernel, {"HAS_WEIGHT": True, "HAS_BIAS": True, "RTNE_BF16": False, "BLOCK": 1024}),
     (bn._bn_bwd_reduce_kernel, {"BLOCK": 1024}),
