@@ -192,21 +192,21 @@ for c, size, k, stride, pad, dil in shapes:
         for fn, cex in cases:
             sig = {a: "constexpr" if a in cex else ("*fp32" if a in ("g_ptr", "gwdw_ptr", "gwpw_ptr") else
                    f"*{dtype}") if a.endswith("_ptr") else "i32" for a in fn.arg_names}
-            for cap in (80, 90):
-                compiled = triton.compile(ASTSource(fn, sig, constexprs=cex), target=GPUTarget("cuda", cap, 32))
-                assert "cubin" in compiled.asm
-                count += 1
+            compiled = triton.compile(ASTSource(fn, sig, constexprs=cex), target=GPUTarget("cuda", 90, 32))
+            assert "cubin" in compiled.asm
+            count += 1
 print(count, "ok")
 """
 
 
 @pytest.mark.slow
-def test_kernels_compile_for_sm80_sm90(tmp_path):
+def test_kernels_compile_for_sm90(tmp_path):
     """Compile-only check for real GPUs (no GPU needed): the three kernels at the smallest and the widest CIFAR
-    search shapes (most registers), fp32 and bf16, through Triton's CUDA backend to cubins for sm_80 and sm_90,
-    in a subprocess that imports the module without TRITON_INTERPRET."""
+    search shapes (most registers), fp32 and bf16, through Triton's CUDA backend to cubins for sm_90 (H100/H200,
+    the lent GPUs; sm_80 doubled the test's minutes), in a subprocess that imports the module without
+    TRITON_INTERPRET."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
     proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=900)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+    assert proc.returncode == 0 and proc.stdout.strip() == "12 ok", (proc.stdout[-500:], proc.stderr[-3000:])

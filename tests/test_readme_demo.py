@@ -1,8 +1,10 @@
-"""The README's demo command (a), run as written: a short search on the embedded digits dataset; then the
-README's downstream commands on its result, as written: fine-tuning from the search weights and training from
-scratch with 30% of the labels, the linear probe and kNN. That fine-tuning beats training from scratch is a claim
-about a distribution over seeds: ``benchmarks/bench_readme_demo.py`` measures it (mean and spread over 5 seeds,
-``benchmarks/results/readme_demo_cpu.md``); one seed here only has to learn (beat chance by far)."""
+"""The README's demo command (a), run as written: a short search on the embedded digits dataset; then, on its
+result, two of the README's downstream commands as written: fine-tuning from the search weights with 30% of the
+labels (the weight-preserving path), and kNN. That fine-tuning beats training from scratch is a claim about a
+distribution over seeds: ``benchmarks/bench_readme_demo.py`` measures it with all four downstream commands (mean
+and spread over 5 seeds, ``benchmarks/results/readme_demo_cpu.md``); one seed here only has to learn (beat chance
+by far). The other two (scratch training, linear probe) cost CI two more minutes; they are planned as written by
+``tests/test_readme_commands.py`` and their stages run in ``tests/test_downstream.py``."""
 
 from __future__ import annotations
 
@@ -38,16 +40,13 @@ def test_readme_demo_search_writes_genotype_weights_and_metrics(tmp_path, monkey
     assert metrics[-1]["frozen_cells"] == list(range(int(args[args.index("--layers") + 1])))
 
     finetune, = readme_commands("finetune")
-    scratch, = readme_commands("train")
-    assert finetune[1:] == scratch[1:] and "0.3" == finetune[finetune.index("--train_ratio") + 1]
-    accuracies = {}
-    for args in (finetune, scratch):
-        assert main(args) == 0
-        accuracies[args[0]] = best_top1(run.parent / f"{args[0]}-demo_Epoch_{epochs - 1}" / "log.txt")
-    print("test top-1 with 30% of the labels:", accuracies)
-    assert min(accuracies.values()) > 30, accuracies  # 10 classes: chance is 10%
-    for args in readme_commands("linear-eval") + readme_commands("knn"):
-        assert main(args) == 0
+    assert "0.3" == finetune[finetune.index("--train_ratio") + 1]
+    assert main(finetune) == 0
+    top1 = best_top1(run.parent / f"finetune-demo_Epoch_{epochs - 1}" / "log.txt")
+    print("test top-1 fine-tuned with 30% of the labels:", top1)
+    assert top1 > 30  # 10 classes: chance is 10%
+    knn, = readme_commands("knn")
+    assert main(knn) == 0
 
 
 def test_readme_python_api_example_runs() -> None:
