@@ -51,11 +51,18 @@ class Limit:
 
 
 DEVICE_EXECUTOR_LIMITS: tuple[Limit, ...] = (
-    Limit("--amp", lambda c, n: c.amp != "off", "the Triton kernels are float32 only", "pass --amp off"),
+    Limit("--amp fp16", lambda c, n: c.amp == "fp16",
+          "its masked bank update does not unscale fp16 loss-scaled gradients yet", "use --amp bf16"),
     Limit("torchrun (several processes)", lambda c, n: n > 1,
           "its BatchNorm does not synchronise across processes yet", "run in a single process"),
 )
 """What the device executor cannot run yet; ``auto`` takes the PyTorch executor for these (README table)."""
+
+COMPILED_STEP_LIMITS: tuple[Limit, ...] = (
+    Limit("--amp", lambda c, n: c.amp != "off", "its compiled steps are float32 only (not yet built or tested "
+          "under autocast)", "pass --amp off"),
+)
+"""What ``--compile`` (the device executor's steps under ``torch.compile``) cannot run besides those."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,7 @@ def choose_executor(config: SearchConfig, device: torch.device | str, processes:
     choice, source = _requested_kernels(config.kernels)
     lacking = missing_features(config, processes)
     if config.compile != "off":
+        lacking = [limit for limit in COMPILED_STEP_LIMITS if limit.asked(config, processes)] + lacking
         if lacking:
             _refuse(f"--compile {config.compile}", lacking, f"drop --compile or {lacking[0].instead}")
         kernels = resolve_kernels(config.kernels, device)

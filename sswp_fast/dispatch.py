@@ -156,14 +156,16 @@ class _SlotGroup:
 
 class _Recomputed(torch.autograd.Function):
     """A slot group that saves only its input (and its weight banks, views of the parameters) for backward: the
-    backward pass evaluates the group again (the same batch statistics, no second running-statistics update) and
-    differentiates that. Every activation between the stacked input and the group's output is rebuilt rather
-    than stored."""
+    backward pass evaluates the group again (the same batch statistics, no second running-statistics update, under
+    the forward's autocast state) and differentiates that. Every activation between the stacked input and the
+    group's output is rebuilt rather than stored."""
 
     @staticmethod
     def forward(ctx, group: _SlotGroup, banks: GroupBanks, x: torch.Tensor, path: Selection,
                 *weights: torch.Tensor) -> torch.Tensor:
         ctx.group, ctx.banks, ctx.path = group, banks, path
+        ctx.autocast = (x.device.type, torch.is_autocast_enabled(x.device.type),
+                        torch.get_autocast_dtype(x.device.type))
         ctx.save_for_backward(x, *weights)
         with torch.no_grad():
             return group.evaluate(x, path, banks)
@@ -171,7 +173,8 @@ class _Recomputed(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         x, *weights = ctx.saved_tensors
-        with torch.enable_grad():
+        device, enabled, dtype = ctx.autocast  # the recomputation runs in the forward's precision (--amp)
+        with torch.enable_grad(), torch.autocast(device, dtype, enabled=enabled):
             leaf = x.detach().requires_grad_(ctx.needs_input_grad[2])
             leaves = [w.detach().requires_grad_(True) for w in weights]
             y = ctx.group.evaluate(leaf, ctx.path, ctx.banks.with_weights(leaves), update=False)

@@ -11,7 +11,7 @@ from sswp_fast.config import SearchConfig
 from sswp_fast.errors import ConfigError
 
 UNSUPPORTED = [  # (flags, processes): every feature the device executor lacks, one at a time
-    ({"amp": "bf16"}, 1),
+    ({"amp": "fp16"}, 1),
     ({}, 4),
 ]
 
@@ -58,8 +58,9 @@ def test_an_explicit_triton_with_an_unsupported_feature_is_a_one_line_error(flag
 def test_the_quick_start_flags_get_the_device_executor_on_cuda() -> None:
     executor = choose_executor(_config(weight_optm="adam", prune_edges=True), "cuda")
     assert executor.name == "device"
-    executor = choose_executor(_config(weight_optm="adam", amp="bf16"), "cuda")
-    assert executor.describe() == "torch (device executor lacks --amp)"
+    assert choose_executor(_config(weight_optm="adam", amp="bf16"), "cuda").name == "device"
+    executor = choose_executor(_config(weight_optm="adam", amp="fp16"), "cuda")
+    assert executor.describe() == "torch (device executor lacks --amp fp16)"
 
 
 def test_an_explicit_flag_beats_the_environment(monkeypatch) -> None:
@@ -69,7 +70,7 @@ def test_an_explicit_flag_beats_the_environment(monkeypatch) -> None:
     assert resolve_kernels("torch", "cpu") == "torch"
     assert choose_executor(_config(), "cpu").describe() == f"device (${KERNELS_ENV} triton)"
     with pytest.raises(ConfigError, match=rf"\${KERNELS_ENV} triton runs the device executor"):
-        choose_executor(_config(amp="bf16"), "cpu")
+        choose_executor(_config(amp="fp16"), "cpu")
     monkeypatch.setenv(KERNELS_ENV, "torch")
     assert choose_executor(_config(), "cuda").kernels == "torch"
 

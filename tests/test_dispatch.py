@@ -89,6 +89,35 @@ def test_cell_equals_the_module_path(reduction, affine, training):
     assert_states_equal(cell, twin)
 
 
+def _relative_error(values, exact) -> float:
+    flat = torch.cat([v.double().flatten() for v in values])
+    reference = torch.cat([e.double().flatten() for e in exact])
+    return ((flat - reference).norm() / reference.norm()).item()
+
+
+def test_bf16_autocast_cell_is_as_accurate_as_the_module_path():
+    """``--amp bf16``: a reduction cell (every op, recompute of each slot group in its backward) under bf16
+    autocast, on the device executor and on the module path, each against the module path in float32: the
+    device executor's relative error in the output, the gradients and the running statistics is at most twice the
+    module path's (+1e-3). bf16 keeps 8 bits, so both errors are about 1e-2; the bound is relative to what
+    PyTorch's own bf16 path gives, not one CPU's outcome."""
+    cell, s0, s1 = cell_and_inputs(True, False)
+    exact_cell, module_cell = copy.deepcopy(cell), copy.deepcopy(cell)
+    bind_cell(cell)
+    active = torch.tensor(EVERY_OP)
+    exact = outputs_and_grads(lambda c, a, b: c(a, b, EVERY_OP), exact_cell, s0, s1)
+    dy = exact[2]
+    with torch.autocast("cpu", torch.bfloat16):
+        ours = outputs_and_grads(lambda c, a, b: run_cell(c, NODE_EDGES, a, b, active), cell, s0, s1, dy)
+        module = outputs_and_grads(lambda c, a, b: c(a, b, EVERY_OP), module_cell, s0, s1, dy)
+    stats = [[t for k, t in c.state_dict().items() if "running" in k] for c in (cell, module_cell, exact_cell)]
+    for name, mine, theirs, reference in (("output", [ours[0]], [module[0]], [exact[0]]),
+                                          ("gradients", ours[1], module[1], exact[1]),
+                                          ("running statistics", *stats)):
+        error, module_error = _relative_error(mine, reference), _relative_error(theirs, reference)
+        assert 0 < error <= 2 * module_error + 1e-3, f"{name}: {error:.2e} vs the module path's {module_error:.2e}"
+
+
 def test_probing_gives_the_module_paths_gate_gradients():
     """Mode two: the active op differentiable, the inactive one evaluated without autograd; the gates' gradient
     and the inactive ops' BN running statistics as on the module path (spec §5.4-5.5)."""

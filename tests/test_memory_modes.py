@@ -47,7 +47,7 @@ def _backward(net: SearchNetwork, x: torch.Tensor, plan) -> dict[str, torch.Tens
 def test_recompute_modes_give_the_same_gradients_and_statistics(kind: str, probe: bool, one_torch_thread,
                                                                  monkeypatch) -> None:
     """In float64, to 1e-13. The device-side dispatch executor runs its PyTorch kernels here (the Triton ones,
-    float32 only and slow in the interpreter, are tested against those elsewhere): what is checked is which
+    slow in the interpreter, are tested against those elsewhere): what is checked is which
     tensors it keeps and recomputes."""
     from sswp_fast import dispatch
 
@@ -142,17 +142,29 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
 
 
-@pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_amp_steps_follow_the_float32_steps(amp: str, one_torch_thread) -> None:
+@pytest.mark.parametrize(("amp", "executor"), [("bf16", "torch"), ("fp16", "torch"), ("bf16", "device")])
+def test_amp_steps_follow_the_float32_steps(amp: str, executor: str, one_torch_thread, monkeypatch) -> None:
     """Along a float32 search trajectory, every mixed-precision step taken from the same state gives the float32
     loss (1%), moves the weights in the float32 direction (cosine), and measures the float32 gate gradients
     within half their norm. The bounds are what the precision promises, not one CPU's outcome: bf16 rounds every
     result to 8 bits (u = 2^-8), and a gradient through the ~40 rounded stages of this network may carry
     40·u ≈ 16% error (measured: 17% bf16, 7% fp16 on an Intel Xeon), so half the norm leaves a 3x margin. The
     alpha update itself is not compared: Adam with beta1 = 0 moves every alpha by ±lr after the sign of its
-    gradient, and the sign of a near-zero gradient is not something 8 bits can promise."""
+    gradient, and the sign of a near-zero gradient is not something 8 bits can promise.
+
+    ``device``: the mixed-precision steps run on the device executor (float32 master weights in its banks; on its
+    PyTorch kernels here, for time: its Triton kernels under bf16 autocast are checked at cell level in
+    tests/test_dispatch.py), the float32 steps on the PyTorch executor."""
+    kind = {}
+    if executor == "device":
+        from sswp_fast import dispatch
+        from sswp_fast.backend import Executor
+
+        monkeypatch.setitem(dispatch.runs_on_triton.__globals__, "INTERPRETED", False)
+        kind = {"executor": Executor("triton", True, "test: the device executor")}
     fp32 = SearchEngine(tiny_config(batch_size=8, temperature=0.5), 10)
-    low = SearchEngine(tiny_config(batch_size=8, temperature=0.5, amp=amp), 10)
+    low = SearchEngine(tiny_config(batch_size=8, temperature=0.5, amp=amp), 10, **kind)
+    assert low.masked_update is not None if executor == "device" else low.masked_update is None
     assert low.amp_dtype == (torch.bfloat16 if amp == "bf16" else torch.float16)
     assert low.scaler.is_enabled() == (amp == "fp16")
     for i in range(4):
@@ -225,7 +237,7 @@ def test_fp16_state_round_trips_its_loss_scale() -> None:
 
 
 @pytest.mark.parametrize(("overrides", "words"), [
-    (dict(amp="bf16", kernels="triton"), "which lacks --amp"),
+    (dict(amp="fp16", kernels="triton"), "which lacks --amp fp16"),
     (dict(recompute="cell", compile="default"), "--compile"),
 ])
 def test_engine_refuses_combinations_it_cannot_run(overrides: dict, words: str) -> None:
