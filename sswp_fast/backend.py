@@ -53,14 +53,14 @@ class Limit:
 DEVICE_EXECUTOR_LIMITS: tuple[Limit, ...] = (
     Limit("--amp fp16", lambda c, n: c.amp == "fp16",
           "its masked bank update does not unscale fp16 loss-scaled gradients yet", "use --amp bf16"),
-    Limit("torchrun (several processes)", lambda c, n: n > 1,
-          "its BatchNorm does not synchronise across processes yet", "run in a single process"),
 )
 """What the device executor cannot run yet; ``auto`` takes the PyTorch executor for these (README table)."""
 
 COMPILED_STEP_LIMITS: tuple[Limit, ...] = (
     Limit("--amp", lambda c, n: c.amp != "off", "its compiled steps are float32 only (not yet built or tested "
           "under autocast)", "pass --amp off"),
+    Limit("torchrun (several processes)", lambda c, n: n > 1,
+          "its compiled steps do not synchronise BatchNorm across processes yet", "run in a single process"),
 )
 """What ``--compile`` (the device executor's steps under ``torch.compile``) cannot run besides those."""
 

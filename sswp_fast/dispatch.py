@@ -39,10 +39,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from .banks import DROPPED, SEP_INDICES, BatchStats, CellBanks, GroupBanks, cell_banks
+from .distributed import sum_over_ranks
 from .kernels._common import runs_on_triton
 from .kernels.batchnorm import batch_norm, bn_banked_reference
 from .kernels.sampled_dwpw import Variant, sampled_dwpw
@@ -81,6 +83,8 @@ def _batch_norm(x: torch.Tensor, ops: torch.Tensor, stats: BatchStats, affine: t
     weight = bias = None
     if affine is not None:
         weight, bias = (t[ops, slots].reshape(-1) for t in affine)
+    if bn.training and dist.is_initialized() and dist.get_world_size() > 1:
+        return _global_batch_norm(x, ops, stats, weight, bias, bn, slots, update)
     triton = runs_on_triton(x) and not torch.compiler.is_compiling()
     if bn.training and not update:  # the batch statistics alone: the running ones are neither read nor written
         return (batch_norm if triton else F.batch_norm)(x, None, None, weight, bias, True, bn.momentum, bn.eps)
@@ -88,6 +92,36 @@ def _batch_norm(x: torch.Tensor, ops: torch.Tensor, stats: BatchStats, affine: t
         return batch_norm(x, stats.mean, stats.var, weight, bias, bn.training, bn.momentum, bn.eps, ops, stats.count)
     return bn_banked_reference(x, stats.mean, stats.var, ops, stats.count, weight, bias, bn.training, bn.momentum,
                                bn.eps)
+
+
+def _global_batch_norm(x: torch.Tensor, ops: torch.Tensor, stats: BatchStats, weight: torch.Tensor | None,
+                       bias: torch.Tensor | None, bn: nn.BatchNorm2d, slots: torch.Tensor,
+                       update: bool) -> torch.Tensor:
+    """Training-mode :func:`_batch_norm` over the global batch of every process (``torchrun``), as
+    :class:`~sswp_fast.distributed.SyncedBatchNorm` normalises on the PyTorch executor: the per-channel sums of
+    ``x - shift`` and of its square, reduced over the ranks in one (differentiable) all-reduce for the whole slot
+    group. ``shift`` is each channel's running mean, the same on every rank, so that the one-pass variance does
+    not cancel catastrophically; then the running statistics of the rows that ran are updated as a
+    single-process BatchNorm of the global batch would."""
+    shape = (1, -1, 1, 1)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    shift = stats.mean[ops, slots].reshape(-1).to(acc)
+    centred = x.to(acc) - shift.view(shape)
+    sums = sum_over_ranks(torch.stack([centred.sum((0, 2, 3)), (centred * centred).sum((0, 2, 3))]))
+    count = x.numel() // x.shape[1] * dist.get_world_size()
+    offset = sums[0] / count
+    var = sums[1] / count - offset * offset
+    out = (centred - offset.view(shape)) * torch.rsqrt(var + bn.eps).view(shape)
+    if weight is not None:
+        out = out * weight.view(shape) + bias.view(shape)
+    if update:
+        with torch.no_grad():
+            rows = (ops, slots)
+            g = ops.shape[0]
+            for bank, batch in ((stats.mean, shift + offset), (stats.var, var * (count / max(count - 1, 1)))):
+                bank.index_put_(rows, bank[rows].lerp(batch.view(g, -1).to(bank.dtype), bn.momentum))
+            stats.count.index_put_(rows, torch.ones_like(stats.count[0]), accumulate=True)
+    return out.to(x.dtype)
 
 
 class _SlotGroup:
@@ -164,8 +198,9 @@ class _Recomputed(torch.autograd.Function):
     def forward(ctx, group: _SlotGroup, banks: GroupBanks, x: torch.Tensor, path: Selection,
                 *weights: torch.Tensor) -> torch.Tensor:
         ctx.group, ctx.banks, ctx.path = group, banks, path
-        ctx.autocast = (x.device.type, torch.is_autocast_enabled(x.device.type),
-                        torch.get_autocast_dtype(x.device.type))
+        device = x.device.type
+        ctx.autocast = ((device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+                        if torch.amp.is_autocast_available(device) else ("cpu", False, torch.bfloat16))  # meta
         ctx.save_for_backward(x, *weights)
         with torch.no_grad():
             return group.evaluate(x, path, banks)

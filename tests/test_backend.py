@@ -12,7 +12,6 @@ from sswp_fast.errors import ConfigError
 
 UNSUPPORTED = [  # (flags, processes): every feature the device executor lacks, one at a time
     ({"amp": "fp16"}, 1),
-    ({}, 4),
 ]
 
 
@@ -53,6 +52,14 @@ def test_an_explicit_triton_with_an_unsupported_feature_is_a_one_line_error(flag
     assert "\n" not in str(err.value) and "--kernels auto" in str(err.value)
     with pytest.raises(ConfigError, match="--compile default runs the device executor"):
         choose_executor(_config(compile="default", **flags), "cuda", processes)
+
+
+def test_torchrun_and_bf16_get_the_device_executor_on_cuda_but_not_compiled() -> None:
+    assert choose_executor(_config(), "cuda", 4).name == "device"
+    assert choose_executor(_config(amp="bf16"), "cuda", 4).name == "device"
+    for flags, processes in (({"amp": "bf16"}, 1), ({}, 4)):
+        with pytest.raises(ConfigError, match="--compile default runs the device executor, which lacks"):
+            choose_executor(_config(compile="default", **flags), "cuda", processes)
 
 
 def test_the_quick_start_flags_get_the_device_executor_on_cuda() -> None:

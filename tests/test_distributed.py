@@ -33,22 +33,31 @@ TINY = ["--dataset", "digits", "--epochs", "4", "--epoch_ratios", "0.25,0.25,0.5
         "--update_arch_every", "1", "--report_freq", "2", "--progress", "off", "--device", "cpu"]
 
 
-def _run(cwd: Path, processes: int, *extra: str) -> subprocess.CompletedProcess:
+def _run(cwd: Path, processes: int, *extra: str, device_executor: bool = False) -> subprocess.CompletedProcess:
+    """The fp64 CLI on ``processes`` processes; ``device_executor``: on the device executor (its PyTorch kernels,
+    see tests/fp64_cli.py)."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     if processes == 1:
         launcher = [sys.executable]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS.parent)}
+    if device_executor:
+        env.update(SSWP_TEST_DEVICE_EXECUTOR="1", TRITON_INTERPRET="1")
+        extra = (*extra, "--kernels", "triton")
     cwd.mkdir(exist_ok=True)
     return subprocess.run([*launcher, str(TESTS / "fp64_cli.py"), "search", *TINY, *extra], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("mode", ["SimCLR", "supervised"])
-def test_two_processes_end_with_the_single_process_weights_and_alphas(tmp_path, mode) -> None:
-    one = _run(tmp_path / "one", 1, "--data_mode", mode)
-    two = _run(tmp_path / "two", 2, "--data_mode", mode)
+@pytest.mark.parametrize(("mode", "device_executor"), [("SimCLR", False), ("supervised", False), ("SimCLR", True)],
+                         ids=["SimCLR", "supervised", "SimCLR-device-executor"])
+def test_two_processes_end_with_the_single_process_weights_and_alphas(tmp_path, mode, device_executor) -> None:
+    """``device-executor``: both runs on the device executor, whose slot-group BatchNorms then reduce their
+    statistics over the ranks (one all-reduce per group) and whose banks every rank updates alike."""
+    one = _run(tmp_path / "one", 1, "--data_mode", mode, device_executor=device_executor)
+    two = _run(tmp_path / "two", 2, "--data_mode", mode, device_executor=device_executor)
     assert one.returncode == 0, one.stderr[-2000:]
     assert two.returncode == 0, two.stderr[-2000:]
+    assert ("executor: device" in two.stdout + two.stderr) == device_executor
     assert two.stdout.count("run folder:") == 1  # rank 1 prints and writes nothing
     run = Path("exps/exp/search-exp")
     single = load_checkpoint(tmp_path / "one" / run / "resume.pth.tar")
@@ -113,7 +122,6 @@ def test_bad_multi_process_configurations_are_named(monkeypatch) -> None:
         check_batch_size(10, World(0, 4, 0))
     assert shard(8, World(1, 2, 1)) == slice(4, 8)
     assert shard(7, World(1, 2, 1)) == slice(3, 6)  # a short last batch: equal parts, one row left out
-    config = SearchConfig(layers=3, init_channels=4, batch_size=8, dataset="digits", kernels="triton").resolved()
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    config = SearchConfig(layers=3, init_channels=4, batch_size=8, dataset="digits", compile="default").resolved()
     with pytest.raises(ConfigError, match="which lacks torchrun"):
         SearchEngine(config, 10, "cpu", World(0, 2, 0))
