@@ -11,9 +11,10 @@ implementation in turn, round after round, in one process, so all see the same l
 augmentation are not included. Steps are post-warm-up (paths sampled from the alphas, skip-drop 0.2), as in
 the other step benchmarks (``bench_common``).
 
-**Floor.** Every ATen operator of our steps is recorded with its shapes: FLOPs by ``torch.utils.flop_counter``
-(convolutions and matrix products, forward and backward; element-wise work is not counted), and bytes as the
-bytes of its tensor inputs plus outputs, which is what an unfused execution moves through memory. Both are
+**Floor.** Every operator of our steps is counted by ``bench_launch_counts.Counts``: FLOPs of convolutions,
+matrix products and pools, forward and backward (element-wise work is not counted; ``torch.utils.flop_counter``
+alone counts a depthwise convolution's weight gradient about C times over), and bytes as the bytes of its tensor
+inputs plus outputs, which is what an unfused execution moves through memory. Both are
 counted at the configuration's L and C for batches 2, 4 and 8 (the mean of a few sampled paths each) and
 extrapolated to the batch with the quadratic through those three points (every operator is per-sample except
 the loss's 2B x 2B similarity, quadratic, and the weight updates, constant), so the default configuration's
@@ -31,15 +32,13 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
-from torch.utils.flop_counter import FlopCounterMode
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import reference_harness  # noqa: E402
 from bench_common import STEPS, BenchConfig, Stepper, machine_info, write_results  # noqa: E402
+from bench_launch_counts import Counts  # noqa: E402
 from interleaved import time_interleaved  # noqa: E402
 
 TRAIN_IMAGES = 25_000
@@ -53,34 +52,16 @@ GPU_PEAKS = {
 """Datasheet peaks of the SXM parts: FP32 (non-tensor-core) FLOP/s and HBM bandwidth."""
 
 
-class Traffic(TorchDispatchMode):
-    """Bytes of the tensor inputs and outputs of every operator that computes something (views and
-    allocations excluded)."""
-
-    def __init__(self):
-        super().__init__()
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if not func.is_view and func.overloadpacket not in (torch.ops.aten.empty, torch.ops.aten.empty_strided,
-                                                           torch.ops.aten.empty_like, torch.ops.aten.detach):
-            tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
-            self.bytes += sum(t.numel() * t.element_size() for t in tensors)
-        return out
-
-
 def count_step(stepper: Stepper, step: str, paths: int) -> tuple[float, float]:
-    """Mean FLOPs and bytes of ``paths`` steps of kind ``step``."""
+    """Mean FLOPs and bytes of ``paths`` steps of kind ``step`` (counted as ``bench_launch_counts`` counts them)."""
     flops = moved = 0.0
     fn = stepper.step_fn(step)
     for _ in range(paths):
-        traffic = Traffic()
-        counter = FlopCounterMode(display=False)
-        with counter, traffic:
+        counter = Counts()
+        with counter:
             fn()
-        flops += counter.get_total_flops()
-        moved += traffic.bytes
+        flops += counter.flops
+        moved += counter.bytes
     return flops / paths, moved / paths
 
 
