@@ -11,9 +11,9 @@ are stacked along channels, ``[N, G*C, H, W]``, and evaluated together:
 1. first stage of every slot's op, chosen per slot by its index: the separable/dilated convolutions' first
    ReLU + depthwise + pointwise half in one launch for all slots (:mod:`sswp_fast.kernels.sampled_dwpw`); the
    pools and the stride-2 skip (factorized reduce) for all slots at once; the stride-1 skip is the input;
-2. BatchNorm of every slot over the G*C channels (Triton kernels), with each slot's running statistics and
-   affine parameters gathered from the bank row of the op it ran, and the new statistics (and one more batch)
-   scattered back there;
+2. BatchNorm of every slot over the G*C channels (Triton kernels): each slot's running statistics are read and
+   updated in the bank row of the op it ran (and one more batch counted there) by the statistics launch itself;
+   under ``torchrun`` the group's batch statistics are first reduced over the processes in one all-reduce;
 3. the second half of ``sep_conv_*`` (one launch, the other slots idle) and its BatchNorm;
 4. the node is the sum of its slots (weighted by the one-hot gates when gate gradients are measured).
 
@@ -25,6 +25,9 @@ The weights and statistics live in persistent banks (:mod:`sswp_fast.banks`), wh
 nothing is stacked or written back per call. Autograd gives every bank a gradient, zero in the rows of ops that
 did not run; :class:`~sswp_fast.bank_optimizer.MaskedBankUpdate` updates only the rows that ran, as the PyTorch
 executor (where the other ops have no gradient at all) does.
+
+Under ``--amp bf16`` activations are bf16 (the kernels accumulate in fp32) while the banks, and so the master
+weights and BatchNorm statistics, stay fp32; a recomputed group re-enters the forward's autocast state.
 
 Where Triton does not run (CPU tensors outside the interpreter) the slotted convolution is the PyTorch kernel
 of the same custom op and BatchNorm is ``F.batch_norm``; that is how ``--compile`` runs this executor on a CPU.
