@@ -364,6 +364,7 @@ def bn_stats(
     banked = rows is not None
     if banked:
         _check_banks(c, running_mean, running_var, rows, count)
+        rows = rows.contiguous()  # the kernel reads it flat (a path's column of probed ops is strided)
     m = x.numel() // c
     if m == 0:
         raise ValueError("bn_stats got an empty input")
