@@ -166,8 +166,8 @@ print(count, "ok")
 def test_sampled_kernels_compile_for_sm90(tmp_path):
     """Compile-only check (no GPU needed): the three branchy kernels with all four variants at the widest CIFAR
     search shape, fp32 (what the device executor runs) to an sm_90 cubin (H100/H200), without TRITON_INTERPRET
-    (about a minute each: every branch unrolls its taps; the dwpw tile functions they call are also compiled for
-    sm_80 by tests/test_kernels_dwpw.py)."""
+    (about a minute each: every branch unrolls its taps). The dwpw tile functions they call are compiled alone, fp32
+    and bf16 (what ``--amp bf16`` runs), by tests/test_kernels_dwpw.py."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
     proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
