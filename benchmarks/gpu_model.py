@@ -19,8 +19,9 @@ The model, per step:
   instead of ``GAP_US`` when replayed from a CUDA graph). Every kernel pays the floor, and the work is added on
   top: an upper bound, tight when either the launches or the work dominate;
 * host time ``ATen calls * HOST_US_PER_OP``, measured on this machine's CPU (the PyTorch executor's step on tiny
-  CPU tensors, divided by its ATen calls: dispatch, Python and the tiny kernels themselves). A Triton launch is
-  assumed to cost the host as much;
+  CPU tensors, divided by its ATen calls: dispatch, Python and the tiny kernels themselves; an upper bound for
+  views and metadata calls, which the device executor makes many of). A Triton launch is assumed to cost the
+  host as much;
 * a step without host syncs overlaps the two (``max``); a step with syncs waits for the GPU at each, modelled as
   no overlap (``sum``); a replayed graph has no per-launch host time.
 
@@ -131,8 +132,9 @@ def meta_work(cfg: BenchConfig) -> dict[str, dict[str, int]]:
 
 def host_us_per_op(repeats: int = 7) -> float:
     """Median µs per ATen call of the PyTorch executor's weight step on tiny CPU tensors (this machine)."""
-    bench_common.IMAGE_SIZE = 8
+    size, bench_common.IMAGE_SIZE = bench_common.IMAGE_SIZE, 8
     stepper = Stepper("ours", BenchConfig(layers=3, C=2, batch=2), "cpu", kernels="torch")
+    bench_common.IMAGE_SIZE = size
     stepper.weight()
     counter = Counts()
     with counter:
@@ -211,12 +213,16 @@ def main(argv: list[str] | None = None) -> int:
              "The model and its constants: the module docstring. Batch 96 (192 images of 32×32); a CIFAR-10 search "
              f"epoch is {predictions[0]['weight_steps']} weight and {predictions[0]['arch_steps']} arch steps "
              "(default flags; data loading not included).", "",
-             "| config | executor | GPU | weight step (ms) | arch step (ms) | search epoch (s) |",
-             "|---|---|---|---|---|---|"]
-    for p in predictions:
-        cfg = BenchConfig(**p["config"])
-        lines.append(f"| L={cfg.layers}, C={cfg.C} | {p['executor']} | {p['gpu']} | {p['weight_step_ms']:.1f} | "
-                     f"{p['arch_step_ms']:.1f} | {p['search_epoch_s']:.1f} |")
+             "| config | executor | "
+             + " | ".join(f"{g.name}: weight / arch step (ms), epoch (s)" for g in GPUS) + " |",
+             "|---|---|" + "---|" * len(GPUS)]
+    for cfg in CONFIGS:
+        for label, _, _ in EXECUTORS:
+            cells = [p for p in predictions if p["executor"] == label and p["config"] == asdict(cfg)]
+            if cells:
+                lines.append(f"| L={cfg.layers}, C={cfg.C} | {label} | " + " | ".join(
+                    f"{p['weight_step_ms']:.1f} / {p['arch_step_ms']:.1f}, {p['search_epoch_s']:.0f}" for p in cells)
+                    + " |")
     write_results(args.out, "gpu_model", report, "\n".join(lines))
     print("\n".join(lines))
     return 0
