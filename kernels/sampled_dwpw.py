@@ -345,31 +345,26 @@ def _reference_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor
     convolution gradients: a custom op's kernel runs below autograd."""
     dx = torch.zeros_like(x)
     grads = [torch.zeros_like(bank) for bank in banks]
-    with torch.autocast(x.device.type, enabled=False):  # in x's dtype, as the kernel computes, whatever --amp says
-        _reference_slots_backward(dy, x, variant, stride, variants, banks, dx, grads)
-    return dx, grads
-
-
-def _reference_slots_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor, stride: int,
-                              variants: tuple[Variant, ...], banks: list[torch.Tensor], dx: torch.Tensor,
-                              grads: list[torch.Tensor]) -> None:
     c = x.shape[1] // variant.shape[0]
-    for g, v in enumerate(variant.tolist()):
-        if v < 0:
-            continue
-        k, pad, dil = variants[v]
-        rows = slice(g * c, (g + 1) * c)
-        relu = torch.relu(x[:, rows])
-        w_dw, w_pw = banks[2 * v][g].to(x.dtype), banks[2 * v + 1][g].to(x.dtype)
-        hidden = F.conv2d(relu, w_dw, stride=stride, padding=pad, dilation=dil, groups=c)
-        d_hidden, d_pw, _ = torch.ops.aten.convolution_backward(
-            dy[:, rows].contiguous(), hidden, w_pw, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, False])
-        d_relu, d_dw, _ = torch.ops.aten.convolution_backward(
-            d_hidden, relu, w_dw, None, [stride, stride], [pad, pad], [dil, dil], False, [0, 0], c,
-            [True, True, False])
-        dx[:, rows] = d_relu * (x[:, rows] > 0)
-        grads[2 * v][g] = d_dw
-        grads[2 * v + 1][g] = d_pw
+    with torch.autocast(x.device.type, enabled=False):  # in x's dtype, as the kernel computes, whatever --amp says
+        for g, v in enumerate(variant.tolist()):
+            if v < 0:
+                continue
+            k, pad, dil = variants[v]
+            rows = slice(g * c, (g + 1) * c)
+            relu = torch.relu(x[:, rows])
+            w_dw, w_pw = banks[2 * v][g].to(x.dtype), banks[2 * v + 1][g].to(x.dtype)
+            hidden = F.conv2d(relu, w_dw, stride=stride, padding=pad, dilation=dil, groups=c)
+            d_hidden, d_pw, _ = torch.ops.aten.convolution_backward(
+                dy[:, rows].contiguous(), hidden, w_pw, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                [True, True, False])
+            d_relu, d_dw, _ = torch.ops.aten.convolution_backward(
+                d_hidden, relu, w_dw, None, [stride, stride], [pad, pad], [dil, dil], False, [0, 0], c,
+                [True, True, False])
+            dx[:, rows] = d_relu * (x[:, rows] > 0)
+            grads[2 * v][g] = d_dw
+            grads[2 * v + 1][g] = d_pw
+    return dx, grads
 
 
 def sampled_dwpw_reference(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: tuple[Variant, ...],
