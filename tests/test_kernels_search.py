@@ -11,7 +11,7 @@ import pytest
 from sswp_fast.backend import KERNELS_ENV
 from sswp_fast.cli import main
 
-SHORT = ["--dataset", "digits", "--epochs", "3", "--epoch_ratios", "0.34,0.66,0.0,0.0", "--min_warmup", "0",
+SHORT = ["--dataset", "digits", "--epochs", "2", "--epoch_ratios", "0.5,0.5,0.0,0.0", "--min_warmup", "0",
          "--layers", "3", "--init_channels", "4", "--batch_size", "2", "--steps_per_epoch", "1",
          "--update_arch_every", "1", "--progress", "off", "--memory_format", "contiguous", "--device", "cpu"]
 
@@ -22,7 +22,7 @@ def trajectory(run) -> tuple[list[float], np.ndarray]:
         return [m["train_loss"] for m in metrics], history["alpha"]
 
 
-@pytest.mark.slow  # minutes in the interpreter: every conv of every step is a few Triton launches
+@pytest.mark.slow  # minutes in the interpreter (about 0.5 s per Triton launch): a warm-up step, then one search epoch
 def test_triton_kernels_follow_the_pytorch_search(tmp_path, monkeypatch, capsys) -> None:
     pytest.importorskip("triton")
     monkeypatch.chdir(tmp_path)
@@ -31,7 +31,7 @@ def test_triton_kernels_follow_the_pytorch_search(tmp_path, monkeypatch, capsys)
     assert main(["search", *SHORT, "--kernels", "triton", "--note", "triton"]) == 0
     torch_loss, torch_alpha = trajectory(tmp_path / "exps/exp/search-torch")
     triton_loss, triton_alpha = trajectory(tmp_path / "exps/exp/search-triton")
-    assert len(triton_loss) == 3
+    assert len(triton_loss) == 2
     np.testing.assert_allclose(triton_loss, torch_loss, rtol=1e-4, atol=1e-4)
     assert np.abs(torch_alpha[-1] - torch_alpha[0]).max() > 5e-4, "the arch step must have moved the alphas"
     np.testing.assert_allclose(triton_alpha, torch_alpha, rtol=1e-3, atol=1e-5)
