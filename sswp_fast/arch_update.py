@@ -69,10 +69,10 @@ class ArchAdam:
         m = mask.unsqueeze(-1)
         if cfg.weight_decay:
             grad = grad + cfg.weight_decay * alpha
-        self.steps = torch.where(mask, self.steps + 1, self.steps)
-        self.exp_avg = torch.where(m, cfg.beta1 * self.exp_avg + (1 - cfg.beta1) * grad, self.exp_avg)
-        self.exp_avg_sq = torch.where(m, cfg.beta2 * self.exp_avg_sq + (1 - cfg.beta2) * grad * grad,
-                                      self.exp_avg_sq)
+        self.steps.copy_(torch.where(mask, self.steps + 1, self.steps))  # in place: the state of a CUDA graph
+        self.exp_avg.copy_(torch.where(m, cfg.beta1 * self.exp_avg + (1 - cfg.beta1) * grad, self.exp_avg))
+        self.exp_avg_sq.copy_(torch.where(m, cfg.beta2 * self.exp_avg_sq + (1 - cfg.beta2) * grad * grad,
+                                          self.exp_avg_sq))
         t = self.steps.clamp_min(1).unsqueeze(-1)
         bias1 = 1 - cfg.beta1 ** t
         bias2 = 1 - cfg.beta2 ** t
@@ -80,7 +80,7 @@ class ArchAdam:
         return torch.where(m, alpha - (cfg.lr / bias1) * self.exp_avg / denom, alpha)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": self.steps}
+        return {"exp_avg": self.exp_avg.clone(), "exp_avg_sq": self.exp_avg_sq.clone(), "steps": self.steps.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for name in ("exp_avg", "exp_avg_sq", "steps"):
@@ -89,4 +89,4 @@ class ArchAdam:
             if value.shape != current.shape:
                 raise ValueError(f"arch optimizer state {name} has shape {tuple(value.shape)}, "
                                  f"expected {tuple(current.shape)}")
-            setattr(self, name, value.to(current.device, current.dtype))
+            current.copy_(value)

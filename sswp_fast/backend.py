@@ -151,3 +151,45 @@ def choose_executor(config: SearchConfig, device: torch.device | str, processes:
     if lacking:
         return Executor("torch", False, "device executor lacks " + ", ".join(limit.flag for limit in lacking))
     return Executor("triton", True, "CUDA device with Triton: the sampled path stays on the device")
+
+
+@dataclass(frozen=True)
+class GraphChoice:
+    """Whether a run's steps are captured as CUDA graphs (:mod:`sswp_fast.step_graphs`), whether a failed capture
+    stops the run (``strict``: ``--cuda_graphs on``), and why."""
+
+    enabled: bool
+    strict: bool
+    reason: str
+
+    def describe(self) -> str:
+        return f"{'on' if self.enabled else 'off'} ({self.reason})"
+
+
+def _graphs_blocker(config: SearchConfig, device: torch.device, executor: Executor, processes: int) -> str | None:
+    """Why the steps of this run cannot be captured, or None."""
+    if device.type != "cuda":
+        return f"{device.type} device: CUDA graphs need CUDA"
+    if not executor.dispatch:
+        return "the PyTorch executor reads the sampled path on the host every step"
+    if processes > 1:
+        return "torchrun: the collectives of a step are not captured"
+    if config.amp == "fp16":
+        return "--amp fp16 reads the loss scaler's overflow flag on the host"
+    return None
+
+
+def choose_graphs(config: SearchConfig, device: torch.device | str, executor: Executor,
+                  processes: int = 1) -> GraphChoice:
+    """``--cuda_graphs``: ``auto`` captures wherever the run allows it (a CUDA device, the device executor, one
+    process, no fp16 loss scaling) and says why not elsewhere; ``on`` where it cannot is a one-line error."""
+    if config.cuda_graphs == "off":
+        return GraphChoice(False, False, "--cuda_graphs off")
+    blocker = _graphs_blocker(config, torch.device(device), executor, processes)
+    if blocker is None:
+        return GraphChoice(True, config.cuda_graphs == "on", f"--cuda_graphs {config.cuda_graphs}: each step kind "
+                           "captured once per learning rate and frozen prefix, then replayed")
+    if config.cuda_graphs == "on":
+        raise ConfigError(f"--cuda_graphs on cannot capture this run's steps ({blocker}); "
+                          "use --cuda_graphs auto, which runs them eagerly")
+    return GraphChoice(False, False, f"auto: {blocker}")

@@ -84,6 +84,8 @@ SEARCH_FLAGS: list[tuple[str, object, str, bool]] = [
      "executor; one graph per step kind and frozen prefix)", True),
     ("compile_cache", str, "folder for compiled code (default $TORCHINDUCTOR_CACHE_DIR or "
      "~/.cache/sswp-fast/inductor)", True),
+    ("cuda_graphs", str, "capture each search step as a CUDA graph and replay it: auto (on CUDA with the device "
+     "executor, one process, no --amp fp16), on, off", True),
     ("recompute", str, "activation recompute, memory for time, same gradients: none, edge (keep node states), "
      "cell (keep cell inputs), auto (none on the PyTorch executor, edge on the Triton one)", True),
     ("max_memory", float, "GB a step may use: measure the recompute modes on small batches, take the fastest "

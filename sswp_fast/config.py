@@ -23,7 +23,7 @@ _CIFAR_DEFAULTS = {"min_warmup": 40, "batch_size": 96, "layers": 20, "init_chann
 _IMAGENET_DEFAULTS = {"min_warmup": 10, "batch_size": 256, "layers": 14, "init_channels": 48}
 
 RESULT_NEUTRAL_FIELDS = frozenset({"resume", "force", "device", "num_workers", "report_freq", "progress", "kernels",
-                                   "compile", "compile_cache", "recompute", "max_memory"})
+                                   "compile", "compile_cache", "cuda_graphs", "recompute", "max_memory"})
 """Fields that may differ when a run is resumed; every other field must match the checkpoint's."""
 
 
@@ -86,6 +86,7 @@ class SearchConfig(RunOptions):
     kernels: str = "auto"
     compile: str = "off"
     compile_cache: str | None = None
+    cuda_graphs: str = "auto"
     recompute: str = "auto"
     amp: str = "off"
     max_memory: float | None = None
@@ -151,6 +152,8 @@ class SearchConfig(RunOptions):
              f"--memory_format must be auto, channels_last or contiguous, got {self.memory_format}")
         need(self.kernels in ("auto", "triton", "torch"),
              f"--kernels must be auto, triton or torch, got {self.kernels}")
+        need(self.cuda_graphs in ("auto", "on", "off"),
+             f"--cuda_graphs must be auto, on or off, got {self.cuda_graphs}")
         need(self.compile in ("off", "default", "max-autotune"),
              f"--compile must be off, default or max-autotune, got {self.compile}")
         need(self.recompute in RECOMPUTE_MODES,

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch_update import ArchAdam, ArchAdamConfig, alpha_grad_full, alpha_grad_two, rescale_pair
-from .backend import Executor, choose_executor
+from .backend import Executor, GraphChoice, choose_executor, choose_graphs
 from .config import SearchConfig
 from .distributed import (
     SINGLE,
@@ -54,6 +54,7 @@ from .supernet import EDGES_PER_CELL, NODE_EDGES, DevicePlan, ExecutionPlan, Sea
 
 if TYPE_CHECKING:
     from .bank_optimizer import MaskedBankUpdate
+    from .step_graphs import StepGraphs
 
 
 @dataclass
@@ -100,10 +101,12 @@ class SearchEngine:
     """The super-network, both optimizers and the architecture state of one search."""
 
     def __init__(self, config: SearchConfig, num_classes: int, device: torch.device | str = "cpu",
-                 world: World = SINGLE, executor: Executor | None = None):
+                 world: World = SINGLE, executor: Executor | None = None, graphs: GraphChoice | None = None):
         """``world``: this process's place in a multi-process run (:mod:`sswp_fast.distributed`); batches given
         to the steps are then this rank's slice of every view. ``executor``: the executor to run, by default the
-        one :func:`~sswp_fast.backend.choose_executor` picks for ``config`` on ``device``. ``--recompute auto``
+        one :func:`~sswp_fast.backend.choose_executor` picks for ``config`` on ``device``; ``graphs``: whether
+        the steps are captured as CUDA graphs, by default :func:`~sswp_fast.backend.choose_graphs`'s answer.
+        ``--recompute auto``
         is the executor's default here (``none``, or ``edge`` on the device executor); the search command
         resolves it by memory first (:mod:`sswp_fast.memory_model`)."""
         self.config = config
@@ -169,6 +172,14 @@ class SearchEngine:
             weight_decay=config.arch_weight_decay))
         self.generator = None if self.device.type == "meta" else torch.Generator(self.device).manual_seed(config.seed)
         """The paths' random source (none on the meta device, where :mod:`sswp_fast.memory_model` sets the paths)."""
+        self.graphs_choice = graphs if graphs is not None else choose_graphs(config, self.device, self.executor,
+                                                                             world.size)
+        self.graphs: StepGraphs | None = None
+        """The CUDA graphs of the steps (``--cuda_graphs``, :mod:`sswp_fast.step_graphs`)."""
+        if self.graphs_choice.enabled:
+            from .step_graphs import StepGraphs
+
+            self.graphs = StepGraphs(self.generator, config.batch_size // world.size, self.graphs_choice.strict)
         self.gate_grad_sum = torch.zeros_like(self.net.arch_alpha) if self.quirks else None
         self._frozen_host = [False] * config.layers
         """Host copy of ``arch_frozen`` (it changes only in :meth:`freeze`), so planning needs no sync."""
@@ -339,7 +350,18 @@ class SearchEngine:
 
     def weight_step(self, batch: Batch, *, warmup: bool, skip_drop_prob: float = 0.0,
                     pool_drop_prob: float = 0.0) -> StepResult:
-        """One SGD step of the weights along a freshly sampled path."""
+        """One SGD step of the weights along a freshly sampled path (replayed from its CUDA graph with
+        ``--cuda_graphs``)."""
+        def step(batch: Batch) -> StepResult:
+            return self._weight_step(batch, warmup, skip_drop_prob, pool_drop_prob)
+
+        if self.graphs is None:
+            return step(batch)
+        lr = self.weight_optimizer.param_groups[0]["lr"]
+        key = (warmup, skip_drop_prob, pool_drop_prob, lr, tuple(self._frozen_host))
+        return self.graphs.run("weight", key, batch, step)
+
+    def _weight_step(self, batch: Batch, warmup: bool, skip_drop_prob: float, pool_drop_prob: float) -> StepResult:
         self.train()
         active, inactive = self.sample(skip_drop_prob=skip_drop_prob, pool_drop_prob=pool_drop_prob,
                                        warmup=warmup)
@@ -370,9 +392,19 @@ class SearchEngine:
 
     def arch_step(self, batch: Batch, *, skip_drop_prob: float = 0.0,
                   pool_drop_prob: float = 0.0) -> StepResult | None:
-        """One architecture update of every non-frozen cell from this batch; None when all cells are frozen."""
+        """One architecture update of every non-frozen cell from this batch; None when all cells are frozen.
+        Replayed from its CUDA graph with ``--cuda_graphs``."""
         if all(self._frozen_host):
             return None
+
+        def step(batch: Batch) -> StepResult:
+            return self._arch_step(batch, skip_drop_prob, pool_drop_prob)
+
+        if self.graphs is None:
+            return step(batch)
+        return self.graphs.run("arch", (skip_drop_prob, pool_drop_prob, tuple(self._frozen_host)), batch, step)
+
+    def _arch_step(self, batch: Batch, skip_drop_prob: float, pool_drop_prob: float) -> StepResult:
         self.train()
         active, inactive = self.sample(skip_drop_prob=skip_drop_prob, pool_drop_prob=pool_drop_prob,
                                        warmup=False)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from . import devices, distributed, run_folder
-from .backend import Executor, choose_executor
+from .backend import Executor, GraphChoice, choose_executor, choose_graphs
 from .checkpoint import load_checkpoint
 from .config import SearchConfig
 from .data import load_dataset
@@ -72,6 +72,11 @@ def process_count(world: distributed.World) -> str:
     return f"{world.size} (torchrun)" if world.distributed else "1"
 
 
+GRAPH_POOLS = 2
+"""Per-step peaks that CUDA-graph runs keep at once: the weight step's graph and the arch step's each hold their
+memory pool (:mod:`sswp_fast.step_graphs`)."""
+
+
 @dataclass
 class RecomputePlan:
     """The recompute mode of a run and why; ``mode`` is None when free memory decides it at start (a device that
@@ -81,6 +86,8 @@ class RecomputePlan:
     reason: str
     predicted_gb: dict[str, float]
     budget_gb: float | None = None
+    graphs: bool = False
+    """``predicted_gb`` is the memory of both captured step graphs (:data:`GRAPH_POOLS` per-step peaks)."""
 
     def picks(self) -> dict[int, str]:
         """The mode ``auto`` takes on a device of each of :data:`GPU_SIZES_GB` with all its memory free."""
@@ -90,7 +97,8 @@ class RecomputePlan:
         """The choice on one line, then the predictions (and, undecided, the pick on each GPU size)."""
         peaks = ", ".join(f"{m} {gb:.2f}" for m, gb in self.predicted_gb.items())
         text = (f"{self.mode or 'decided at start'} ({self.reason})\n"
-                f"predicted peak per step, GB: {peaks} (meta-device model, costliest path)")
+                f"predicted peak {'of both step graphs' if self.graphs else 'per step'}, GB: {peaks} (meta-device "
+                f"model, costliest path{f', x{GRAPH_POOLS} for the CUDA graphs' if self.graphs else ''})")
         if self.mode is None:
             needs = ", ".join(f"{m} from {gb * HEADROOM:.2f} GB" for m, gb in self.predicted_gb.items())
             by_size = ", ".join(f"{mode} on {size} GB" for size, mode in self.picks().items())
@@ -99,28 +107,29 @@ class RecomputePlan:
 
 
 def plan_recompute(config: SearchConfig, device: torch.device, executor: Executor, predicted_gb: dict[str, float],
-                   resident_gb: float) -> RecomputePlan:
+                   resident_gb: float, graphs: bool = False) -> RecomputePlan:
     """The recompute mode of a run (see the module docstring); ``resident_gb``: what the run keeps on the device
-    besides the steps (a dataset held there)."""
+    besides the steps (a dataset held there); ``graphs``: ``predicted_gb`` is that of both step graphs."""
     if config.compile != "off":
         return RecomputePlan("edge" if executor.dispatch else "none", "--compile: the compiler's partitioner "
-                             "decides what to recompute", predicted_gb)
+                             "decides what to recompute", predicted_gb, graphs=graphs)
     if config.recompute != "auto":
-        return RecomputePlan(config.recompute, f"--recompute {config.recompute}", predicted_gb)
+        return RecomputePlan(config.recompute, f"--recompute {config.recompute}", predicted_gb, graphs=graphs)
     if config.max_memory is not None:
         return RecomputePlan(None, f"--max_memory {config.max_memory:g}: measured on the device at start",
-                             predicted_gb, config.max_memory)
+                             predicted_gb, config.max_memory, graphs)
     free = devices.free_memory(device)
     if free is None:
-        return RecomputePlan(None, f"auto: by the free memory of {device} at start", predicted_gb)
+        return RecomputePlan(None, f"auto: by the free memory of {device} at start", predicted_gb, graphs=graphs)
     budget = free / GB - resident_gb
     mode = fastest_fitting(predicted_gb, budget)
     where = "GPU memory free" if device.type == "cuda" else "RAM available"
     if mode is None:
         return RecomputePlan("cell", f"auto: {budget:.1f} GB {where}, less than any mode needs with a "
-                             f"{HEADROOM - 1:.0%} margin; lower --batch_size if it runs out", predicted_gb, budget)
+                             f"{HEADROOM - 1:.0%} margin; lower --batch_size if it runs out", predicted_gb, budget,
+                             graphs)
     return RecomputePlan(mode, f"auto: the fastest mode predicted to fit {budget:.1f} GB {where} with a "
-                         f"{HEADROOM - 1:.0%} margin", predicted_gb, budget)
+                         f"{HEADROOM - 1:.0%} margin", predicted_gb, budget, graphs)
 
 
 @dataclass
@@ -134,6 +143,7 @@ class SearchPlan:
     dataset: ImageDataset | FolderDataset
     schedule: Schedule
     executor: Executor
+    graphs: GraphChoice
     recompute: RecomputePlan
     resume_state: dict | None
 
@@ -167,6 +177,7 @@ class SearchPlan:
             "executor": {"name": self.executor.name, "kernels": self.executor.kernels, "reason": self.executor.reason},
             "precision": precision_text(amp_dtype(c.amp, self.device)),
             "compile": c.compile,
+            "cuda_graphs": {"enabled": self.graphs.enabled, "reason": self.graphs.reason},
             "layout": "channels_last" if pick_memory_format(c.memory_format, self.device) == torch.channels_last
             else "contiguous",
             "recompute": {"mode": self.recompute.mode, "reason": self.recompute.reason,
@@ -187,6 +198,7 @@ class SearchPlan:
                         f"stabilize {lengths.stabilize}); {steps} weight steps per epoch, an arch update every "
                         f"{c.update_arch_every}",
             "executor": self.executor.describe(),
+            "cuda_graphs": self.graphs.describe(),
             "recompute": self.recompute.describe(),
         }
         return Plan("sswp-fast search", items, notes)
@@ -213,6 +225,7 @@ def plan_search(config: SearchConfig, root: Path | str = ".", world: distributed
         devices.require_present(device)
     distributed.check_batch_size(config.batch_size, world)
     executor = choose_executor(config, device, world.size)
+    graphs = choose_graphs(config, device, executor, world.size)
     dataset = load_dataset(config.dataset, config.data_path)
     search_split(dataset, config.train_ratio, config.debug)
     schedule = Schedule(config.epochs, phase_lengths(config.epochs, config.epoch_ratios, config.min_warmup),
@@ -224,6 +237,9 @@ def plan_search(config: SearchConfig, root: Path | str = ".", world: distributed
     predicted = modelled_peaks(config, dataset.num_classes, dataset.image_size, config.batch_size // world.size,
                                executor)
     resident = dataset.resident_bytes() / GB if isinstance(dataset, ImageDataset) and device.type == "cuda" else 0.0
-    recompute = plan_recompute(config, device, executor, {m: predicted[m].peak / GB for m in MODES_FASTEST_FIRST},
-                               resident)
-    return SearchPlan(config, device, world, run_dir, dataset, schedule, executor, recompute, resume_state)
+    peaks = {m: predicted[m].peak / GB for m in MODES_FASTEST_FIRST}
+    if graphs.enabled:  # a weight-step and an arch-step graph keep their memory pools at the same time
+        peaks = {m: GRAPH_POOLS * gb for m, gb in peaks.items()}
+    recompute = plan_recompute(config, device, executor, peaks, resident, graphs.enabled)
+    return SearchPlan(config, device, world, run_dir, dataset, schedule, executor, graphs, recompute,
+                      resume_state)

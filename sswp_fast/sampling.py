@@ -57,8 +57,8 @@ def sample_paths(alpha: torch.Tensor, *, mode: str = "two", skip_drop_prob: floa
         raise ValueError(f"alpha must have {NUM_CANDIDATES} candidates in its last dimension, got {alpha.shape}")
     logits = torch.log_softmax(alpha.detach().float(), dim=-1)
     batch = logits.shape[:-1]
-    parametric = torch.full_like(logits, float("-inf"))
-    parametric[..., list(PARAMETRIC_INDICES)] = logits[..., list(PARAMETRIC_INDICES)]
+    parametric = logits.clone()  # a slice filled in place: a list index would copy the list to the device
+    parametric[..., :PARAMETRIC_INDICES[0]].fill_(float("-inf"))  # (the parametric ops are the last candidates)
     draws = 2 if mode == "two" else 1
 
     def draw(source: torch.Tensor) -> torch.Tensor:

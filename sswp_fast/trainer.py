@@ -153,7 +153,8 @@ class SearchRun:
         self.schedule = plan.schedule
         distributed.init(world, self.device)
         torch.manual_seed(config.seed)
-        self.engine = SearchEngine(plan.engine_config, self.dataset.num_classes, self.device, world, plan.executor)
+        self.engine = SearchEngine(plan.engine_config, self.dataset.num_classes, self.device, world, plan.executor,
+                                   plan.graphs)
         self.memory_choice: RecomputeChoice | None = None
         if config.max_memory is not None:
             self.memory_choice = choose_recompute(self.engine, config.batch_size // world.size,
@@ -177,6 +178,7 @@ class SearchRun:
             self.log.info(_namespace_line(config, self.run_dir, self.schedule, self.dataset.num_classes))
             self.log.info("train lines: step, " + TRAIN_COLUMNS[config.data_mode] + "; means since the epoch began")
         self.log.info(f"executor: {plan.executor.describe()}")
+        self.log.info(f"cuda graphs: {plan.graphs.describe()}")
         if self.memory_choice is not None:
             self.log.info(self.memory_choice.describe(config.max_memory))
         else:
@@ -191,7 +193,8 @@ class SearchRun:
             self.progress = Progress(config.progress, config.epochs, self.start_epoch)
         else:
             self.metrics = self.alpha_history = self.tensorboard = self.progress = Silent()
-        self.progress.message(f"executor: {plan.executor.describe()}; recompute {self.recompute_mode}\n")
+        self.progress.message(f"executor: {plan.executor.describe()}; recompute {self.recompute_mode}; cuda graphs "
+                              f"{'on' if plan.graphs.enabled else 'off'}\n")
 
     @property
     def recompute_mode(self) -> str:
