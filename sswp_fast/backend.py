@@ -3,12 +3,12 @@ path kept on the device, :mod:`sswp_fast.dispatch`, with the Triton kernels of `
 PyTorch executor (the path read on the host once a step, PyTorch ops), from ``--kernels``, ``--compile`` and
 the ``SSWP_FAST_KERNELS`` environment variable.
 
-``auto`` never refuses: it takes the device executor on CUDA devices (when triton is installed) if that executor
-supports every feature the run asks for (:data:`DEVICE_EXECUTOR_LIMITS`), and the PyTorch executor otherwise,
-and says why. An explicit ``--kernels triton`` (or ``--compile``, which runs the device executor) with a
-feature the device executor lacks is a one-line error. ``SSWP_FAST_KERNELS`` stands in for ``--kernels auto``
-only: an explicit flag wins. Triton on CPU tensors runs only under the Triton interpreter (``TRITON_INTERPRET=1``,
-exported before the process starts): far too slow for real runs, it is how CI checks the kernels.
+``auto`` never refuses: it takes the device executor on CUDA devices when triton is installed, and the PyTorch
+executor otherwise, and says why. ``--compile`` runs the device executor's steps under ``torch.compile``; with a
+feature those compiled steps lack (:data:`COMPILED_STEP_LIMITS`) it is a one-line error.
+``SSWP_FAST_KERNELS`` stands in for ``--kernels auto`` only: an explicit flag wins. Triton on CPU tensors runs only
+under the Triton interpreter (``TRITON_INTERPRET=1``, exported before the process starts): far too slow for real
+runs, it is how CI checks the kernels.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def interpreter_on() -> bool:
 
 @dataclass(frozen=True)
 class Limit:
-    """A feature the device executor lacks: the flag that asks for it, a test on (config, processes), why, and
-    how to do without it."""
+    """A feature the compiled steps lack: the flag that asks for it, a test on (config, processes), why, and how
+    to do without it."""
 
     flag: str
     asked: Callable[[SearchConfig, int], bool]
@@ -50,19 +50,13 @@ class Limit:
     instead: str
 
 
-DEVICE_EXECUTOR_LIMITS: tuple[Limit, ...] = (
-    Limit("--amp fp16", lambda c, n: c.amp == "fp16",
-          "its masked bank update does not unscale fp16 loss-scaled gradients yet", "use --amp bf16"),
-)
-"""What the device executor cannot run yet; ``auto`` takes the PyTorch executor for these (README table)."""
-
 COMPILED_STEP_LIMITS: tuple[Limit, ...] = (
     Limit("--amp", lambda c, n: c.amp != "off", "its compiled steps are float32 only (not yet built or tested "
           "under autocast)", "pass --amp off"),
     Limit("torchrun (several processes)", lambda c, n: n > 1,
           "its compiled steps do not synchronise BatchNorm across processes yet", "run in a single process"),
 )
-"""What ``--compile`` (the device executor's steps under ``torch.compile``) cannot run besides those."""
+"""What ``--compile`` (the device executor's steps under ``torch.compile``) cannot run."""
 
 
 @dataclass(frozen=True)
@@ -79,13 +73,8 @@ class Executor:
         return "device" if self.dispatch else "torch"
 
     def describe(self) -> str:
-        """``executor: torch (device executor lacks --weight_optm adam)``-style text for logs and plans."""
+        """``executor: torch (cpu device: the Triton kernels run on CUDA)``-style text for logs and plans."""
         return f"{self.name} ({self.reason})"
-
-
-def missing_features(config: SearchConfig, processes: int) -> list[Limit]:
-    """The features a run of ``config`` on ``processes`` processes asks for that the device executor lacks."""
-    return [limit for limit in DEVICE_EXECUTOR_LIMITS if limit.asked(config, processes)]
 
 
 def _requested_kernels(choice: str) -> tuple[str, str]:
@@ -118,38 +107,28 @@ def resolve_kernels(choice: str, device: torch.device | str) -> str:
     return choice
 
 
-def _refuse(what: str, lacking: list[Limit], fix: str) -> None:
-    limit = lacking[0]
-    raise ConfigError(f"{what} runs the device executor, which lacks {limit.flag} ({limit.why}); {fix}")
-
-
 def choose_executor(config: SearchConfig, device: torch.device | str, processes: int = 1) -> Executor:
     """The executor of a search ``config`` on ``device`` with ``processes`` processes (see the module docstring);
-    a one-line :class:`ConfigError` only when an explicit choice cannot run the requested features."""
+    a one-line :class:`ConfigError` only when ``--compile`` cannot run the requested features."""
     device = torch.device(device)
     choice, source = _requested_kernels(config.kernels)
-    lacking = missing_features(config, processes)
     if config.compile != "off":
-        lacking = [limit for limit in COMPILED_STEP_LIMITS if limit.asked(config, processes)] + lacking
-        if lacking:
-            _refuse(f"--compile {config.compile}", lacking, f"drop --compile or {lacking[0].instead}")
+        for limit in COMPILED_STEP_LIMITS:
+            if limit.asked(config, processes):
+                raise ConfigError(f"--compile {config.compile} runs the device executor's compiled steps, which lack "
+                                  f"{limit.flag} ({limit.why}); drop --compile or {limit.instead}")
         kernels = resolve_kernels(config.kernels, device)
         return Executor(kernels, True, f"--compile {config.compile} runs the device executor"
                         + (" with the Triton kernels" if kernels == "triton" else " with PyTorch kernels"))
     if choice == "torch":
         return Executor("torch", False, f"{source} torch")
     if choice == "triton":
-        if lacking:
-            _refuse(f"{source} triton", lacking, f"use --kernels auto (which takes the PyTorch executor for it) "
-                    f"or {lacking[0].instead}")
         _check_triton_runs(device, source)
         return Executor("triton", True, f"{source} triton")
     if device.type != "cuda":
         return Executor("torch", False, f"{device.type} device: the Triton kernels run on CUDA")
     if not triton_installed():
         return Executor("torch", False, "triton is not installed")
-    if lacking:
-        return Executor("torch", False, "device executor lacks " + ", ".join(limit.flag for limit in lacking))
     return Executor("triton", True, "CUDA device with Triton: the sampled path stays on the device")
 
 

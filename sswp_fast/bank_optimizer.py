@@ -72,6 +72,13 @@ class MaskedBankUpdate:
                     step.copy_(entry["step"]) if "step" in entry else step.zero_()
                     entry["step"] = step
 
+    @property
+    def param_groups(self) -> list[dict]:
+        """Every tensor whose gradient a step reads, the optimizer's parameters and the banks, as one group: what
+        :class:`torch.amp.GradScaler` unscales and checks for infs (``--amp fp16``), so that an overflow anywhere
+        skips the whole step, as on the PyTorch executor. ``scaler.step(update, active)`` calls :meth:`step`."""
+        return [{"params": [*self.optimizer.param_groups[0]["params"], *self.banks.leaves()]}]
+
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         for leaf in self.banks.leaves():

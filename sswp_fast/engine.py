@@ -373,12 +373,10 @@ class SearchEngine:
             self.weight_optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(result.loss).backward()
         average_gradients(self.clip_params + ([plan.gates] if plan.gates is not None else []), self.world)
-        self.scaler.unscale_(self.weight_optimizer)
+        update, path = (self.weight_optimizer, ()) if self.masked_update is None else (self.masked_update, (active,))
+        self.scaler.unscale_(update)  # (fp16) the banks' gradients too: an overflow anywhere skips the whole step
         nn.utils.clip_grad_norm_(self.clip_params, self.config.grad_clip)
-        if self.masked_update is not None:
-            self.masked_update.step(active)
-        else:
-            self.scaler.step(self.weight_optimizer)
+        self.scaler.step(update, *path)
         self.scaler.update()
         if plan.gates is not None and self.gate_grad_sum is not None:
             self._accumulate(plan.gates.grad)

@@ -29,9 +29,9 @@ def _config(**overrides) -> SearchConfig:
 def test_compile_flag_values_and_combinations_are_checked() -> None:
     with pytest.raises(ConfigError, match="--compile must be off, default or max-autotune"):
         _config(compile="fast")
-    with pytest.raises(ConfigError, match=r"lacks --amp .*drop --compile or pass --amp off"):
+    with pytest.raises(ConfigError, match=r"lack --amp .*drop --compile or pass --amp off"):
         SearchEngine(_config(compile="default", amp="bf16"), 10)
-    with pytest.raises(ConfigError, match="lacks torchrun .*drop --compile or run in a single process"):
+    with pytest.raises(ConfigError, match="lack torchrun .*drop --compile or run in a single process"):
         SearchEngine(_config(compile="default"), 10, "cpu", World(0, 2, 0))
 
 

@@ -95,19 +95,20 @@ def _relative_error(values, exact) -> float:
     return ((flat - reference).norm() / reference.norm()).item()
 
 
-def test_bf16_autocast_cell_is_as_accurate_as_the_module_path():
-    """``--amp bf16``: a reduction cell (every op, recompute of each slot group in its backward) under bf16
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_autocast_cell_is_as_accurate_as_the_module_path(dtype):
+    """``--amp bf16`` / ``fp16``: a reduction cell (every op, recompute of each slot group in its backward) under
     autocast, on the device executor and on the module path, each against the module path in float32: the
     device executor's relative error in the output, the gradients and the running statistics is at most twice the
-    module path's (+1e-3). bf16 keeps 8 bits, so both errors are about 1e-2; the bound is relative to what
-    PyTorch's own bf16 path gives, not one CPU's outcome."""
+    module path's (+1e-3). bf16 keeps 8 bits (fp16 11), so the errors are about 1e-2 (1e-3); the bound is
+    relative to what PyTorch's own autocast path gives, not one CPU's outcome."""
     cell, s0, s1 = cell_and_inputs(True, False)
     exact_cell, module_cell = copy.deepcopy(cell), copy.deepcopy(cell)
     bind_cell(cell)
     active = torch.tensor(EVERY_OP)
     exact = outputs_and_grads(lambda c, a, b: c(a, b, EVERY_OP), exact_cell, s0, s1)
     dy = exact[2]
-    with torch.autocast("cpu", torch.bfloat16):
+    with torch.autocast("cpu", dtype):
         ours = outputs_and_grads(lambda c, a, b: run_cell(c, NODE_EDGES, a, b, active), cell, s0, s1, dy)
         module = outputs_and_grads(lambda c, a, b: c(a, b, EVERY_OP), module_cell, s0, s1, dy)
     stats = [[t for k, t in c.state_dict().items() if "running" in k] for c in (cell, module_cell, exact_cell)]

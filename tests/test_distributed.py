@@ -123,5 +123,5 @@ def test_bad_multi_process_configurations_are_named(monkeypatch) -> None:
     assert shard(8, World(1, 2, 1)) == slice(4, 8)
     assert shard(7, World(1, 2, 1)) == slice(3, 6)  # a short last batch: equal parts, one row left out
     config = SearchConfig(layers=3, init_channels=4, batch_size=8, dataset="digits", compile="default").resolved()
-    with pytest.raises(ConfigError, match="which lacks torchrun"):
+    with pytest.raises(ConfigError, match="which lack torchrun"):
         SearchEngine(config, 10, "cpu", World(0, 2, 0))

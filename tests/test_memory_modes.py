@@ -142,7 +142,8 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
 
 
-@pytest.mark.parametrize(("amp", "executor"), [("bf16", "torch"), ("fp16", "torch"), ("bf16", "device")])
+@pytest.mark.parametrize(("amp", "executor"), [("bf16", "torch"), ("fp16", "torch"), ("bf16", "device"),
+                                               ("fp16", "device")])
 def test_amp_steps_follow_the_float32_steps(amp: str, executor: str, one_torch_thread, monkeypatch) -> None:
     """Along a float32 search trajectory, every mixed-precision step taken from the same state gives the float32
     loss (1%), moves the weights in the float32 direction (cosine), and measures the float32 gate gradients
@@ -201,6 +202,34 @@ def test_amp_steps_follow_the_float32_steps(amp: str, executor: str, one_torch_t
     assert all(p.dtype == torch.float32 for p in low.net.parameters())
 
 
+def test_fp16_overflow_in_a_bank_gradient_skips_the_whole_device_executor_step(one_torch_thread,
+                                                                              monkeypatch) -> None:
+    """Under ``--amp fp16`` the loss scaler checks the banks' gradients with the other weights': an inf in one
+    cell's bank leaves every weight (stem and head included) and the momentum as they were and halves the scale,
+    as ``GradScaler`` does on the PyTorch executor; the next, finite step moves them."""
+    from sswp_fast import dispatch
+    from sswp_fast.backend import Executor
+
+    monkeypatch.setitem(dispatch.runs_on_triton.__globals__, "INTERPRETED", False)
+    engine = SearchEngine(tiny_config(batch_size=8, temperature=0.5, amp="fp16"), 10,
+                          executor=Executor("triton", True, "test: the device executor"))
+    weights = lambda: torch.cat([p.detach().flatten() for p in engine.net.weight_parameters()])  # noqa: E731
+    for i in range(10):  # the scale falls from 2^16 until the gradients fit in fp16 and a step is taken
+        before = weights()
+        engine.weight_step(_batch(i), warmup=False)
+        if not torch.equal(weights(), before):
+            break
+    before, scale = weights(), engine.scaler.get_scale()
+    momentum = engine.masked_update.state["momentum_buffer"].clone()
+    hook = engine.masked_update.banks.leaves()[-1].register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    engine.weight_step(_batch(20), warmup=False)
+    hook.remove()
+    assert torch.equal(weights(), before) and engine.scaler.get_scale() == scale / 2
+    assert torch.equal(engine.masked_update.state["momentum_buffer"], momentum)
+    engine.weight_step(_batch(21), warmup=False)
+    assert not torch.equal(weights(), before)
+
+
 def test_amp_trajectory_stays_near_the_float32_one(one_torch_thread) -> None:
     """A short bf16 search keeps the float32 losses within 5%. Alphas are not compared: each arch step moves an
     alpha by ±lr after the sign of a gradient bf16 may flip where it is near zero (see above), and the next paths
@@ -237,7 +266,6 @@ def test_fp16_state_round_trips_its_loss_scale() -> None:
 
 
 @pytest.mark.parametrize(("overrides", "words"), [
-    (dict(amp="fp16", kernels="triton"), "which lacks --amp fp16"),
     (dict(recompute="cell", compile="default"), "--compile"),
 ])
 def test_engine_refuses_combinations_it_cannot_run(overrides: dict, words: str) -> None:

@@ -54,7 +54,7 @@ CASES = [
     (["--data_path", "DATA", "--layers", "2", "--note", "typo"], "--layers must be at least 3"),
     (["--data_path", "DATA", "--init_channels", "7", "--note", "typo"], "--init_channels must be an even number"),
     (["--data_path", "DATA", "--train_ratio", "1.0", "--note", "typo"], "--train_ratio"),
-    (["--data_path", "DATA", "--kernels", "triton", "--amp", "fp16", "--note", "typo"], "which lacks"),
+    (["--data_path", "DATA", "--cuda_graphs", "on", "--note", "typo"], "--cuda_graphs on cannot capture"),
     (["--data_path", "DATA", "--device", "tpu", "--note", "typo"], "--device 'tpu' is not a device"),
     (["--data_path", "DATA", "--note", "typo", "--resume"], "no resume.pth.tar"),
     (["--data_path", "DATA", "--note", "exp1"], "already exists; pass --resume"),

@@ -104,7 +104,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch)
     (["--resume"], "--resume"),
     (["--recompute", "layer"], "--recompute must be one of"),
     (["--max_memory", "4", "--recompute", "cell"], "drop --recompute cell"),
-    (["--amp", "fp16", "--kernels", "triton"], "which lacks --amp fp16"),
+    (["--cuda_graphs", "on"], "use --cuda_graphs auto"),
 ])
 def test_bad_input_gives_one_clear_line(tmp_path, monkeypatch, capsys, args, message) -> None:
     monkeypatch.chdir(tmp_path)

@@ -40,7 +40,7 @@ def test_auto_captures_on_cuda_with_the_device_executor_and_says_why_not_elsewhe
     assert (cuda.enabled, cuda.strict) == (True, False)
     assert _choice("cuda", cuda_graphs="on").strict
     for choice, why in ((_choice("cpu"), "cpu device"), (_choice("cuda", kernels="torch"), "PyTorch executor"),
-                        (_choice("cuda", 2), "torchrun"), (_choice("cuda", amp="fp16"), "PyTorch executor"),
+                        (_choice("cuda", 2), "torchrun"), (_choice("cuda", amp="fp16"), "loss scaler"),
                         (_choice("cuda", cuda_graphs="off"), "--cuda_graphs off")):
         assert not choice.enabled and why in choice.reason
     bf16 = _choice("cuda", amp="bf16", weight_optm="adam", prune_edges=True)
