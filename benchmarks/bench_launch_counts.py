@@ -14,9 +14,9 @@ Triton kernel launch counted too. Reported per step:
 * ``flops``: the floating-point operations executed, counted as ``torch.utils.flop_counter`` counts them
   (convolutions and matrix products, forward and backward; a convolution's backward as its forward once per
   gradient, see :func:`_convolution_backward_flops`) plus pooling (k² per output element) and the Triton
-  ``sswp_fast::sampled_dwpw`` ops (the variant each slot ran); the "× sampled" column divides a row's FLOPs by
-  ``sampled_flops``, those of the PyTorch executor's same step along the path the row's step sampled, which runs
-  each of the path's ops once (not counted for the reference);
+  ``sswp_fast::sampled_dwpw`` and ``sswp_fast::sampled_pool`` ops (the variant or pool each slot ran); the
+  "× sampled" column divides a row's FLOPs by ``sampled_flops``, those of the PyTorch executor's same step along
+  the path the row's step sampled, which runs each of the path's ops once (not counted for the reference);
 * ``bytes``: the bytes of every operand and result of each launch, each counted whole (no cache reuse): an upper
   bound of a step's memory traffic.
 
@@ -91,6 +91,14 @@ def _sampled_dwpw_flops(out_shape, variant: torch.Tensor, variants: list[int]) -
     return sum(2 * n * ho * wo * c * (variants[3 * v] ** 2 + c) for v in chosen if v >= 0)
 
 
+def _sampled_pool_flops(out_shape, pool: torch.Tensor) -> int:
+    """k² = 9 per output element of each slot that pools (an idle slot adds none)."""
+    n, gc, ho, wo = out_shape
+    with _disable_current_modes():
+        pooling = int((pool >= 0).sum())
+    return 9 * n * ho * wo * (gc // pool.numel()) * pooling
+
+
 def _convolution_backward_flops(args) -> int:
     """The forward convolution's FLOPs once per gradient it computes (input, weight). ``flop_counter``'s own formula
     drops the groups from the weight gradient, counting a depthwise convolution's about C times over."""
@@ -116,6 +124,10 @@ def _flops(func, args, kwargs, out) -> int:
         return _sampled_dwpw_flops(out.shape, args[1], args[3])
     if name == "sswp_fast.sampled_dwpw_backward":  # input and weight gradients: twice the forward's
         return 2 * _sampled_dwpw_flops(args[0].shape, args[2], args[4])
+    if name == "sswp_fast.sampled_pool":
+        return _sampled_pool_flops(out.shape, args[1])
+    if name == "sswp_fast.sampled_pool_backward":  # as ATen's pooling backward: k² per output gradient element
+        return _sampled_pool_flops(args[0].shape, args[2])
     return 0
 
 

@@ -216,6 +216,9 @@ class CellBanks:
         self.second_variant = torch.tensor([-1] * BANK_ROWS, device=weights.device)
         self.second_variant[list(SEP_INDICES)] = torch.arange(len(SEP_INDICES), device=weights.device)
         """By op (-1 last): the variant of a ``sep_conv``'s second half, -1 for the other ops."""
+        self.pool_kind = torch.tensor([-1] * BANK_ROWS, device=weights.device)
+        self.pool_kind[list(POOL_INDICES)] = torch.arange(len(POOL_INDICES), device=weights.device)
+        """By op (-1 last): the :func:`~sswp_fast.kernels.sampled_pool.sampled_pool` kind, -1 for the other ops."""
 
     def bound_params(self) -> list[tuple[nn.Parameter, int]]:
         """The per-edge parameters this cell's banks hold, with their offsets in :attr:`weights`."""

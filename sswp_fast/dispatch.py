@@ -9,8 +9,9 @@ A node's incoming edges (its *slots*; in a reduction cell, those at stride 2 and
 are stacked along channels, ``[N, G*C, H, W]``, and evaluated together:
 
 1. first stage of every slot's op, chosen per slot by its index: the separable/dilated convolutions' first
-   ReLU + depthwise + pointwise half in one launch for all slots (:mod:`sswp_fast.kernels.sampled_dwpw`); the
-   pools and the stride-2 skip (factorized reduce) for all slots at once; the stride-1 skip is the input;
+   ReLU + depthwise + pointwise half in one launch for all slots (:mod:`sswp_fast.kernels.sampled_dwpw`), the
+   max or average pool in another (:mod:`sswp_fast.kernels.sampled_pool`), each leaving the other slots zero;
+   the stride-2 skip (factorized reduce) for all slots at once; the stride-1 skip is the input;
 2. BatchNorm of every slot over the G*C channels (Triton kernels): each slot's running statistics are read and
    updated in the bank row of the op it ran (and one more batch counted there) by the statistics launch itself;
    under ``torchrun`` the group's batch statistics are first reduced over the processes in one all-reduce;
@@ -18,8 +19,8 @@ are stacked along channels, ``[N, G*C, H, W]``, and evaluated together:
 4. the node is the sum of its slots (weighted by the one-hot gates when gate gradients are measured).
 
 With ``--recompute edge`` (this executor's default) a group keeps under autograd only its stacked input: the
-backward pass evaluates it again and differentiates that, so no slot's intermediate activation, and no pool of a
-slot that did not pool, is stored (:mod:`sswp_fast.recompute` has the other modes).
+backward pass evaluates it again and differentiates that, so no slot's intermediate activation is stored
+(:mod:`sswp_fast.recompute` has the other modes).
 
 The weights and statistics live in persistent banks (:mod:`sswp_fast.banks`), which the per-edge modules view:
 nothing is stacked or written back per call. Autograd gives every bank a gradient, zero in the rows of ops that
@@ -51,7 +52,8 @@ from .distributed import sum_over_ranks
 from .kernels._common import runs_on_triton
 from .kernels.batchnorm import batch_norm, bn_banked_reference
 from .kernels.sampled_dwpw import Variant, sampled_dwpw
-from .ops import PARAMETRIC_INDICES, POOL_INDICES, SKIP_INDEX
+from .kernels.sampled_pool import sampled_pool
+from .ops import PARAMETRIC_INDICES, SKIP_INDEX
 
 
 @dataclass(frozen=True)
@@ -59,22 +61,25 @@ class Selection:
     """A cell's path as the masks and kernel indices its slot groups read, made once per cell (a few launches
     for all its edges) and sliced per group (views): ``ops`` ``[E]`` (-1: a dropped edge), ``first`` / ``second``
     the :func:`sampled_dwpw` variant of each edge's first stage and of a ``sep_conv``'s second half (negative:
-    none), ``is_op`` ``[E, 8]`` whether each edge runs op ``k`` (column :data:`DROPPED`: dropped) and ``is_sep``."""
+    none), ``pool`` its :func:`sampled_pool` kind (negative: none), ``is_op`` ``[E, 8]`` whether each edge runs
+    op ``k`` (column :data:`DROPPED`: dropped) and ``is_sep``."""
 
     ops: torch.Tensor
     first: torch.Tensor
     second: torch.Tensor
+    pool: torch.Tensor
     is_op: torch.Tensor
     is_sep: torch.Tensor
 
     @staticmethod
     def of(ops: torch.Tensor, banks: CellBanks) -> Selection:
         is_op = ops[:, None] == banks.columns
-        return Selection(ops, ops - PARAMETRIC_INDICES[0], banks.second_variant[ops], is_op,
+        return Selection(ops, ops - PARAMETRIC_INDICES[0], banks.second_variant[ops], banks.pool_kind[ops], is_op,
                          is_op[:, SEP_INDICES[0]] | is_op[:, SEP_INDICES[1]])
 
     def __getitem__(self, edges: slice) -> Selection:
-        return Selection(*(t[edges] for t in (self.ops, self.first, self.second, self.is_op, self.is_sep)))
+        return Selection(*(t[edges] for t in (self.ops, self.first, self.second, self.pool, self.is_op,
+                                              self.is_sep)))
 
 
 def _batch_norm(x: torch.Tensor, ops: torch.Tensor, stats: BatchStats, affine: tuple[torch.Tensor, torch.Tensor] | None,
@@ -166,10 +171,7 @@ class _SlotGroup:
         def slots(t: torch.Tensor) -> torch.Tensor:
             return t.reshape(n, g, c, ho, wo)
 
-        pre = slots(conv)
-        for op in POOL_INDICES:
-            pooled = self.ops[0][op][0](x)  # every slot through the same (parameter-free) pool
-            pre = torch.where(chosen(op), slots(pooled), pre)
+        pre = slots(conv + sampled_pool(x, path.pool, self.stride))  # each is zero where the other's op runs
         if self.stride != 1:
             pre = torch.where(chosen(SKIP_INDEX), slots(self._factorized_reduce(x, banks.reduce)), pre)
         out = slots(_batch_norm(pre.reshape(n, g * c, ho, wo), path.ops, banks.stats1, banks.bn1, self.bn,
