@@ -11,9 +11,10 @@ import pytest
 from sswp_fast.backend import KERNELS_ENV
 from sswp_fast.cli import main
 
-SHORT = ["--dataset", "digits", "--epochs", "2", "--epoch_ratios", "0.5,0.5,0.0,0.0", "--min_warmup", "0",
+SHORT = ["--dataset", "digits", "--epochs", "2", "--epoch_ratios", "0.0,1.0,0.0,0.0", "--min_warmup", "0",
          "--layers", "3", "--init_channels", "4", "--batch_size", "2", "--steps_per_epoch", "1",
-         "--update_arch_every", "1", "--progress", "off", "--memory_format", "contiguous", "--device", "cpu"]
+         "--update_arch_every", "1", "--progress", "off", "--memory_format", "contiguous", "--device", "cpu",
+         "--debug"]  # --debug: the last epoch validates on 200 test images, not 359
 
 
 def trajectory(run) -> tuple[list[float], np.ndarray]:
@@ -22,7 +23,7 @@ def trajectory(run) -> tuple[list[float], np.ndarray]:
         return [m["train_loss"] for m in metrics], history["alpha"]
 
 
-@pytest.mark.slow  # minutes in the interpreter (about 0.5 s per Triton launch): a warm-up step, then one search epoch
+@pytest.mark.slow  # minutes in the interpreter: a weight and an arch step, then the last epoch (cells frozen)
 def test_triton_kernels_follow_the_pytorch_search(tmp_path, monkeypatch, capsys) -> None:
     pytest.importorskip("triton")
     monkeypatch.chdir(tmp_path)
@@ -33,5 +34,5 @@ def test_triton_kernels_follow_the_pytorch_search(tmp_path, monkeypatch, capsys)
     triton_loss, triton_alpha = trajectory(tmp_path / "exps/exp/search-triton")
     assert len(triton_loss) == 2
     np.testing.assert_allclose(triton_loss, torch_loss, rtol=1e-4, atol=1e-4)
-    assert np.abs(torch_alpha[-1] - torch_alpha[0]).max() > 5e-4, "the arch step must have moved the alphas"
+    assert np.abs(torch_alpha[0]).max() > 5e-4, "the first epoch's arch step must have moved the alphas from zero"
     np.testing.assert_allclose(triton_alpha, torch_alpha, rtol=1e-3, atol=1e-5)
