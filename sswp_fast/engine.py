@@ -17,7 +17,9 @@ With the Triton kernels (``kernels="triton"``) the sampled path never leaves the
 the device-side dispatch executor (:mod:`sswp_fast.dispatch`) and the same results come from the same launches
 whatever was sampled; otherwise the path is read on the host once per step and only the sampled modules run.
 ``compile`` (``--compile``) runs the steps' forward pass and loss under ``torch.compile`` on the dispatch
-executor (:mod:`sswp_fast.step_compiler`).
+executor (:mod:`sswp_fast.step_compiler`). On CUDA the dispatch executor's whole steps are captured as CUDA
+graphs and replayed (``--cuda_graphs``, :mod:`sswp_fast.step_graphs`); everything a step updates is updated in
+place, which is what a replayed graph needs.
 """
 
 from __future__ import annotations
@@ -106,9 +108,8 @@ class SearchEngine:
         to the steps are then this rank's slice of every view. ``executor``: the executor to run, by default the
         one :func:`~sswp_fast.backend.choose_executor` picks for ``config`` on ``device``; ``graphs``: whether
         the steps are captured as CUDA graphs, by default :func:`~sswp_fast.backend.choose_graphs`'s answer.
-        ``--recompute auto``
-        is the executor's default here (``none``, or ``edge`` on the device executor); the search command
-        resolves it by memory first (:mod:`sswp_fast.memory_model`)."""
+        ``--recompute auto`` is the executor's default here (``none``, or ``edge`` on the device executor); the
+        search command resolves it by memory first (:mod:`sswp_fast.memory_model`)."""
         self.config = config
         self.device = torch.device(device)
         self.world = world
