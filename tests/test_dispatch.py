@@ -95,7 +95,8 @@ def _relative_error(values, exact) -> float:
     return ((flat - reference).norm() / reference.norm()).item()
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, pytest.param(torch.float16, marks=pytest.mark.slow)],
+                         ids=["bf16", "fp16"])
 def test_autocast_cell_is_as_accurate_as_the_module_path(dtype):
     """``--amp bf16`` / ``fp16``: a reduction cell (every op, recompute of each slot group in its backward) under
     autocast, on the device executor and on the module path, each against the module path in float32: the
@@ -176,6 +177,7 @@ class OpTrace(TorchDispatchMode):
         return [op for op in self.ops if op.startswith(self.SYNCS)]
 
 
+@pytest.mark.slow  # a reduction cell forward and backward twice in the interpreter
 def test_the_step_never_reads_the_path_and_runs_the_same_operators_whatever_was_sampled():
     cell, s0, s1 = cell_and_inputs(True, False)
     banks = bind_cell(cell)

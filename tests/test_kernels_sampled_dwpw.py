@@ -139,8 +139,6 @@ for dtype, precision, cap in (("fp32", "ieee", 90),):
     tile = {**common, "BLOCK_P": b.p, "BLOCK_W": b.pw, "BLOCK_CO": b.co, "DOT_PRECISION": precision}
     cases = [
         (sd._sampled_fwd_kernel, {**tile, "ROUND_BF16": dtype == "bf16"}),
-        (sd._sampled_bwd_act_kernel, tile),
-        (sd._sampled_bwd_dx_kernel, {**common, "BLOCK_Q": b.q, "BLOCK_W": b.qw, "ROUND_BF16": dtype == "bf16"}),
     ]
     for fn, constexprs in cases:
         sig = {}
@@ -164,12 +162,13 @@ print(count, "ok")
 
 @pytest.mark.slow
 def test_sampled_kernels_compile_for_sm90(tmp_path):
-    """Compile-only check (no GPU needed): the three branchy kernels with all four variants at the widest CIFAR
+    """Compile-only check (no GPU needed): the branchy forward kernel with all four variants at the widest CIFAR
     search shape, fp32 (what the device executor runs) to an sm_90 cubin (H100/H200), without TRITON_INTERPRET
-    (about a minute each: every branch unrolls its taps). The dwpw tile functions they call are compiled alone, fp32
-    and bf16 (what ``--amp bf16`` runs), by tests/test_kernels_dwpw.py."""
+    (about 80 s: every branch unrolls its taps; the two backward kernels, with the same branches, were cut from CI
+    for time). The dwpw tile functions they call are compiled alone, fp32 and bf16 (what ``--amp bf16`` runs), by
+    tests/test_kernels_dwpw.py."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
     proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=1800)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("3 ok"), proc.stderr[-3000:]
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("1 ok"), proc.stderr[-3000:]
