@@ -73,3 +73,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tier's longest tests first, by their ``@pytest.mark.slow(seconds=...)`` estimate (measured on the
+    2-core CI machine; unmarked: 0), so that ``.ci/run``'s work-stealing workers start them at once and share the
+    short ones out while they run. Only the order changes; the fast tier, with no estimates, keeps its own."""
+
+    def seconds(item: pytest.Item) -> float:
+        slow = item.get_closest_marker("slow")
+        return slow.kwargs.get("seconds", 0) if slow else 0
+
+    items.sort(key=seconds, reverse=True)

@@ -29,7 +29,7 @@ def run(command: list[str], cwd: Path, timeout: int) -> None:
     assert result.returncode == 0, f"{' '.join(command)} failed ({result.returncode}):\n{output}"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=65)
 def test_cmake_builds_the_ops_and_ctest_passes(tmp_path: Path) -> None:
     cmake, ninja, ctest = find_tool("cmake"), find_tool("ninja"), find_tool("ctest")
     if not (cmake and ctest):

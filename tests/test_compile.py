@@ -54,7 +54,7 @@ def test_the_first_step_of_each_graph_is_announced() -> None:
     assert not SearchEngine(_config(), 10).will_compile("weight")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=100)
 def test_compiled_search_follows_the_eager_search_with_a_bounded_number_of_graphs(tmp_path, monkeypatch) -> None:
     """A whole run through every phase (warm-up, search, pruning) with ``--compile``: the same losses, alphas and
     weights as the eager run (float64, so that only real differences show), one graph for the weight step and

@@ -141,7 +141,7 @@ def test_probing_gives_the_module_paths_gate_gradients():
     assert_states_equal(cell, twin)
 
 
-@pytest.mark.slow  # seven group evaluations per node in the interpreter
+@pytest.mark.slow(seconds=55)  # seven group evaluations per node in the interpreter
 def test_full_v2_probing_measures_all_seven_ops():
     cell, s0, s1 = cell_and_inputs(False, False)
     twin = copy.deepcopy(cell)

@@ -199,7 +199,7 @@ print(count, "ok")
 """
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=60)
 def test_kernels_compile_for_sm90(tmp_path):
     """Compile-only check for real GPUs (no GPU needed): the three kernels at the smallest and the widest CIFAR
     search shapes (most registers), fp32 and bf16, through Triton's CUDA backend to cubins for sm_90 (H100/H200,

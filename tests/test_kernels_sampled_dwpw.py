@@ -160,7 +160,7 @@ print(count, "ok")
 """
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=80)
 def test_sampled_kernels_compile_for_sm90(tmp_path):
     """Compile-only check (no GPU needed): the branchy forward kernel with all four variants at the widest CIFAR
     search shape, fp32 (what the device executor runs) to an sm_90 cubin (H100/H200), without TRITON_INTERPRET

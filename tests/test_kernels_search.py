@@ -18,7 +18,7 @@ def _batch(seed: int) -> Batch:
     return Batch((torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)))
 
 
-@pytest.mark.slow  # about two minutes in the interpreter: the step is ~1,000 Triton launches
+@pytest.mark.slow(seconds=100)  # about two minutes in the interpreter: the step is ~1,000 Triton launches
 def test_triton_kernels_follow_the_pytorch_weight_step(one_torch_thread) -> None:
     pytest.importorskip("triton")
     engines = []

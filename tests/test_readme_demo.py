@@ -24,7 +24,7 @@ sys.path.insert(0, str(README.parent / "benchmarks"))
 from bench_readme_demo import best_top1, demo_arguments, readme_commands  # noqa: E402
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=380)
 def test_readme_demo_search_writes_genotype_weights_and_metrics(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     args = demo_arguments()
