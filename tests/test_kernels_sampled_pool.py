@@ -9,15 +9,12 @@ CPU (tests/conftest.py), so shapes are small.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_compile import compiles_for_sm90
 
-from sswp_fast.kernels.sampled_pool import AVG, MAX, sampled_pool, sampled_pool_reference
+from sswp_fast.kernels.sampled_pool import _BLOCK_ELEMENTS, _MAX_BLOCK_R, AVG, MAX, sampled_pool, sampled_pool_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -92,34 +89,11 @@ def test_bf16_pools_round_like_pytorchs():
     assert torch.equal(y[:, :2].float(), ref_y[:, :2])
 
 
-_COMPILE_SCRIPT = r"""
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from sswp_fast.kernels import _common, sampled_pool as sp
-assert not _common.INTERPRETED
-count = 0
-for dtype in ("fp32",):
-    for fn in (sp._pool_fwd_kernel, sp._pool_bwd_kernel):
-        constexprs = {"STRIDE": 2, "BLOCK_P": sp._BLOCK_ELEMENTS // sp._MAX_BLOCK_R, "BLOCK_R": sp._MAX_BLOCK_R,
-                      "ROUND_BF16": dtype == "bf16"}
-        sig = {a: "constexpr" if a in constexprs else "*i64" if a == "pool_ptr" else f"*{dtype}"
-               if a.endswith("_ptr") else "i32" for a in fn.arg_names}
-        compiled = triton.compile(ASTSource(fn, sig, constexprs=constexprs), target=GPUTarget("cuda", 90, 32))
-        assert "cubin" in compiled.asm
-        count += 1
-print(count, "ok")
-"""
-
-
 @pytest.mark.slow
 def test_pool_kernels_compile_for_sm90(tmp_path):
     """Compile-only check (no GPU needed): both kernels, fp32 (what the device executor runs), with the widest
     block, to an sm_90 cubin, without the interpreter (about 40 s: the backward unrolls nine windows of nine
     taps)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    done = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().endswith("2 ok")
+    compiles_for_sm90(tmp_path, "sswp_fast.kernels.sampled_pool", {"_pool_fwd_kernel": {}, "_pool_bwd_kernel": {}},
+                      ("fp32",), {"STRIDE": 2, "BLOCK_P": _BLOCK_ELEMENTS // _MAX_BLOCK_R, "BLOCK_R": _MAX_BLOCK_R},
+                      ints=("pool_ptr",))
