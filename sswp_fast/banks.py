@@ -27,6 +27,7 @@ from math import prod
 import torch
 from torch import nn
 
+from .kernels.slot_sum import FIRST, NONE, SECOND, SKIP
 from .ops import CANDIDATES, NUM_CANDIDATES, PARAMETRIC_INDICES, POOL_INDICES, SKIP_INDEX, FactorizedReduce
 
 SEP_INDICES = (CANDIDATES.index("sep_conv_3x3"), CANDIDATES.index("sep_conv_5x5"))
@@ -219,6 +220,12 @@ class CellBanks:
         self.pool_kind = torch.tensor([-1] * BANK_ROWS, device=weights.device)
         self.pool_kind[list(POOL_INDICES)] = torch.arange(len(POOL_INDICES), device=weights.device)
         """By op (-1 last): the :func:`~sswp_fast.kernels.sampled_pool.sampled_pool` kind, -1 for the other ops."""
+        self.slot_source = torch.full((2, BANK_ROWS), FIRST, device=weights.device)
+        self.slot_source[:, list(SEP_INDICES)] = SECOND
+        self.slot_source[0, SKIP_INDEX] = SKIP  # at stride 2 the skip is a factorized reduce: a first stage
+        self.slot_source[:, -1] = NONE
+        """By stride (rows 1, 2) and op (-1 last): the :func:`~sswp_fast.kernels.slot_sum.slot_sum` source of
+        its output."""
 
     def bound_params(self) -> list[tuple[nn.Parameter, int]]:
         """The per-edge parameters this cell's banks hold, with their offsets in :attr:`weights`."""

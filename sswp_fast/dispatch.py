@@ -16,7 +16,10 @@ are stacked along channels, ``[N, G*C, H, W]``, and evaluated together:
    updated in the bank row of the op it ran (and one more batch counted there) by the statistics launch itself;
    under ``torchrun`` the group's batch statistics are first reduced over the processes in one all-reduce;
 3. the second half of ``sep_conv_*`` (one launch, the other slots idle) and its BatchNorm;
-4. the node is the sum of its slots (weighted by the one-hot gates when gate gradients are measured).
+4. the node's part is the sum over the slots of each slot's own output (the first stage, the second half, the
+   stride-1 skip or, for a dropped edge, nothing), weighted by the one-hot gates when gate gradients are
+   measured: one launch (:mod:`sswp_fast.kernels.slot_sum`), and one in the backward pass, which routes the
+   gradient to the stage each slot chose.
 
 With ``--recompute edge`` (this executor's default) a group keeps under autograd only its stacked input: the
 backward pass evaluates it again and differentiates that, so no slot's intermediate activation is stored
@@ -47,12 +50,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .banks import DROPPED, SEP_INDICES, BatchStats, CellBanks, GroupBanks, cell_banks
+from .banks import SEP_INDICES, BatchStats, CellBanks, GroupBanks, cell_banks
 from .distributed import sum_over_ranks
 from .kernels._common import runs_on_triton
 from .kernels.batchnorm import batch_norm, bn_banked_reference
 from .kernels.sampled_dwpw import Variant, sampled_dwpw
 from .kernels.sampled_pool import sampled_pool
+from .kernels.slot_sum import slot_sum
 from .ops import PARAMETRIC_INDICES, SKIP_INDEX
 
 
@@ -62,24 +66,25 @@ class Selection:
     for all its edges) and sliced per group (views): ``ops`` ``[E]`` (-1: a dropped edge), ``first`` / ``second``
     the :func:`sampled_dwpw` variant of each edge's first stage and of a ``sep_conv``'s second half (negative:
     none), ``pool`` its :func:`sampled_pool` kind (negative: none), ``is_op`` ``[E, 8]`` whether each edge runs
-    op ``k`` (column :data:`DROPPED`: dropped) and ``is_sep``."""
+    op ``k`` (column :data:`DROPPED`: dropped), and ``source`` / ``reduce_source`` the :func:`slot_sum` source
+    of its output at stride 1 / at stride 2."""
 
     ops: torch.Tensor
     first: torch.Tensor
     second: torch.Tensor
     pool: torch.Tensor
     is_op: torch.Tensor
-    is_sep: torch.Tensor
+    source: torch.Tensor
+    reduce_source: torch.Tensor
 
     @staticmethod
     def of(ops: torch.Tensor, banks: CellBanks) -> Selection:
-        is_op = ops[:, None] == banks.columns
-        return Selection(ops, ops - PARAMETRIC_INDICES[0], banks.second_variant[ops], banks.pool_kind[ops], is_op,
-                         is_op[:, SEP_INDICES[0]] | is_op[:, SEP_INDICES[1]])
+        return Selection(ops, ops - PARAMETRIC_INDICES[0], banks.second_variant[ops], banks.pool_kind[ops],
+                         ops[:, None] == banks.columns, *banks.slot_source[:, ops])
 
     def __getitem__(self, edges: slice) -> Selection:
         return Selection(*(t[edges] for t in (self.ops, self.first, self.second, self.pool, self.is_op,
-                                              self.is_sep)))
+                                              self.source, self.reduce_source)))
 
 
 def _batch_norm(x: torch.Tensor, ops: torch.Tensor, stats: BatchStats, affine: tuple[torch.Tensor, torch.Tensor] | None,
@@ -146,42 +151,49 @@ class _SlotGroup:
         depthwise = self.ops[0][op].halves()[half][0]
         return Variant(depthwise.kernel_size[0], depthwise.padding[0], depthwise.dilation[0])
 
-    def __call__(self, x: torch.Tensor, path: Selection, banks: GroupBanks, recompute: bool = True) -> torch.Tensor:
-        """``[N, G, C, Ho, Wo]``: slot ``g`` is op ``path.ops[g]`` of edge ``start + g`` on slot ``g`` of ``x``
-        ``[N, G*C, H, W]``, with the weights of ``banks``. With ``recompute``, under autograd only ``x`` (and the
-        banks, which are views of the parameters) is kept for the backward pass, which recomputes the rest
+    def __call__(self, x: torch.Tensor, path: Selection, banks: GroupBanks, scale: torch.Tensor | None = None,
+                 recompute: bool = True) -> torch.Tensor:
+        """``[N, C, Ho, Wo]``, the node's part from these edges: the sum over the slots ``g`` of op ``path.ops[g]``
+        of edge ``start + g`` on slot ``g`` of ``x`` ``[N, G*C, H, W]``, with the weights of ``banks``, each
+        times ``scale[g]`` when given. With ``recompute``, under autograd only ``x`` (and the banks, which are
+        views of the parameters, and ``scale``) is kept for the backward pass, which recomputes the rest
         (:class:`_Recomputed`)."""
         if torch.compiler.is_compiling():  # the compiler's partitioner decides what to recompute
-            return self.evaluate(x, path, banks)
+            return self.evaluate(x, path, banks, scale)
         weights = banks.weights()
-        if recompute and torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
-            return _Recomputed.apply(self, banks, x, path, *weights)
-        return self.evaluate(x, path, banks)
+        differentiable = [x, *weights] + ([] if scale is None else [scale])
+        if recompute and torch.is_grad_enabled() and any(t.requires_grad for t in differentiable):
+            return _Recomputed.apply(self, banks, x, path, scale, *weights)
+        return self.evaluate(x, path, banks, scale)
 
-    def evaluate(self, x: torch.Tensor, path: Selection, banks: GroupBanks, update: bool = True) -> torch.Tensor:
+    def evaluate(self, x: torch.Tensor, path: Selection, banks: GroupBanks, scale: torch.Tensor | None = None,
+                 update: bool = True) -> torch.Tensor:
         """:meth:`__call__` as plain autograd operations; ``update=False`` leaves the BN running statistics."""
+        return self.sum_slots(self.stages(x, path, banks, update), path, scale)
+
+    def sum_slots(self, stages: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], path: Selection,
+                  scale: torch.Tensor | None = None) -> torch.Tensor:
+        """The node's part from the :meth:`stages` of ``path``: each slot's own output, scaled, summed."""
+        return slot_sum(*stages, path.source if self.stride == 1 else path.reduce_source, scale)
+
+    def stages(self, x: torch.Tensor, path: Selection, banks: GroupBanks,
+               update: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Every slot's op up to its output, stacked ``[N, G*C, Ho, Wo]``: the first stage after its BatchNorm
+        (for a ``sep_conv``, the input of its second half), the ``sep_conv`` second half after its BatchNorm,
+        and at stride 1 the skip (``x``). Each slot's own output is one of them (``path.source``); the other
+        slots of each are zero or unused."""
         n, c, g = x.shape[0], self.channels, len(self.ops)
-
-        def chosen(op: int) -> torch.Tensor:
-            return path.is_op[:, op].view(1, g, 1, 1, 1)
-
         conv = sampled_dwpw(x, path.first, self.stride, self.variants, *banks.first)
         ho, wo = conv.shape[2:]
-
-        def slots(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(n, g, c, ho, wo)
-
-        pre = slots(conv + sampled_pool(x, path.pool, self.stride))  # each is zero where the other's op runs
+        pre = conv + sampled_pool(x, path.pool, self.stride)  # each is zero where the other's op runs
         if self.stride != 1:
-            pre = torch.where(chosen(SKIP_INDEX), slots(self._factorized_reduce(x, banks.reduce)), pre)
-        out = slots(_batch_norm(pre.reshape(n, g * c, ho, wo), path.ops, banks.stats1, banks.bn1, self.bn,
-                                banks.slots, update))
-        if self.stride == 1:
-            out = torch.where(chosen(SKIP_INDEX), slots(x), out)
-        conv2 = sampled_dwpw(out.reshape(n, g * c, ho, wo), path.second, 1, self.sep_variants, *banks.second)
-        out2 = slots(_batch_norm(conv2, path.ops, banks.stats2, banks.bn2, self.bn, banks.slots, update))
-        out = torch.where(path.is_sep.view(1, g, 1, 1, 1), out2, out)
-        return out.masked_fill(chosen(DROPPED), 0.0)  # a dropped edge adds nothing
+            skip = path.is_op[:, SKIP_INDEX].view(1, g, 1, 1, 1)
+            pre = torch.where(skip, self._factorized_reduce(x, banks.reduce).view(n, g, c, ho, wo),
+                              pre.view(n, g, c, ho, wo)).view(n, g * c, ho, wo)
+        first = _batch_norm(pre, path.ops, banks.stats1, banks.bn1, self.bn, banks.slots, update)
+        conv2 = sampled_dwpw(first, path.second, 1, self.sep_variants, *banks.second)
+        second = _batch_norm(conv2, path.ops, banks.stats2, banks.bn2, self.bn, banks.slots, update)
+        return first, second, x if self.stride == 1 else None
 
     def _factorized_reduce(self, x: torch.Tensor, reduce: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Every slot's factorized reduce (before its BN): two grouped, offset, stride-2 1×1 convolutions."""
@@ -201,27 +213,29 @@ class _Recomputed(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, group: _SlotGroup, banks: GroupBanks, x: torch.Tensor, path: Selection,
-                *weights: torch.Tensor) -> torch.Tensor:
+                scale: torch.Tensor | None, *weights: torch.Tensor) -> torch.Tensor:
         ctx.group, ctx.banks, ctx.path = group, banks, path
         device = x.device.type
         ctx.autocast = ((device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
                         if torch.amp.is_autocast_available(device) else ("cpu", False, torch.bfloat16))  # meta
-        ctx.save_for_backward(x, *weights)
+        ctx.save_for_backward(x, scale, *weights)
         with torch.no_grad():
-            return group.evaluate(x, path, banks)
+            return group.evaluate(x, path, banks, scale)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        x, *weights = ctx.saved_tensors
+        x, scale, *weights = ctx.saved_tensors
         device, enabled, dtype = ctx.autocast  # the recomputation runs in the forward's precision (--amp)
         with torch.enable_grad(), torch.autocast(device, dtype, enabled=enabled):
             leaf = x.detach().requires_grad_(ctx.needs_input_grad[2])
+            gate = None if scale is None else scale.detach().requires_grad_(ctx.needs_input_grad[4])
             leaves = [w.detach().requires_grad_(True) for w in weights]
-            y = ctx.group.evaluate(leaf, ctx.path, ctx.banks.with_weights(leaves), update=False)
-            inputs = [leaf, *leaves] if ctx.needs_input_grad[2] else leaves
-            grads = torch.autograd.grad(y, inputs, dy, allow_unused=True, materialize_grads=True)
-        dx = grads[0] if ctx.needs_input_grad[2] else None
-        return (None, None, dx, None, *grads[-len(leaves):])
+            y = ctx.group.evaluate(leaf, ctx.path, ctx.banks.with_weights(leaves), gate, update=False)
+            inputs = [leaf] * ctx.needs_input_grad[2] + [gate] * ctx.needs_input_grad[4] + leaves
+            grads = list(torch.autograd.grad(y, inputs, dy, allow_unused=True, materialize_grads=True))
+        dx = grads.pop(0) if ctx.needs_input_grad[2] else None
+        dscale = grads.pop(0) if ctx.needs_input_grad[4] else None
+        return (None, None, dx, None, dscale, *grads)
 
 
 def slot_groups(cell: nn.Module, node_edges: Sequence[Sequence[int]]) -> list[list[tuple[_SlotGroup, int]]]:
@@ -260,16 +274,14 @@ def run_cell(cell: nn.Module, node_edges: Sequence[Sequence[int]], s0: torch.Ten
             inputs = states[first:first + len(group.ops)]
             x = torch.cat(inputs, dim=1)
             part_path = path[group.start:group.stop]
-            y = group(x, part_path, banks, recompute_groups)
-            if gates is not None:
-                edge_gates = gates[group.start:group.stop]
-                y = y * edge_gates.gather(1, part_path.ops[:, None]).view(1, -1, 1, 1, 1)
-                for other in other_paths:
-                    other = other[group.start:group.stop]
-                    with torch.no_grad():
-                        y_other = group(x, other, banks)
-                    y = y + y_other * edge_gates.gather(1, other.ops[:, None]).view(1, -1, 1, 1, 1)
-            part = y.sum(dim=1)
+            edge_gates = None if gates is None else gates[group.start:group.stop]
+            scale = None if gates is None else edge_gates.gather(1, part_path.ops[:, None]).view(-1)
+            part = group(x, part_path, banks, scale, recompute_groups)
+            for other in other_paths:
+                other = other[group.start:group.stop]
+                with torch.no_grad():
+                    stages = group.stages(x, other, banks)
+                part = part + group.sum_slots(stages, other, edge_gates.gather(1, other.ops[:, None]).view(-1))
             total = part if total is None else total + part
         states.append(total)
     return torch.cat(states[2:], dim=1)
