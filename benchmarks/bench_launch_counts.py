@@ -20,8 +20,9 @@ Triton kernel launch counted too. Reported per step:
 * ``bytes``: the bytes of every operand and result of each launch, each counted whole (no cache reuse): an upper
   bound of a step's memory traffic.
 
-An operator whose implementation launches Triton kernels (the ``sswp_fast`` custom ops) counts as its launches,
-not as one more.
+One of our custom ops (``sswp_fast::*``) counts as what its implementation runs: its Triton launches and the
+ATen operators inside it that launch (the fills of its outputs and gradient buffers, copies), not as one more
+launch.
 
 The counts depend on the layers and the sampled path, not on channels, batch or image size, so on CPU (where the
 Triton kernels run in the interpreter) a small-tensor configuration with the requested number of cells gives the
@@ -40,6 +41,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from torch._library.custom_ops import OPDEFS
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_leaves
 
@@ -164,11 +166,14 @@ class Counts(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         self.ops[str(func.overloadpacket)] += 1
-        launched = self.triton
-        out = func(*args, **kwargs)
-        if self.triton == launched and not (func.is_view or func.overloadpacket in _METADATA):
-            self.compute += 1
-            self.bytes += _nbytes(args, kwargs, out)
+        if func.namespace == "sswp_fast":  # our op: what it runs inside (launches, fills, copies), not itself
+            with _Inside(self):
+                out = OPDEFS[func._schema.name]._init_fn(*args, **kwargs)  # its implementation, in the inner mode
+        else:
+            out = func(*args, **kwargs)
+            if _launches(func):
+                self.compute += 1
+                self.bytes += _nbytes(args, kwargs, out)
         self.flops += _flops(func, args, kwargs, out)
         return out
 
@@ -177,6 +182,30 @@ class Counts(TorchDispatchMode):
         syncs = sum(n for op, n in self.ops.items() if op.startswith(SYNC_OPS)) + self.host_reads
         return {"aten": aten, "aten_compute": self.compute, "triton": self.triton,
                 "launches": self.compute + self.triton, "syncs": syncs, "flops": self.flops, "bytes": self.bytes}
+
+
+def _launches(func) -> bool:
+    """Whether an ATen operator launches a kernel on a GPU (not a view or a metadata-only operator)."""
+    return not (func.is_view or func.overloadpacket in _METADATA)
+
+
+class _Inside(TorchDispatchMode):
+    """The ATen operators that one of our custom ops runs inside its implementation (the outer mode is off there):
+    each that launches is counted into ``counts`` as the outer mode counts one, so that an op costs its Triton
+    launches plus its fills and copies, and an op on its PyTorch kernel costs what that runs. Its FLOPs stay
+    counted at the op (:func:`_flops`)."""
+
+    def __init__(self, counts: Counts):
+        super().__init__()
+        self.counts = counts
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if _launches(func):
+            self.counts.compute += 1
+            self.counts.bytes += _nbytes(args, kwargs, out)
+        return out
 
 
 def _patch_triton_launchers() -> None:
