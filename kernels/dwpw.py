@@ -83,6 +83,19 @@ def _tap(x_img, offs_c, mask_c, ih0, iw0, mask_p, H, W, kh: tl.constexpr, kw: tl
 
 
 @triton.jit
+def zero_tile(out_img, pid, pid_c, C, HO, WO, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr,
+              BLOCK_C: tl.constexpr):
+    """Zeros into the tile that :func:`fwd_tile` (``pid_c`` 0, ``BLOCK_C`` its ``BLOCK_CO``) or
+    :func:`bwd_dx_tile` (``HO, WO`` the input's size) would write of one image's [C, HO, WO] output: what a slot
+    that runs nothing writes, so that the output needs no fill launch first."""
+    _, _, offs_p, mask_p = _pixel_tile(pid, HO, WO, BLOCK_P, BLOCK_W)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    zeros = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32).to(out_img.dtype.element_ty)
+    tl.store(out_img + offs_c[None, :] * (HO * WO) + offs_p[:, None], zeros,
+             mask=mask_p[:, None] & (offs_c < C)[None, :])
+
+
+@triton.jit
 def fwd_tile(
     x_img, wdw_ptr, wpw_ptr, y_img, pid_p,
     C, C_OUT, H, W, HO, WO,

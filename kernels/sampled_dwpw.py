@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from . import _common, dwpw
-from .dwpw import bwd_act_tile, bwd_dx_tile, dwpw_reference, fwd_tile
+from .dwpw import bwd_act_tile, bwd_dx_tile, dwpw_reference, fwd_tile, zero_tile
 
 __all__ = ["Variant", "sampled_dwpw", "sampled_dwpw_backward", "sampled_dwpw_forward",
            "sampled_dwpw_reference"]
@@ -83,6 +83,8 @@ def _sampled_fwd_kernel(
     elif v == 3:
         fwd_tile(x_img, wdw3 + g * C * K3 * K3, wpw3 + g * C * C, y_img, pid_p, C, C, H, W, HO, WO, STRIDE, P3, D3,
                  K3, BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION, ROUND_BF16)
+    else:
+        zero_tile(y_img, pid_p, 0, C, HO, WO, BLOCK_P, BLOCK_W, BLOCK_CO)
 
 
 @triton.jit
@@ -154,6 +156,8 @@ def _sampled_bwd_dx_kernel(
     elif v == 3:
         bwd_dx_tile(x_img, wdw3 + g * C * K3 * K3, g_img, dx_img, pid_q, pid_c, C, H, W, HO, WO, STRIDE, P3, D3, K3,
                     BLOCK_Q, BLOCK_W, BLOCK_C, ROUND_BF16)
+    else:
+        zero_tile(dx_img, pid_q, pid_c, C, H, W, BLOCK_Q, BLOCK_W, BLOCK_C)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -219,7 +223,7 @@ def sampled_dwpw_forward(x: torch.Tensor, variant: torch.Tensor, stride: int, va
     x = x.contiguous()
     banks = tuple(b.contiguous() for b in banks)
     n, _, h, w = x.shape
-    y = torch.zeros((n, g * c, ho, wo), device=x.device, dtype=x.dtype)
+    y = torch.empty((n, g * c, ho, wo), device=x.device, dtype=x.dtype)  # idle slots: zeros, by the kernel
     if n == 0:
         return y
     b = dwpw._block_sizes(ho, wo, h, w, c, c, stride, _common.INTERPRETED)
@@ -233,13 +237,13 @@ def sampled_dwpw_forward(x: torch.Tensor, variant: torch.Tensor, stride: int, va
 
 
 def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor, stride: int,
-                          variants: tuple[Variant, ...], *banks: torch.Tensor
-                          ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """``(dx, bank gradients)`` of :func:`sampled_dwpw_forward`, recomputing the activations from ``x``.
+                          variants: tuple[Variant, ...], *banks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dx, bank gradients)`` of :func:`sampled_dwpw_forward`, recomputing the activations from ``x``; the bank
+    gradients flat, one fp32 tensor of every bank's in order (:func:`split_grads` views them per bank).
 
-    Two launches (the weight gradients reduced with fp32 atomics, as in :func:`.dwpw.dwpw_backward`). A bank's
-    gradient is zero in the rows of the slots that did not run its variant; ``dx`` is zero for slots that ran
-    none. Gradients have the banks' dtypes."""
+    Two launches (the weight gradients reduced with fp32 atomics, as in :func:`.dwpw.dwpw_backward`) and one fill
+    (of the flat gradient). A bank's gradient is zero in the rows of the slots that did not run its variant;
+    ``dx`` is zero for slots that ran none (written so by the kernel)."""
     g, c, ho, wo = _check(x, variant, stride, variants, banks)
     x = x.contiguous()
     banks = tuple(b.contiguous() for b in banks)
@@ -247,8 +251,9 @@ def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tens
     if dy.shape != (n, g * c, ho, wo):
         raise ValueError(f"dy must be {(n, g * c, ho, wo)}, got shape {tuple(dy.shape)}")
     dy = dy.contiguous()
-    dx = torch.zeros_like(x)
-    grads = [torch.zeros(bank.shape, device=x.device, dtype=torch.float32) for bank in banks]
+    dx = torch.empty_like(x)
+    flat = torch.zeros(sum(bank.numel() for bank in banks), device=x.device, dtype=torch.float32)
+    grads = split_grads(flat, banks)
     if n > 0:
         b = dwpw._block_sizes(ho, wo, h, w, c, c, stride, _common.INTERPRETED)
         constants = _constants(variants)
@@ -264,7 +269,12 @@ def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tens
             STRIDE=stride, **constants, BLOCK_Q=b.q, BLOCK_W=b.qw, BLOCK_C=b.c,
             ROUND_BF16=x.dtype == torch.bfloat16, num_warps=b.num_warps,
         )
-    return dx, [grad.to(bank.dtype) for grad, bank in zip(grads, banks, strict=True)]
+    return dx, flat
+
+
+def split_grads(flat: torch.Tensor, banks: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-bank views of a flat gradient (banks in order), each of its bank's shape."""
+    return [part.view(bank.shape) for part, bank in zip(flat.split([b.numel() for b in banks]), banks, strict=True)]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -293,12 +303,14 @@ def _sampled_dwpw_op(x: torch.Tensor, variant: torch.Tensor, stride: int, varian
 def _sampled_dwpw_backward_op(
     dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor, stride: int, variants: list[int],
     banks: list[torch.Tensor],
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dx`` and every bank's gradient in one flat tensor of the banks' dtype (an op's outputs may not alias,
+    so not as views of one buffer)."""
     if _common.runs_on_triton(x):
-        dx, grads = sampled_dwpw_backward(dy, x, variant, stride, _unflat(variants), *banks)
-    else:
-        dx, grads = _reference_backward(dy, x, variant, stride, _unflat(variants), banks)
-    return dx.contiguous(), [grad.contiguous() for grad in grads]
+        dx, flat = sampled_dwpw_backward(dy, x, variant, stride, _unflat(variants), *banks)
+        return dx, flat.to(banks[0].dtype)
+    dx, grads = _reference_backward(dy, x, variant, stride, _unflat(variants), banks)
+    return dx.contiguous(), torch.cat([grad.reshape(-1) for grad in grads])
 
 
 @_sampled_dwpw_op.register_fake
@@ -310,7 +322,7 @@ def _(x, variant, stride, variants, banks):
 
 @_sampled_dwpw_backward_op.register_fake
 def _(dy, x, variant, stride, variants, banks):
-    return x.new_empty(x.shape), [bank.new_empty(bank.shape) for bank in banks]
+    return x.new_empty(x.shape), banks[0].new_empty(sum(bank.numel() for bank in banks))
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -321,8 +333,9 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, dy: torch.Tensor):
     x, variant, *banks = ctx.saved_tensors
-    dx, grads = torch.ops.sswp_fast.sampled_dwpw_backward(dy, x, variant, *ctx.conv, banks)
-    return dx, None, None, None, grads
+    dx, flat = torch.ops.sswp_fast.sampled_dwpw_backward(dy, x, variant, *ctx.conv, banks)
+    return dx, None, None, None, [grad.to(bank.dtype) for grad, bank in zip(split_grads(flat, banks), banks,
+                                                                             strict=True)]
 
 
 _sampled_dwpw_op.register_autograd(_backward, setup_context=_setup_context)
