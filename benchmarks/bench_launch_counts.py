@@ -20,9 +20,9 @@ Triton kernel launch counted too. Reported per step:
 * ``bytes``: the bytes of every operand and result of each launch, each counted whole (no cache reuse): an upper
   bound of a step's memory traffic.
 
-One of our custom ops (``sswp_fast::*``) counts as what its implementation runs: its Triton launches and the
-ATen operators inside it that launch (the fills of its outputs and gradient buffers, copies), not as one more
-launch.
+One of our Python custom ops (``sswp_fast::*`` but the C++ InfoNCE op, which counts as one launch) counts as what
+its implementation runs: its Triton launches and the ATen operators inside it that launch (the fills of its
+outputs and gradient buffers, copies), not as one more launch.
 
 The counts depend on the layers and the sampled path, not on channels, batch or image size, so on CPU (where the
 Triton kernels run in the interpreter) a small-tensor configuration with the requested number of cells gives the
@@ -166,9 +166,10 @@ class Counts(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         self.ops[str(func.overloadpacket)] += 1
-        if func.namespace == "sswp_fast":  # our op: what it runs inside (launches, fills, copies), not itself
+        python_op = OPDEFS.get(func._schema.name)  # one of our Python custom ops (the C++ ones count as one launch)
+        if python_op is not None:  # what its implementation runs (launches, fills, copies), not itself
             with _Inside(self):
-                out = OPDEFS[func._schema.name]._init_fn(*args, **kwargs)  # its implementation, in the inner mode
+                out = python_op._init_fn(*args, **kwargs)
         else:
             out = func(*args, **kwargs)
             if _launches(func):
