@@ -34,7 +34,8 @@ Contents (one concept, Liger-Kernel style):
 * ``_bn_apply_kernel`` (grid ``(C, SPLITS)``): ``y = (x - mean) * rstd * weight + bias``.
 * ``_bn_bwd_reduce_kernel`` (grid ``(C, SPLITS)``): per-chunk ``sum dout`` and ``sum dout * xhat``.
 * ``_bn_bwd_dx_kernel`` (grid ``(C, SPLITS)``): training ``dx = w*rstd * (dout - mean(dout) - xhat *
-  mean(dout*xhat))``; eval ``dx = w*rstd_running * dout`` (the running stats are constants).
+  mean(dout*xhat))``, each program summing its channel's chunk sums itself (no launch in between); eval
+  ``dx = w*rstd_running * dout`` (the running stats are constants).
 * Launchers ``bn_stats``, ``update_running_stats``, ``bn_forward``, ``bn_backward``; ``BatchNormFn`` (the
   ``torch.autograd.Function``, which saves only ``x``, the per-channel ``mean`` and ``rstd``, and ``weight``, a
   parameter that the backward needs, never a normalised copy of ``x``); ``batch_norm`` (drop-in for
@@ -239,10 +240,13 @@ def _bn_bwd_reduce_kernel(
 
 @triton.jit
 def _bn_bwd_dx_kernel(
-    dy_ptr, x_ptr, dx_ptr, mean_ptr, rstd_ptr, w_ptr, sums_ptr, C, HW, M, ITERS, inv_m,
+    dy_ptr, x_ptr, dx_ptr, mean_ptr, rstd_ptr, w_ptr, part_ptr, C, HW, M, SPLITS, ITERS, inv_m,
     HAS_WEIGHT: tl.constexpr, TRAINING: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
-    """Grid (C, SPLITS): dx of one chunk of one channel (sums_ptr holds [sum dout; sum dout*xhat], fp32 [2, C])."""
+    """Grid (C, SPLITS): dx of one chunk of one channel. In training each program first sums its channel's
+    chunks of ``part`` (fp32 [2, C, SPLITS] from ``_bn_bwd_reduce_kernel``: sum dout; sum dout*xhat) in a fixed
+    order, so that no launch sums them in between."""
     c = tl.program_id(0)
     s = tl.program_id(1)
     rstd = tl.load(rstd_ptr + c).to(tl.float32)
@@ -251,8 +255,10 @@ def _bn_bwd_dx_kernel(
         scale = rstd * tl.load(w_ptr + c).to(tl.float32)
     if TRAINING:
         mean = tl.load(mean_ptr + c).to(tl.float32)
-        mean_dy = tl.load(sums_ptr + c) * inv_m
-        mean_dyxhat = tl.load(sums_ptr + C + c) * inv_m
+        chunks = tl.arange(0, BLOCK_S)
+        in_part = chunks < SPLITS
+        mean_dy = tl.sum(tl.load(part_ptr + c * SPLITS + chunks, mask=in_part, other=0.0), axis=0) * inv_m
+        mean_dyxhat = tl.sum(tl.load(part_ptr + (C + c) * SPLITS + chunks, mask=in_part, other=0.0), axis=0) * inv_m
     start = s * ITERS * BLOCK
     lanes = tl.arange(0, BLOCK)
     for it in range(0, ITERS):
@@ -480,24 +486,24 @@ def bn_backward(
     block, iters, splits, num_warps = _plan(m, c, x.device)
     mean = mean.contiguous()
     rstd = rstd.contiguous()
-    sums = None
+    part = None
     if training or need_param_grads:
         part = torch.empty((2, c, splits), device=x.device, dtype=torch.float32)
         _bn_bwd_reduce_kernel[(c, splits)](
             dout, x, mean, rstd, part, c, hw, m, splits, iters, BLOCK=block, num_warps=num_warps
         )
-        sums = part.sum(dim=2)  # [2, C]: sum dout, sum dout * xhat (a fixed-order, deterministic reduction)
     dx = None
     if need_dx:
         dx = torch.empty_like(x)
         _bn_bwd_dx_kernel[(c, splits)](
             dout, x, dx, mean, rstd, weight.contiguous() if weight is not None else rstd,
-            sums if sums is not None else rstd, c, hw, m, iters, 1.0 / m,
+            part if part is not None else rstd, c, hw, m, splits, iters, 1.0 / m,
             HAS_WEIGHT=weight is not None, TRAINING=bool(training), RTNE_BF16=_rtne_bf16(dx),
-            BLOCK=block, num_warps=num_warps,
+            BLOCK=block, BLOCK_S=triton.next_power_of_2(splits), num_warps=num_warps,
         )
     if not need_param_grads:
         return dx, None, None
+    sums = part.sum(dim=2)  # [2, C]: sum dout, sum dout * xhat (a fixed-order, deterministic reduction)
     return dx, sums[1], sums[0]
 
 

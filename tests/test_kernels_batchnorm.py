@@ -233,8 +233,9 @@ cases = [
     (bn._bn_running_update_kernel, {"RTNE_BF16": False, "BLOCK_C": 1024}),
     (bn._bn_apply_kernel, {"HAS_WEIGHT": True, "HAS_BIAS": True, "RTNE_BF16": False, "BLOCK": 1024}),
     (bn._bn_bwd_reduce_kernel, {"BLOCK": 1024}),
-    (bn._bn_bwd_dx_kernel, {"HAS_WEIGHT": True, "TRAINING": True, "RTNE_BF16": False, "BLOCK": 1024}),
-    (bn._bn_bwd_dx_kernel, {"HAS_WEIGHT": False, "TRAINING": False, "RTNE_BF16": False, "BLOCK": 128,
+    (bn._bn_bwd_dx_kernel, {"HAS_WEIGHT": True, "TRAINING": True, "RTNE_BF16": False, "BLOCK": 1024,
+                            "BLOCK_S": 256}),
+    (bn._bn_bwd_dx_kernel, {"HAS_WEIGHT": False, "TRAINING": False, "RTNE_BF16": False, "BLOCK": 128, "BLOCK_S": 1,
                             "HW": 1, "ITERS": 1}),  # ints equal to 1 are specialised to constexprs at launch
 ]
 for fn, cex in cases:
