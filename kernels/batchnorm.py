@@ -32,14 +32,17 @@ Contents (one concept, Liger-Kernel style):
   variance, and updates the running buffers in place when given (fused: one launch fewer per BN).
 * ``_bn_running_update_kernel``: the running-buffer update on its own (``update_running_stats``).
 * ``_bn_apply_kernel`` (grid ``(C, SPLITS)``): ``y = (x - mean) * rstd * weight + bias``.
+* ``_bn_finalize_apply_kernel`` (grid ``(C, SPLITS)``): the two above in one launch, each program merging its
+  channel's chunks itself (the first chunk's program stores the statistics and updates the running buffers):
+  the training forward of ``BatchNormFn`` is two launches.
 * ``_bn_bwd_reduce_kernel`` (grid ``(C, SPLITS)``): per-chunk ``sum dout`` and ``sum dout * xhat``.
 * ``_bn_bwd_dx_kernel`` (grid ``(C, SPLITS)``): training ``dx = w*rstd * (dout - mean(dout) - xhat *
   mean(dout*xhat))``, each program summing its channel's chunk sums itself (no launch in between); eval
   ``dx = w*rstd_running * dout`` (the running stats are constants).
-* Launchers ``bn_stats``, ``update_running_stats``, ``bn_forward``, ``bn_backward``; ``BatchNormFn`` (the
-  ``torch.autograd.Function``, which saves only ``x``, the per-channel ``mean`` and ``rstd``, and ``weight``, a
-  parameter that the backward needs, never a normalised copy of ``x``); ``batch_norm`` (drop-in for
-  ``F.batch_norm``); ``bn_reference`` (the pure-PyTorch reference, ``F.batch_norm`` itself).
+* Launchers ``bn_stats``, ``update_running_stats``, ``bn_forward``, ``bn_train_forward``, ``bn_backward``;
+  ``BatchNormFn`` (the ``torch.autograd.Function``, which saves only ``x``, the per-channel ``mean`` and
+  ``rstd``, and ``weight``, a parameter that the backward needs, never a normalised copy of ``x``);
+  ``batch_norm`` (drop-in for ``F.batch_norm``); ``bn_reference`` (the pure-PyTorch reference, ``F.batch_norm`` itself).
 * Banked running statistics (the device executor's, :mod:`sswp_fast.banks`): the buffers are ``[R, G, C/G]``
   banks and a ``[G]`` index picks the row each slot of ``G`` channel blocks reads and updates; the finalize
   kernel does the row update and the batch count (``_bank_offsets``). ``bn_banked_reference`` is its PyTorch
@@ -151,8 +154,21 @@ def _bn_stats_finalize_kernel(
     """Grid (cdiv(C, BLOCK_C),): merge the SPLITS chunks of BLOCK_C channels; update the running buffers
     (``BANKED``: the bank rows that ``rows`` selects, see :func:`_bank_offsets`)."""
     offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_s = tl.arange(0, BLOCK_S)
     mask_c = offs_c < C
+    _finalize(x_ptr, pmean_ptr, pm2_ptr, mean_ptr, rstd_ptr, varu_ptr, rm_ptr, rv_ptr, rows_ptr, count_ptr, offs_c,
+              mask_c, mask_c, HW, M, SPLITS, CHUNK, inv_m, inv_m1, eps, momentum, SLOT_C, SLOTS, ROWS, HAS_RUNNING,
+              BANKED, RTNE_BF16, BLOCK_S)
+
+
+@triton.jit
+def _finalize(
+    x_ptr, pmean_ptr, pm2_ptr, mean_ptr, rstd_ptr, varu_ptr, rm_ptr, rv_ptr, rows_ptr, count_ptr, offs_c, mask_c,
+    store_c, HW, M, SPLITS, CHUNK, inv_m, inv_m1, eps, momentum, SLOT_C, SLOTS, ROWS,
+    HAS_RUNNING: tl.constexpr, BANKED: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Channels ``offs_c`` (those in ``mask_c``): merge their SPLITS chunks into mean, rstd and the unbiased
+    variance, returned as ``(mean, rstd)``; where ``store_c``, store the three and update the running buffers."""
+    offs_s = tl.arange(0, BLOCK_S)
     mask_s = offs_s < SPLITS
     mask = mask_c[:, None] & mask_s[None, :]
     slots = offs_c[:, None] * SPLITS + offs_s[None, :]
@@ -165,14 +181,15 @@ def _bn_stats_finalize_kernel(
     mean += tl.load(x_ptr + offs_c * HW, mask=mask_c, other=0.0).to(tl.float32)  # undo the shift
     rstd = tl.rsqrt(m2 * inv_m + eps)
     var_unbiased = m2 * inv_m1
-    tl.store(mean_ptr + offs_c, mean, mask=mask_c)
-    tl.store(rstd_ptr + offs_c, rstd, mask=mask_c)
-    tl.store(varu_ptr + offs_c, var_unbiased, mask=mask_c)
+    tl.store(mean_ptr + offs_c, mean, mask=store_c)
+    tl.store(rstd_ptr + offs_c, rstd, mask=store_c)
+    tl.store(varu_ptr + offs_c, var_unbiased, mask=store_c)
     if HAS_RUNNING:
         running = offs_c
         if BANKED:
-            running = _bank_offsets(offs_c, mask_c, rows_ptr, count_ptr, SLOT_C, SLOTS, ROWS)
-        _running_update(rm_ptr, rv_ptr, running, mask_c, mean, var_unbiased, momentum, RTNE_BF16)
+            running = _bank_offsets(offs_c, store_c, rows_ptr, count_ptr, SLOT_C, SLOTS, ROWS)
+        _running_update(rm_ptr, rv_ptr, running, store_c, mean, var_unbiased, momentum, RTNE_BF16)
+    return mean, rstd
 
 
 @triton.jit
@@ -194,9 +211,15 @@ def _bn_apply_kernel(
 ):
     """Grid (C, SPLITS): y = (x - mean) * (rstd * weight) + bias over one chunk of one channel."""
     c = tl.program_id(0)
-    s = tl.program_id(1)
-    mean = tl.load(mean_ptr + c).to(tl.float32)
-    scale = tl.load(rstd_ptr + c).to(tl.float32)
+    _apply_chunk(x_ptr, y_ptr, w_ptr, b_ptr, c, tl.program_id(1), tl.load(mean_ptr + c).to(tl.float32),
+                 tl.load(rstd_ptr + c).to(tl.float32), C, HW, M, ITERS, HAS_WEIGHT, HAS_BIAS, RTNE_BF16, BLOCK)
+
+
+@triton.jit
+def _apply_chunk(x_ptr, y_ptr, w_ptr, b_ptr, c, s, mean, rstd, C, HW, M, ITERS, HAS_WEIGHT: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK: tl.constexpr):
+    """Chunk ``s`` of channel ``c``: y = (x - mean) * (rstd * weight) + bias."""
+    scale = rstd
     if HAS_WEIGHT:
         scale = scale * tl.load(w_ptr + c).to(tl.float32)
     shift = 0.0
@@ -211,6 +234,27 @@ def _bn_apply_kernel(
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         y = (x - mean) * scale + shift
         tl.store(y_ptr + offs, cast_out(y, y_ptr, RTNE_BF16), mask=mask)
+
+
+@triton.jit
+def _bn_finalize_apply_kernel(
+    x_ptr, y_ptr, pmean_ptr, pm2_ptr, mean_ptr, rstd_ptr, varu_ptr, rm_ptr, rv_ptr, rows_ptr, count_ptr, w_ptr, b_ptr,
+    C, HW, M, SPLITS, ITERS, CHUNK, inv_m, inv_m1, eps, momentum, SLOT_C, SLOTS, ROWS,
+    HAS_RUNNING: tl.constexpr, BANKED: tl.constexpr, RTNE_BF16_RUNNING: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Grid (C, SPLITS): ``_bn_stats_finalize_kernel`` for one channel, done by every chunk's program for
+    itself (the first chunk's stores the statistics and updates the running buffers), then ``_bn_apply_kernel``
+    on the chunk: a training forward in two launches, not three."""
+    c = tl.program_id(0)
+    s = tl.program_id(1)
+    offs_c = c + tl.arange(0, 1)
+    mean, rstd = _finalize(x_ptr, pmean_ptr, pm2_ptr, mean_ptr, rstd_ptr, varu_ptr, rm_ptr, rv_ptr, rows_ptr,
+                           count_ptr, offs_c, offs_c < C, (offs_c < C) & (s == 0), HW, M, SPLITS, CHUNK, inv_m,
+                           inv_m1, eps, momentum, SLOT_C, SLOTS, ROWS, HAS_RUNNING, BANKED, RTNE_BF16_RUNNING,
+                           BLOCK_S)
+    _apply_chunk(x_ptr, y_ptr, w_ptr, b_ptr, c, s, tl.sum(mean, axis=0), tl.sum(rstd, axis=0), C, HW, M, ITERS,
+                 HAS_WEIGHT, HAS_BIAS, RTNE_BF16, BLOCK)
 
 
 @triton.jit
@@ -360,41 +404,90 @@ def bn_stats(
     ``[R, G]`` (``num_batches_tracked`` per row); channel block ``g`` of ``x`` updates row ``rows[g]`` of slot
     ``g`` (negative rows count from the end) and adds one to its count, in the same launch.
     """
-    check_device(x, running_mean, running_var, rows, count)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("bn_stats needs both running_mean and running_var, or neither")
-    if running_mean is not None and not (running_mean.is_contiguous() and running_var.is_contiguous()):
-        raise ValueError("bn_stats needs contiguous running buffers (they are updated in place)")
-    x = x.contiguous()
-    _, c, hw = _shape(x)
-    banked = rows is not None
-    if banked:
-        _check_banks(c, running_mean, running_var, rows, count)
-        rows = rows.contiguous()  # the kernel reads it flat (a path's column of probed ops is strided)
-    m = x.numel() // c
-    if m == 0:
-        raise ValueError("bn_stats got an empty input")
-    block, iters, splits, num_warps = _plan(m, c, x.device)
-    pmean = torch.empty((c, splits), device=x.device, dtype=torch.float32)
-    pm2 = torch.empty_like(pmean)
-    _bn_stats_partial_kernel[(c, splits)](x, pmean, pm2, c, hw, m, splits, iters, BLOCK=block, num_warps=num_warps)
-    mean = torch.empty(c, device=x.device, dtype=torch.float32)
-    rstd = torch.empty_like(mean)
-    var_unbiased = torch.empty_like(mean)
-    has_running = running_mean is not None
-    block_c, block_s = _finalize_blocks(c, splits)
-    _bn_stats_finalize_kernel[(triton.cdiv(c, block_c),)](
-        x, pmean, pm2, mean, rstd, var_unbiased,
-        running_mean if has_running else mean, running_var if has_running else mean,
-        rows if banked else mean, count if banked else mean,
-        c, hw, m, splits, iters * block, 1.0 / m, 1.0 / (m - 1) if m > 1 else float("nan"), float(eps), float(momentum),
-        c // rows.numel() if banked else 1, rows.numel() if banked else 1, running_mean.shape[0] if banked else 1,
-        HAS_RUNNING=has_running, BANKED=banked, RTNE_BF16=has_running and _rtne_bf16(running_mean, running_var),
-        BLOCK_C=block_c, BLOCK_S=block_s,
-    )
-    if has_running:
-        _bump_versions(running_mean, running_var, *((count,) if banked else ()))  # as in-place torch updates would
-    return mean, rstd, var_unbiased
+    stats = _ChunkStats(x, running_mean, running_var, rows, count)
+    block_c, block_s = _finalize_blocks(stats.c, stats.splits)
+    _bn_stats_finalize_kernel[(triton.cdiv(stats.c, block_c),)](
+        **stats.finalize_args(eps, momentum), **stats.finalize_flags(), BLOCK_C=block_c, BLOCK_S=block_s)
+    stats.bump_versions()
+    return stats.mean, stats.rstd, stats.var_unbiased
+
+
+class _ChunkStats:
+    """A training forward's first launch (per-chunk statistics of ``x``, checked against the running buffers and
+    banks of :func:`bn_stats`), and what a finalizing launch needs: its arguments, flags and outputs."""
+
+    def __init__(self, x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                 rows: torch.Tensor | None, count: torch.Tensor | None):
+        check_device(x, running_mean, running_var, rows, count)
+        if (running_mean is None) != (running_var is None):
+            raise ValueError("bn_stats needs both running_mean and running_var, or neither")
+        if running_mean is not None and not (running_mean.is_contiguous() and running_var.is_contiguous()):
+            raise ValueError("bn_stats needs contiguous running buffers (they are updated in place)")
+        self.x = x = x.contiguous()
+        _, self.c, self.hw = _shape(x)
+        self.banked = rows is not None
+        if self.banked:
+            _check_banks(self.c, running_mean, running_var, rows, count)
+            rows = rows.contiguous()  # the kernel reads it flat (a path's column of probed ops is strided)
+        self.m = x.numel() // self.c
+        if self.m == 0:
+            raise ValueError("bn_stats got an empty input")
+        self.running, self.rows, self.count = (running_mean, running_var), rows, count
+        self.block, self.iters, self.splits, self.num_warps = _plan(self.m, self.c, x.device)
+        self.pmean = torch.empty((self.c, self.splits), device=x.device, dtype=torch.float32)
+        self.pm2 = torch.empty_like(self.pmean)
+        _bn_stats_partial_kernel[(self.c, self.splits)](x, self.pmean, self.pm2, self.c, self.hw, self.m, self.splits,
+                                                        self.iters, BLOCK=self.block, num_warps=self.num_warps)
+        self.mean = torch.empty(self.c, device=x.device, dtype=torch.float32)
+        self.rstd = torch.empty_like(self.mean)
+        self.var_unbiased = torch.empty_like(self.mean)
+
+    def finalize_args(self, eps: float, momentum: float) -> dict:
+        """The finalize kernel's arguments by name (a fused kernel adds its own)."""
+        mean, (rm, rv), banked, m = self.mean, self.running, self.banked, self.m
+        return {"x_ptr": self.x, "pmean_ptr": self.pmean, "pm2_ptr": self.pm2, "mean_ptr": mean, "rstd_ptr": self.rstd,
+                "varu_ptr": self.var_unbiased, "rm_ptr": mean if rm is None else rm,
+                "rv_ptr": mean if rv is None else rv, "rows_ptr": self.rows if banked else mean,
+                "count_ptr": self.count if banked else mean, "C": self.c, "HW": self.hw, "M": m,
+                "SPLITS": self.splits, "CHUNK": self.iters * self.block, "inv_m": 1.0 / m,
+                "inv_m1": 1.0 / (m - 1) if m > 1 else float("nan"), "eps": float(eps), "momentum": float(momentum),
+                "SLOT_C": self.c // self.rows.numel() if banked else 1, "SLOTS": self.rows.numel() if banked else 1,
+                "ROWS": rm.shape[0] if banked else 1}
+
+    def finalize_flags(self, rtne: str = "RTNE_BF16") -> dict:
+        has_running = self.running[0] is not None
+        return {"HAS_RUNNING": has_running, "BANKED": self.banked,
+                rtne: has_running and _rtne_bf16(*self.running)}
+
+    def bump_versions(self) -> None:
+        """After an in-place update of the running buffers (and counts), as in-place torch updates would."""
+        if self.running[0] is not None:
+            _bump_versions(*self.running, *((self.count,) if self.banked else ()))
+
+
+def bn_train_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    running_mean: torch.Tensor | None = None,
+    running_var: torch.Tensor | None = None,
+    momentum: float = 0.1,
+    rows: torch.Tensor | None = None,
+    count: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A training-mode forward, ``(y, mean, rstd)``: :func:`bn_stats` (running buffers and banks as there) and
+    :func:`bn_forward` with its statistics, in two launches (the finalize fused into the apply)."""
+    stats = _ChunkStats(x, running_mean, running_var, rows, count)
+    y = torch.empty_like(stats.x)
+    _bn_finalize_apply_kernel[(stats.c, stats.splits)](
+        **stats.finalize_args(eps, momentum), y_ptr=y, w_ptr=weight.contiguous() if weight is not None else stats.mean,
+        b_ptr=bias.contiguous() if bias is not None else stats.mean, ITERS=stats.iters,
+        **stats.finalize_flags("RTNE_BF16_RUNNING"), HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        RTNE_BF16=_rtne_bf16(y), BLOCK=stats.block, BLOCK_S=triton.next_power_of_2(stats.splits),
+        num_warps=stats.num_warps)
+    stats.bump_versions()
+    return y, stats.mean, stats.rstd
 
 
 def _check_banks(c: int, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
@@ -538,14 +631,14 @@ class BatchNormFn(torch.autograd.Function):
     ) -> torch.Tensor:
         x = x.contiguous()
         if training:
-            mean, rstd, _ = bn_stats(x, eps, running_mean, running_var, momentum, rows, count)
+            out, mean, rstd = bn_train_forward(x, weight, bias, eps, running_mean, running_var, momentum, rows, count)
         else:
             if rows is not None:
                 slots = torch.arange(rows.numel(), device=rows.device)
                 running_mean, running_var = (t[rows, slots].reshape(-1) for t in (running_mean, running_var))
             mean = running_mean.detach().to(torch.float32, copy=True)  # a copy: the buffer may change before backward
             rstd = torch.rsqrt(running_var.detach().to(torch.float32) + eps).contiguous()
-        out = bn_forward(x, mean, rstd, weight, bias)
+            out = bn_forward(x, mean, rstd, weight, bias)
         ctx.save_for_backward(x, mean, rstd, weight)
         ctx.training = bool(training)
         ctx.bias_dtype = bias.dtype if bias is not None else None

@@ -232,6 +232,9 @@ cases = [
                                     "BLOCK_S": 256}),  # the device executor's banked statistics
     (bn._bn_running_update_kernel, {"RTNE_BF16": False, "BLOCK_C": 1024}),
     (bn._bn_apply_kernel, {"HAS_WEIGHT": True, "HAS_BIAS": True, "RTNE_BF16": False, "BLOCK": 1024}),
+    (bn._bn_finalize_apply_kernel, {"HAS_RUNNING": True, "BANKED": True, "RTNE_BF16_RUNNING": False,
+                                    "HAS_WEIGHT": True, "HAS_BIAS": True, "RTNE_BF16": False, "BLOCK": 1024,
+                                    "BLOCK_S": 256}),
     (bn._bn_bwd_reduce_kernel, {"BLOCK": 1024}),
     (bn._bn_bwd_dx_kernel, {"HAS_WEIGHT": True, "TRAINING": True, "RTNE_BF16": False, "BLOCK": 1024,
                             "BLOCK_S": 256}),
