@@ -9,7 +9,9 @@ zero; its backward is one launch too.
 Layout, as in :mod:`.sampled_dwpw`: ``x`` is [N, G*C, H, W] with slot ``g`` in channels ``g*C:(g+1)*C``;
 ``pool`` is a [G] integer tensor on the device, ``pool[g] = 0`` max-pools slot ``g``, ``1`` average-pools it, a
 negative value leaves the slot's output (and its input gradient) zero. The output is [N, G*C, Ho, Wo] with
-``Ho = (H - 1) // stride + 1``.
+``Ho = (H - 1) // stride + 1``; given ``base`` of that shape (the sampled convolution's output, zero where a slot
+pools), the output is ``base`` plus the pools, added in the same launch (one launch and one pass over the output
+fewer than adding them after; ``base``'s gradient is the output's, with no launch).
 
 The backward pass recomputes each window rather than storing argmax indices: every input pixel gathers the
 gradients of the windows that cover it (no atomics); a max window sends its gradient to its first maximum in
@@ -71,10 +73,10 @@ def _window(x_plane, oh, ow, H, W, valid_out, STRIDE: tl.constexpr, IS_MAX: tl.c
 
 
 @triton.jit
-def _pool_fwd_kernel(x_ptr, pool_ptr, y_ptr, N, G, C, H, W, HO, WO, STRIDE: tl.constexpr, BLOCK_P: tl.constexpr,
-                     BLOCK_R: tl.constexpr, ROUND_BF16: tl.constexpr):
+def _pool_fwd_kernel(x_ptr, pool_ptr, base_ptr, y_ptr, N, G, C, H, W, HO, WO, STRIDE: tl.constexpr,
+                     BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, ROUND_BF16: tl.constexpr, HAS_BASE: tl.constexpr):
     """Grid (output pixel tiles, G, row tiles): rows (image n, channel c) of slot g through its pool (zeros for
-    none)."""
+    none), plus ``base`` with ``HAS_BASE``."""
     g = tl.program_id(1).to(tl.int64)
     kind = tl.load(pool_ptr + g)
     offs = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
@@ -90,6 +92,8 @@ def _pool_fwd_kernel(x_ptr, pool_ptr, y_ptr, N, G, C, H, W, HO, WO, STRIDE: tl.c
     elif kind == 1:
         total, count = _window(x_plane, oh, ow, H, W, mask, STRIDE, False)
         out = total / tl.maximum(count, 1).to(tl.float32)
+    if HAS_BASE:
+        out += tl.load(base_ptr + planes * HO * WO + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + planes * HO * WO + offs, cast_out(out, y_ptr, ROUND_BF16), mask=mask)
 
 
@@ -129,39 +133,46 @@ def _pool_bwd_kernel(x_ptr, pool_ptr, dy_ptr, dx_ptr, N, G, C, H, W, HO, WO, STR
 
 
 def _launch(kernel, pixels: int, tensors: tuple[torch.Tensor, ...], n: int, g: int, c: int, h: int, w: int,
-            stride: int) -> None:
+            stride: int, **flags: bool) -> None:
     """``kernel`` over (pixel tiles, G slots, row tiles), each program a [rows, pixels] block; ``pixels``: the
     pixels of the tensor it writes."""
     rows = min(triton.next_power_of_2(n * c), _MAX_BLOCK_R)
     block_p = max(16, min(triton.next_power_of_2(pixels), _BLOCK_ELEMENTS // rows))
     kernel[(triton.cdiv(pixels, block_p), g, triton.cdiv(n * c, rows))](
         *tensors, n, g, c, h, w, _output_size(h, stride), _output_size(w, stride), STRIDE=stride, BLOCK_P=block_p,
-        BLOCK_R=rows, ROUND_BF16=tensors[0].dtype == torch.bfloat16)
+        BLOCK_R=rows, ROUND_BF16=tensors[0].dtype == torch.bfloat16, **flags)
 
 
 def _output_size(size: int, stride: int) -> int:
     return (size - 1) // stride + 1
 
 
-def _check(x: torch.Tensor, pool: torch.Tensor, stride: int) -> int:
+def _check(x: torch.Tensor, pool: torch.Tensor, stride: int, base: torch.Tensor | None = None) -> int:
     """The slot count G, after checking the shapes."""
     if x.dim() != 4 or pool.dim() != 1 or x.shape[1] % pool.shape[0]:
         raise ValueError(f"x must be [N, G*C, H, W] and pool [G], got {tuple(x.shape)} and {tuple(pool.shape)}")
     if stride not in (1, 2):
         raise ValueError(f"stride must be 1 or 2, got {stride}")
+    n, gc, h, w = x.shape
+    out = (n, gc, _output_size(h, stride), _output_size(w, stride))
+    if base is not None and (tuple(base.shape) != out or base.dtype != x.dtype):
+        raise ValueError(f"base must be {out} in {x.dtype}, got {tuple(base.shape)} in {base.dtype}")
     return pool.shape[0]
 
 
-def sampled_pool_forward(x: torch.Tensor, pool: torch.Tensor, stride: int) -> torch.Tensor:
-    """Every slot of ``x`` through the pool ``pool`` selects (zero for none): one launch."""
-    g = _check(x, pool, stride)
-    _common.check_device(x, pool)
+def sampled_pool_forward(x: torch.Tensor, pool: torch.Tensor, stride: int,
+                         base: torch.Tensor | None = None) -> torch.Tensor:
+    """Every slot of ``x`` through the pool ``pool`` selects (zero for none), plus ``base`` if given: one launch."""
+    g = _check(x, pool, stride, base)
+    _common.check_device(x, pool, base)
     x = x.contiguous()
     n, gc, h, w = x.shape
     ho, wo = _output_size(h, stride), _output_size(w, stride)
     y = torch.empty((n, gc, ho, wo), device=x.device, dtype=x.dtype)
     if y.numel():
-        _launch(_pool_fwd_kernel, ho * wo, (x, pool, y), n, g, gc // g, h, w, stride)
+        base_arg = y if base is None else base.contiguous()
+        _launch(_pool_fwd_kernel, ho * wo, (x, pool, base_arg, y), n, g, gc // g, h, w, stride,
+                HAS_BASE=base is not None)
     return y
 
 
@@ -189,14 +200,19 @@ def _per_slot(t: torch.Tensor, g: int) -> torch.Tensor:
     return t.view(t.shape[0], g, -1, *t.shape[2:])
 
 
-def sampled_pool_reference(x: torch.Tensor, pool: torch.Tensor, stride: int) -> torch.Tensor:
-    """Pure PyTorch, no host read: both pools of every slot, each kept where its slot chose it."""
-    g = _check(x, pool, stride)
+def sampled_pool_reference(x: torch.Tensor, pool: torch.Tensor, stride: int,
+                           base: torch.Tensor | None = None) -> torch.Tensor:
+    """Pure PyTorch, no host read: both pools of every slot, each kept where its slot chose it (plus ``base``)."""
+    g = _check(x, pool, stride, base)
     pools = (F.max_pool2d(x, 3, stride, 1), F.avg_pool2d(x, 3, stride, 1, count_include_pad=False))
     out = torch.zeros_like(_per_slot(pools[MAX], g))
     for kind, pooled in enumerate(pools):
         out = torch.where(_slot_mask(pool, kind), _per_slot(pooled, g), out)
-    return out.view_as(pools[MAX])
+    out = out.view_as(pools[MAX])
+    if base is None:
+        return out
+    acc = torch.promote_types(x.dtype, torch.float32)  # as the kernel adds: one rounding of the sum
+    return (out.to(acc) + base.to(acc)).to(x.dtype)
 
 
 def _reference_backward(dy: torch.Tensor, x: torch.Tensor, pool: torch.Tensor, stride: int) -> torch.Tensor:
@@ -214,10 +230,10 @@ def _reference_backward(dy: torch.Tensor, x: torch.Tensor, pool: torch.Tensor, s
 
 
 @torch.library.custom_op("sswp_fast::sampled_pool", mutates_args=())
-def _sampled_pool_op(x: torch.Tensor, pool: torch.Tensor, stride: int) -> torch.Tensor:
+def _sampled_pool_op(x: torch.Tensor, pool: torch.Tensor, stride: int, base: torch.Tensor | None) -> torch.Tensor:
     if _common.runs_on_triton(x):
-        return sampled_pool_forward(x, pool, stride)
-    return sampled_pool_reference(x, pool, stride).contiguous()
+        return sampled_pool_forward(x, pool, stride, base)
+    return sampled_pool_reference(x, pool, stride, base).contiguous()
 
 
 @torch.library.custom_op("sswp_fast::sampled_pool_backward", mutates_args=())
@@ -228,7 +244,7 @@ def _sampled_pool_backward_op(dy: torch.Tensor, x: torch.Tensor, pool: torch.Ten
 
 
 @_sampled_pool_op.register_fake
-def _(x, pool, stride):
+def _(x, pool, stride, base):
     n, gc, h, w = x.shape
     return x.new_empty((n, gc, _output_size(h, stride), _output_size(w, stride)))
 
@@ -239,21 +255,23 @@ def _(dy, x, pool, stride):
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, pool, stride = inputs
+    x, pool, stride, base = inputs
     ctx.save_for_backward(x, pool)
     ctx.stride = stride
+    ctx.has_base = base is not None
 
 
 def _backward(ctx, dy: torch.Tensor):
     x, pool = ctx.saved_tensors
-    return torch.ops.sswp_fast.sampled_pool_backward(dy, x, pool, ctx.stride), None, None
+    dx = torch.ops.sswp_fast.sampled_pool_backward(dy, x, pool, ctx.stride) if ctx.needs_input_grad[0] else None
+    return dx, None, None, dy if ctx.has_base else None
 
 
 _sampled_pool_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def sampled_pool(x: torch.Tensor, pool: torch.Tensor, stride: int) -> torch.Tensor:
+def sampled_pool(x: torch.Tensor, pool: torch.Tensor, stride: int, base: torch.Tensor | None = None) -> torch.Tensor:
     """Differentiable :func:`sampled_pool_forward` as the custom op ``torch.ops.sswp_fast.sampled_pool`` (one call
     for ``torch.compile``): the Triton kernels on CUDA (and on CPU under the interpreter), the PyTorch reference
     on other CPU tensors. Autograd saves ``x`` and ``pool`` only."""
-    return torch.ops.sswp_fast.sampled_pool(x, pool, stride)
+    return torch.ops.sswp_fast.sampled_pool(x, pool, stride, base)

@@ -185,7 +185,7 @@ class _SlotGroup:
         n, c, g = x.shape[0], self.channels, len(self.ops)
         conv = sampled_dwpw(x, path.first, self.stride, self.variants, *banks.first)
         ho, wo = conv.shape[2:]
-        pre = conv + sampled_pool(x, path.pool, self.stride)  # each is zero where the other's op runs
+        pre = sampled_pool(x, path.pool, self.stride, conv)  # conv + the pools: each is zero where the other runs
         if self.stride != 1:
             skip = path.is_op[:, SKIP_INDEX].view(1, g, 1, 1, 1)
             pre = torch.where(skip, self._factorized_reduce(x, banks.reduce).view(n, g, c, ho, wo),

@@ -53,6 +53,25 @@ def test_every_slot_runs_its_pool(stride, h, w):
         torch.testing.assert_close(dx[:, rows], ref_dx, rtol=1e-6, atol=1e-6)  # up to 9 terms, summed in any order
 
 
+def test_a_base_is_added_in_the_same_launch_and_gets_the_outputs_gradient():
+    """``base`` (the sampled convolution's output in the device executor) plus the pools, in one launch: equal to
+    adding them afterwards, in the kernels and in the reference; ``base``'s gradient is the output's."""
+    torch.manual_seed(3)
+    pool = torch.tensor([MAX, -1, AVG], device=DEVICE)
+    x = torch.randn(2, 6, 6, 6, device=DEVICE)
+    base = torch.randn(2, 6, 3, 3, device=DEVICE)
+    dy = torch.randn(2, 6, 3, 3, device=DEVICE)
+    for fn in (sampled_pool, sampled_pool_reference):
+        leaves = [x.detach().requires_grad_(), base.detach().requires_grad_()]
+        y = fn(leaves[0], pool, 2, leaves[1])
+        dx, dbase = torch.autograd.grad(y, leaves, dy)
+        alone, dx_alone = _output_and_grad(lambda t, f=fn: f(t, pool, 2), x, dy)
+        torch.testing.assert_close(y, alone + base, rtol=1e-6, atol=1e-6)
+        assert torch.equal(dbase, dy) and torch.equal(dx, dx_alone)
+    with pytest.raises(ValueError, match="base must be"):
+        sampled_pool(x, pool, 1, base)
+
+
 def test_the_reference_and_the_op_outside_the_interpreter_agree_with_the_kernels(monkeypatch):
     """The PyTorch reference (no host read) and the op's PyTorch kernel, which CPU tensors take outside the
     interpreter (explicit pooling gradients), against the Triton kernels; the fake kernel, schema and autograd
@@ -71,7 +90,8 @@ def test_the_reference_and_the_op_outside_the_interpreter_agree_with_the_kernels
     for a, b, c in zip(kernels, reference, op, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(c.float(), a.cpu(), rtol=1e-6, atol=1e-6)
-    torch.library.opcheck(torch.ops.sswp_fast.sampled_pool.default, (x.requires_grad_(), pool, 2))
+    for base in (None, torch.randn_like(dy).requires_grad_()):
+        torch.library.opcheck(torch.ops.sswp_fast.sampled_pool.default, (x.requires_grad_(), pool, 2, base))
 
 
 def test_bf16_pools_round_like_pytorchs():
@@ -94,6 +114,7 @@ def test_pool_kernels_compile_for_sm90(tmp_path):
     """Compile-only check (no GPU needed): both kernels, fp32 (what the device executor runs), with the widest
     block, to an sm_90 cubin, without the interpreter (about 40 s: the backward unrolls nine windows of nine
     taps)."""
-    compiles_for_sm90(tmp_path, "sswp_fast.kernels.sampled_pool", {"_pool_fwd_kernel": {}, "_pool_bwd_kernel": {}},
+    compiles_for_sm90(tmp_path, "sswp_fast.kernels.sampled_pool",
+                      {"_pool_fwd_kernel": {"HAS_BASE": True}, "_pool_bwd_kernel": {}},
                       ("fp32",), {"STRIDE": 2, "BLOCK_P": _BLOCK_ELEMENTS // _MAX_BLOCK_R, "BLOCK_R": _MAX_BLOCK_R},
                       ints=("pool_ptr",))
