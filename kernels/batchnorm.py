@@ -610,9 +610,11 @@ class BatchNormFn(torch.autograd.Function):
 
     The backward is once-differentiable (double backward raises; ``F.batch_norm`` supports it).
 
-    ``apply(x, weight, bias, running_mean, running_var, training, momentum, eps, rows, count)``; in training mode
-    the running buffers (if given) are updated in place, in eval mode they provide mean and rstd. With ``rows``
-    they are banks, as :func:`bn_stats` takes them.
+    ``apply(x, weight, bias, running_mean, running_var, training, momentum, eps, rows, count, batch_mean,
+    batch_rstd)``; in training mode the running buffers (if given) are updated in place, in eval mode they provide
+    mean and rstd. With ``rows`` they are banks, as :func:`bn_stats` takes them. Given ``batch_mean`` and
+    ``batch_rstd`` (training mode, no running buffers), those are ``x``'s batch statistics, as an earlier training
+    forward of the same ``x`` returned them: the forward is the apply launch alone, the backward the training one.
     """
 
     @staticmethod
@@ -628,9 +630,14 @@ class BatchNormFn(torch.autograd.Function):
         eps: float,
         rows: torch.Tensor | None = None,
         count: torch.Tensor | None = None,
+        batch_mean: torch.Tensor | None = None,
+        batch_rstd: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = x.contiguous()
-        if training:
+        if training and batch_mean is not None:
+            mean, rstd = batch_mean, batch_rstd
+            out = bn_forward(x, mean, rstd, weight, bias)
+        elif training:
             out, mean, rstd = bn_train_forward(x, weight, bias, eps, running_mean, running_var, momentum, rows, count)
         else:
             if rows is not None:
@@ -654,7 +661,7 @@ class BatchNormFn(torch.autograd.Function):
         )
         dweight = dweight.to(weight.dtype) if need_dw else None
         dbias = dbias.to(ctx.bias_dtype) if need_db else None
-        return dx, dweight, dbias, None, None, None, None, None, None, None
+        return dx, dweight, dbias, None, None, None, None, None, None, None, None, None
 
 
 def batch_norm(
@@ -668,6 +675,7 @@ def batch_norm(
     eps: float = 1e-5,
     rows: torch.Tensor | None = None,
     count: torch.Tensor | None = None,
+    batch_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Drop-in for ``torch.nn.functional.batch_norm`` (same signature and semantics) on the Triton kernels.
 
@@ -677,6 +685,9 @@ def batch_norm(
     Banked statistics: with ``rows`` and ``count`` the running buffers are banks (:func:`bn_stats`), and the
     result is :func:`bn_banked_reference`'s, with its row gathers, scatters and count fused into the statistics
     launch.
+
+    ``batch_stats``: in training mode without running buffers, ``input``'s batch ``(mean, rstd)`` as
+    :func:`bn_train_forward` returned them for the same input (a recomputation): one launch, not two.
     """
     check_device(input, running_mean, running_var, weight, bias, rows, count)
     if input.dim() < 2:
@@ -686,10 +697,12 @@ def batch_norm(
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
         if (running_mean is None) != (running_var is None):
             raise ValueError("batch_norm needs both running_mean and running_var, or neither")
+        if batch_stats is not None and running_mean is not None:
+            raise ValueError("batch_norm with batch_stats updates no running buffers: pass None for both")
     elif running_mean is None or running_var is None:
         raise RuntimeError("batch_norm in eval mode (training=False) needs running_mean and running_var")
     return BatchNormFn.apply(input, weight, bias, running_mean, running_var, bool(training), float(momentum),
-                             float(eps), rows, count)
+                             float(eps), rows, count, *(batch_stats if training and batch_stats else (None, None)))
 
 
 def bn_reference(

@@ -53,7 +53,7 @@ from torch import nn
 from .banks import SEP_INDICES, BatchStats, CellBanks, GroupBanks, cell_banks
 from .distributed import sum_over_ranks
 from .kernels._common import runs_on_triton
-from .kernels.batchnorm import batch_norm, bn_banked_reference
+from .kernels.batchnorm import batch_norm, bn_banked_reference, bn_train_forward
 from .kernels.sampled_dwpw import Variant, sampled_dwpw
 from .kernels.sampled_pool import sampled_pool
 from .kernels.slot_sum import slot_sum
@@ -87,18 +87,40 @@ class Selection:
                                               self.source, self.reduce_source)))
 
 
+class _BatchStatsMemo:
+    """The batch statistics (mean, rstd) of a slot group's BatchNorms on the Triton kernels, in the order they run:
+    recorded by the group's forward evaluation (under ``no_grad``), replayed by its recomputation in the backward
+    pass, whose BatchNorms are then the apply launch alone (the statistics of the same input are the same)."""
+
+    def __init__(self, saved: Sequence[torch.Tensor] = (), replay: bool = False):
+        self.stats, self.replay, self._next = list(saved), replay, 0
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self._next += 2
+        return self.stats[self._next - 2], self.stats[self._next - 1]
+
+
 def _batch_norm(x: torch.Tensor, ops: torch.Tensor, stats: BatchStats, affine: tuple[torch.Tensor, torch.Tensor] | None,
-                bn: nn.BatchNorm2d, slots: torch.Tensor, update: bool) -> torch.Tensor:
+                bn: nn.BatchNorm2d, slots: torch.Tensor, update: bool,
+                memo: _BatchStatsMemo | None = None) -> torch.Tensor:
     """BatchNorm of a slot stack ``x`` ``[N, G*C, H, W]``, slot ``g`` with the statistics (and affine parameters)
     of bank row ``ops[g]``; in training mode ``update`` writes the new running statistics into those rows and
     counts one more batch there (in the statistics launch, on the Triton kernels). ``bn`` gives momentum, eps and
-    the training flag."""
+    the training flag. ``memo`` (training mode, Triton kernels) records the batch statistics, or replays them."""
     weight = bias = None
     if affine is not None:
         weight, bias = (t[ops, slots].reshape(-1) for t in affine)
     if bn.training and dist.is_initialized() and dist.get_world_size() > 1:
         return _global_batch_norm(x, ops, stats, weight, bias, bn, slots, update)
     triton = runs_on_triton(x) and not torch.compiler.is_compiling()
+    if triton and bn.training and memo is not None:
+        if memo.replay:
+            return batch_norm(x, None, None, weight, bias, True, bn.momentum, bn.eps, batch_stats=memo.take())
+        running = (stats.mean, stats.var) if update else (None, None)
+        banked = (ops, stats.count) if update else (None, None)
+        y, mean, rstd = bn_train_forward(x, weight, bias, bn.eps, *running, bn.momentum, *banked)
+        memo.stats += [mean, rstd]
+        return y
     if bn.training and not update:  # the batch statistics alone: the running ones are neither read nor written
         return (batch_norm if triton else F.batch_norm)(x, None, None, weight, bias, True, bn.momentum, bn.eps)
     if triton:
@@ -167,17 +189,17 @@ class _SlotGroup:
         return self.evaluate(x, path, banks, scale)
 
     def evaluate(self, x: torch.Tensor, path: Selection, banks: GroupBanks, scale: torch.Tensor | None = None,
-                 update: bool = True) -> torch.Tensor:
+                 update: bool = True, memo: _BatchStatsMemo | None = None) -> torch.Tensor:
         """:meth:`__call__` as plain autograd operations; ``update=False`` leaves the BN running statistics."""
-        return self.sum_slots(self.stages(x, path, banks, update), path, scale)
+        return self.sum_slots(self.stages(x, path, banks, update, memo), path, scale)
 
     def sum_slots(self, stages: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], path: Selection,
                   scale: torch.Tensor | None = None) -> torch.Tensor:
         """The node's part from the :meth:`stages` of ``path``: each slot's own output, scaled, summed."""
         return slot_sum(*stages, path.source if self.stride == 1 else path.reduce_source, scale)
 
-    def stages(self, x: torch.Tensor, path: Selection, banks: GroupBanks,
-               update: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def stages(self, x: torch.Tensor, path: Selection, banks: GroupBanks, update: bool = True,
+               memo: _BatchStatsMemo | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Every slot's op up to its output, stacked ``[N, G*C, Ho, Wo]``: the first stage after its BatchNorm
         (for a ``sep_conv``, the input of its second half), the ``sep_conv`` second half after its BatchNorm,
         and at stride 1 the skip (``x``). Each slot's own output is one of them (``path.source``); the other
@@ -190,9 +212,9 @@ class _SlotGroup:
             skip = path.is_op[:, SKIP_INDEX].view(1, g, 1, 1, 1)
             pre = torch.where(skip, self._factorized_reduce(x, banks.reduce).view(n, g, c, ho, wo),
                               pre.view(n, g, c, ho, wo)).view(n, g * c, ho, wo)
-        first = _batch_norm(pre, path.ops, banks.stats1, banks.bn1, self.bn, banks.slots, update)
+        first = _batch_norm(pre, path.ops, banks.stats1, banks.bn1, self.bn, banks.slots, update, memo)
         conv2 = sampled_dwpw(first, path.second, 1, self.sep_variants, *banks.second)
-        second = _batch_norm(conv2, path.ops, banks.stats2, banks.bn2, self.bn, banks.slots, update)
+        second = _batch_norm(conv2, path.ops, banks.stats2, banks.bn2, self.bn, banks.slots, update, memo)
         return first, second, x if self.stride == 1 else None
 
     def _factorized_reduce(self, x: torch.Tensor, reduce: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -206,10 +228,11 @@ class _SlotGroup:
 
 
 class _Recomputed(torch.autograd.Function):
-    """A slot group that saves only its input (and its weight banks, views of the parameters) for backward: the
-    backward pass evaluates the group again (the same batch statistics, no second running-statistics update, under
-    the forward's autocast state) and differentiates that. Every activation between the stacked input and the
-    group's output is rebuilt rather than stored."""
+    """A slot group that saves only its input (and its weight banks, views of the parameters, and on the Triton
+    kernels its BatchNorms' per-channel batch statistics) for backward: the backward pass evaluates the group again
+    (the same batch statistics, no second running-statistics update, under the forward's autocast state) and
+    differentiates that. Every activation between the stacked input and the group's output is rebuilt rather than
+    stored."""
 
     @staticmethod
     def forward(ctx, group: _SlotGroup, banks: GroupBanks, x: torch.Tensor, path: Selection,
@@ -218,19 +241,23 @@ class _Recomputed(torch.autograd.Function):
         device = x.device.type
         ctx.autocast = ((device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
                         if torch.amp.is_autocast_available(device) else ("cpu", False, torch.bfloat16))  # meta
-        ctx.save_for_backward(x, scale, *weights)
+        memo = _BatchStatsMemo()
         with torch.no_grad():
-            return group.evaluate(x, path, banks, scale)
+            y = group.evaluate(x, path, banks, scale, memo=memo)
+        ctx.save_for_backward(x, scale, *memo.stats, *weights)
+        ctx.stats = len(memo.stats)
+        return y
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        x, scale, *weights = ctx.saved_tensors
+        x, scale, *saved = ctx.saved_tensors
+        memo, weights = _BatchStatsMemo(saved[:ctx.stats], replay=True), saved[ctx.stats:]
         device, enabled, dtype = ctx.autocast  # the recomputation runs in the forward's precision (--amp)
         with torch.enable_grad(), torch.autocast(device, dtype, enabled=enabled):
             leaf = x.detach().requires_grad_(ctx.needs_input_grad[2])
             gate = None if scale is None else scale.detach().requires_grad_(ctx.needs_input_grad[4])
             leaves = [w.detach().requires_grad_(True) for w in weights]
-            y = ctx.group.evaluate(leaf, ctx.path, ctx.banks.with_weights(leaves), gate, update=False)
+            y = ctx.group.evaluate(leaf, ctx.path, ctx.banks.with_weights(leaves), gate, update=False, memo=memo)
             inputs = [leaf] * ctx.needs_input_grad[2] + [gate] * ctx.needs_input_grad[4] + leaves
             grads = list(torch.autograd.grad(y, inputs, dy, allow_unused=True, materialize_grads=True))
         dx = grads.pop(0) if ctx.needs_input_grad[2] else None

@@ -22,6 +22,7 @@ from sswp_fast.bank_optimizer import MaskedBankUpdate
 from sswp_fast.banks import bind_banks, bind_cell
 from sswp_fast.dispatch import Selection, run_cell, slot_groups
 from sswp_fast.engine import SearchEngine
+from sswp_fast.kernels import batchnorm
 from sswp_fast.supernet import NODE_EDGES, DevicePlan, SearchNetwork
 
 # every op on a stride-2 and on a stride-1 edge of a reduction cell (stride-2 edges: 0 1 2 3 5 6 9 10)
@@ -269,9 +270,10 @@ def test_the_masked_bank_update_is_the_pytorch_step_of_the_ops_that_ran(optimize
             torch.testing.assert_close(value, twin_state.get(name, torch.zeros_like(value)), rtol=0, atol=1e-12)
 
 
-def test_a_slot_group_keeps_only_its_input_for_backward():
+def test_a_slot_group_keeps_only_its_input_for_backward(monkeypatch):
     """Recompute: of a whole node (five slots, every op), autograd stores the stacked input (and the weight banks,
-    views of the parameters); the intermediates are rebuilt in the backward pass (exactness: the tests above)."""
+    views of the parameters, and the two BatchNorms' per-channel batch mean and rstd, which the recomputation
+    reuses); the intermediates are rebuilt in the backward pass (exactness: the tests above)."""
     cell, _, _ = cell_and_inputs(False, False)
     banks = bind_cell(cell)
     group, _ = slot_groups(cell, NODE_EDGES)[3][0]
@@ -282,6 +284,11 @@ def test_a_slot_group_keeps_only_its_input_for_backward():
         y = group(x, Selection.of(ops, banks), banks.views()[3][0])
     weights = banks.weights.untyped_storage().data_ptr()
     activations = [t for t in saved if t.untyped_storage().data_ptr() != weights]
-    assert [t.data_ptr() for t in activations] == [x.data_ptr()]
+    assert activations[0].data_ptr() == x.data_ptr()
+    assert [tuple(t.shape) for t in activations[1:]] == [(5 * 4,)] * 4, "per-channel statistics, nothing more"
+    statistics_launches = []
+    chunk_stats = batchnorm._ChunkStats
+    monkeypatch.setattr(batchnorm, "_ChunkStats", lambda *args: statistics_launches.append(1) or chunk_stats(*args))
     (dx,) = torch.autograd.grad(y.sum(), [x])
     assert dx.abs().sum() > 0
+    assert not statistics_launches, "the recomputation reuses the forward's batch statistics"

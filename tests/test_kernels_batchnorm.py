@@ -203,6 +203,28 @@ def test_functional_api_pieces():
     torch.testing.assert_close(bn.bn_reference(x, None, None, weight, bias, True), ref.detach())
 
 
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+def test_given_batch_statistics_reproduce_the_training_forward_and_backward(affine, monkeypatch):
+    """A recomputation's BatchNorm: the batch statistics that bn_train_forward returned for the same input give the
+    same output (the apply launch alone: no statistics launch) and the same, training-mode, gradients as computing
+    them again."""
+    x, weight, bias, _, dout = _inputs((2, 12, 7, 7), affine)
+    _, mean, rstd = bn.bn_train_forward(x, weight, bias)
+    statistics_launches = []
+    chunk_stats = bn._ChunkStats
+    monkeypatch.setattr(bn, "_ChunkStats", lambda *args: statistics_launches.append(1) or chunk_stats(*args))
+    computed = _run(lambda t, rm, rv, w, b, *_: bn.batch_norm(t, None, None, w, b, True), x, weight, bias,
+                    (x, x), dout, True)
+    assert len(statistics_launches) == 1
+    given = _run(lambda t, rm, rv, w, b, *_: bn.batch_norm(t, None, None, w, b, True, batch_stats=(mean, rstd)),
+                 x, weight, bias, (x, x), dout, True)
+    assert len(statistics_launches) == 1, "given statistics are not computed again"
+    for name, a, b in zip(NAMES, computed, given, strict=True):
+        assert (a is None and b is None) or torch.equal(a, b), name
+    with pytest.raises(ValueError, match="batch_stats"):
+        bn.batch_norm(x, torch.zeros(12), torch.ones(12), training=True, batch_stats=(mean, rstd))
+
+
 def test_errors_like_f_batch_norm(monkeypatch):
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         bn.batch_norm(torch.randn(1, 3, 1, 1), None, None, training=True)
