@@ -21,9 +21,10 @@ are stacked along channels, ``[N, G*C, H, W]``, and evaluated together:
    measured: one launch (:mod:`sswp_fast.kernels.slot_sum`), and one in the backward pass, which routes the
    gradient to the stage each slot chose.
 
-With ``--recompute edge`` (this executor's default) a group keeps under autograd only its stacked input: the
-backward pass evaluates it again and differentiates that, so no slot's intermediate activation is stored
-(:mod:`sswp_fast.recompute` has the other modes).
+With ``--recompute edge`` (this executor's default) a group keeps under autograd only its stacked input (and, on
+the Triton kernels, its BatchNorms' per-channel batch statistics): the backward pass evaluates it again, each
+BatchNorm with the forward's statistics (one launch, not two), and differentiates that, so no slot's intermediate
+activation is stored (:mod:`sswp_fast.recompute` has the other modes).
 
 The weights and statistics live in persistent banks (:mod:`sswp_fast.banks`), which the per-edge modules view:
 nothing is stacked or written back per call. Autograd gives every bank a gradient, zero in the rows of ops that
@@ -290,7 +291,8 @@ def run_cell(cell: nn.Module, node_edges: Sequence[Sequence[int]], s0: torch.Ten
 
     With ``gates`` (``[14, 7]``, one-hot), each edge's output is ``gates[e, active[e]] * y_active +
     sum_k gates[e, others[e, k]] * y_others[k]``, the other ops evaluated without autograd (spec §5.4).
-    ``recompute_groups`` (``--recompute edge``) keeps only each slot group's input for the backward pass."""
+    ``recompute_groups`` (``--recompute edge``) keeps only each slot group's input (and its BatchNorms' batch
+    statistics) for the backward pass."""
     banks = cell_banks(cell)
     path = Selection.of(active, banks)
     other_paths = [] if others is None else [Selection.of(others[:, k], banks) for k in range(others.shape[1])]
