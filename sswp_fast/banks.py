@@ -36,10 +36,6 @@ SEP_INDICES = (CANDIDATES.index("sep_conv_3x3"), CANDIDATES.index("sep_conv_5x5"
 BANK_ROWS = NUM_CANDIDATES + 1
 """Rows of a BatchNorm bank: one per op, and a scratch row last (``-1``: a dropped edge, ``--prune_edges``)."""
 
-DROPPED = NUM_CANDIDATES
-"""The column of a dropped edge (op ``-1``) in a path's op masks (:class:`sswp_fast.dispatch.Selection`)."""
-
-
 @dataclass
 class _Entry:
     """One bank row: the tensor ``module.<name>`` of slot ``slot`` in row ``row``."""
@@ -173,6 +169,19 @@ def _group_layout(edge_ops: Sequence[nn.ModuleList], stride: int, channels: int)
     return layout
 
 
+def _selection_table(device: torch.device) -> torch.Tensor:
+    """:attr:`CellBanks.selection`: negative variants and pool kinds for the ops without that stage."""
+    table = torch.full((5, BANK_ROWS), -1, dtype=torch.int64)
+    table[0, list(PARAMETRIC_INDICES)] = torch.arange(len(PARAMETRIC_INDICES))
+    table[1, list(SEP_INDICES)] = torch.arange(len(SEP_INDICES))
+    table[2, list(POOL_INDICES)] = torch.arange(len(POOL_INDICES))
+    table[3:] = FIRST
+    table[3:, list(SEP_INDICES)] = SECOND
+    table[3, SKIP_INDEX] = SKIP  # the input; at stride 2 the skip is a factorized reduce, a first stage
+    table[3:, -1] = NONE
+    return table.to(device)
+
+
 def _fill_and_bind(blocks: list[_Block], flat: torch.Tensor) -> list[torch.Tensor]:
     """Copy the blocks' module tensors into ``flat`` (scratch rows get their fill), re-point every module tensor at
     its row, and return the blocks as ``[rows, slots, *shape]`` views of ``flat``."""
@@ -212,20 +221,11 @@ class CellBanks:
                          BatchStats(next(stat_views), next(stat_views), next(count_views)),
                          torch.arange(layout.slots, device=weights.device)) for layout in node]
                        for node in layouts]
-        self.columns = torch.tensor([*range(NUM_CANDIDATES), -1], device=weights.device)
-        """The op each column of a path's op masks stands for (the last, :data:`DROPPED`: -1)."""
-        self.second_variant = torch.tensor([-1] * BANK_ROWS, device=weights.device)
-        self.second_variant[list(SEP_INDICES)] = torch.arange(len(SEP_INDICES), device=weights.device)
-        """By op (-1 last): the variant of a ``sep_conv``'s second half, -1 for the other ops."""
-        self.pool_kind = torch.tensor([-1] * BANK_ROWS, device=weights.device)
-        self.pool_kind[list(POOL_INDICES)] = torch.arange(len(POOL_INDICES), device=weights.device)
-        """By op (-1 last): the :func:`~sswp_fast.kernels.sampled_pool.sampled_pool` kind, -1 for the other ops."""
-        self.slot_source = torch.full((2, BANK_ROWS), FIRST, device=weights.device)
-        self.slot_source[:, list(SEP_INDICES)] = SECOND
-        self.slot_source[0, SKIP_INDEX] = SKIP  # at stride 2 the skip is a factorized reduce: a first stage
-        self.slot_source[:, -1] = NONE
-        """By stride (rows 1, 2) and op (-1 last): the :func:`~sswp_fast.kernels.slot_sum.slot_sum` source of
-        its output."""
+        self.selection = _selection_table(weights.device)
+        """``[5, BANK_ROWS]``: by field of a path's :class:`~sswp_fast.dispatch.Selection` (first-stage variant,
+        ``sep_conv`` second-half variant, pool kind, :func:`~sswp_fast.kernels.slot_sum.slot_sum` source at stride 1
+        and at stride 2) and op (-1 last: a dropped edge), what a slot running that op reads: one gather selects
+        a whole path."""
 
     def bound_params(self) -> list[tuple[nn.Parameter, int]]:
         """The per-edge parameters this cell's banks hold, with their offsets in :attr:`weights`."""

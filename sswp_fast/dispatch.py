@@ -63,29 +63,28 @@ from .ops import PARAMETRIC_INDICES, SKIP_INDEX
 
 @dataclass(frozen=True)
 class Selection:
-    """A cell's path as the masks and kernel indices its slot groups read, made once per cell (a few launches
-    for all its edges) and sliced per group (views): ``ops`` ``[E]`` (-1: a dropped edge), ``first`` / ``second``
-    the :func:`sampled_dwpw` variant of each edge's first stage and of a ``sep_conv``'s second half (negative:
-    none), ``pool`` its :func:`sampled_pool` kind (negative: none), ``is_op`` ``[E, 8]`` whether each edge runs
-    op ``k`` (column :data:`DROPPED`: dropped), and ``source`` / ``reduce_source`` the :func:`slot_sum` source
-    of its output at stride 1 / at stride 2."""
+    """A cell's path as the kernel indices its slot groups read, gathered once per cell (one launch for all its
+    edges, from :attr:`~sswp_fast.banks.CellBanks.selection`) and sliced per group (views): ``ops`` ``[E]`` (-1: a
+    dropped edge), ``first`` / ``second`` the :func:`sampled_dwpw` variant of each edge's first stage and of a
+    ``sep_conv``'s second half (negative: none), ``pool`` its :func:`sampled_pool` kind (negative: none),
+    ``source`` / ``reduce_source`` the :func:`slot_sum` source of its output at stride 1 / at stride 2, and in a
+    reduction cell ``is_skip``, whether it runs the skip (a factorized reduce at stride 2)."""
 
     ops: torch.Tensor
     first: torch.Tensor
     second: torch.Tensor
     pool: torch.Tensor
-    is_op: torch.Tensor
     source: torch.Tensor
     reduce_source: torch.Tensor
+    is_skip: torch.Tensor | None
 
     @staticmethod
-    def of(ops: torch.Tensor, banks: CellBanks) -> Selection:
-        return Selection(ops, ops - PARAMETRIC_INDICES[0], banks.second_variant[ops], banks.pool_kind[ops],
-                         ops[:, None] == banks.columns, *banks.slot_source[:, ops])
+    def of(ops: torch.Tensor, banks: CellBanks, reduction: bool) -> Selection:
+        return Selection(ops, *banks.selection[:, ops], ops == SKIP_INDEX if reduction else None)
 
     def __getitem__(self, edges: slice) -> Selection:
-        return Selection(*(t[edges] for t in (self.ops, self.first, self.second, self.pool, self.is_op,
-                                              self.source, self.reduce_source)))
+        return Selection(*(None if t is None else t[edges] for t in (self.ops, self.first, self.second, self.pool,
+                                                                      self.source, self.reduce_source, self.is_skip)))
 
 
 class _BatchStatsMemo:
@@ -210,7 +209,7 @@ class _SlotGroup:
         ho, wo = conv.shape[2:]
         pre = sampled_pool(x, path.pool, self.stride, conv)  # conv + the pools: each is zero where the other runs
         if self.stride != 1:
-            skip = path.is_op[:, SKIP_INDEX].view(1, g, 1, 1, 1)
+            skip = path.is_skip.view(1, g, 1, 1, 1)
             pre = torch.where(skip, self._factorized_reduce(x, banks.reduce).view(n, g, c, ho, wo),
                               pre.view(n, g, c, ho, wo)).view(n, g * c, ho, wo)
         first = _batch_norm(pre, path.ops, banks.stats1, banks.bn1, self.bn, banks.slots, update, memo)
@@ -294,8 +293,9 @@ def run_cell(cell: nn.Module, node_edges: Sequence[Sequence[int]], s0: torch.Ten
     ``recompute_groups`` (``--recompute edge``) keeps only each slot group's input (and its BatchNorms' batch
     statistics) for the backward pass."""
     banks = cell_banks(cell)
-    path = Selection.of(active, banks)
-    other_paths = [] if others is None else [Selection.of(others[:, k], banks) for k in range(others.shape[1])]
+    path = Selection.of(active, banks, cell.reduction)
+    other_paths = [] if others is None else [Selection.of(others[:, k], banks, cell.reduction)
+                                             for k in range(others.shape[1])]
     states = [cell.preprocess0(s0), cell.preprocess1(s1)]
     for node, node_banks in zip(slot_groups(cell, node_edges), banks.views(), strict=True):
         total = None
