@@ -11,8 +11,7 @@ else
 fi
 echo "ruff check"
 .venv/bin/ruff check .
-workers=$(nproc)
-[ "$workers" -gt 4 ] && workers=4
+workers=$(bash scripts/test_workers.sh)
 echo "pytest, slow tests excluded, on $workers worker processes: a few minutes on an idle 2-core machine"
 # One test file per worker (module fixtures run once); one torch thread per worker, so that the workers do not
 # fight over the cores (results do not depend on the thread count).
