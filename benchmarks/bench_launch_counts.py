@@ -124,8 +124,8 @@ def _flops(func, args, kwargs, out) -> int:
         return _pool_flops(args[0], args[2])
     if name == "sswp_fast.sampled_dwpw":
         return _sampled_dwpw_flops(out.shape, args[1], args[3])
-    if name == "sswp_fast.sampled_dwpw_backward":  # input and weight gradients: twice the forward's
-        return 2 * _sampled_dwpw_flops(args[0].shape, args[2], args[4])
+    if name == "sswp_fast.sampled_dwpw_backward":  # input (and weight) gradients: once (twice) the forward's
+        return (1 + args[6]) * _sampled_dwpw_flops(args[0].shape, args[2], args[4])
     if name == "sswp_fast.sampled_pool":
         return _sampled_pool_flops(out.shape, args[1])
     if name == "sswp_fast.sampled_pool_backward":  # as ATen's pooling backward: k² per output gradient element

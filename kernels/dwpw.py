@@ -153,10 +153,11 @@ def bwd_act_tile(
     C, C_OUT, H, W, HO, WO,
     STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, K: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, WEIGHT_GRADS: tl.constexpr,
 ):
-    """Output tile ``pid_p`` of one image: g = dy @ W_pw to ``g_img`` ([C, HO, WO], fp32); atomically add the
-    tile's share of dW_pw to ``gwpw_ptr`` ([C_OUT, C]) and of dW_dw to ``gwdw_ptr`` ([C, K*K]), fp32 buffers."""
+    """Output tile ``pid_p`` of one image: g = dy @ W_pw to ``g_img`` ([C, HO, WO], fp32); with ``WEIGHT_GRADS``,
+    atomically add the tile's share of dW_pw to ``gwpw_ptr`` ([C_OUT, C]) and of dW_dw to ``gwdw_ptr``
+    ([C, K*K]), fp32 buffers (without, the depthwise activation is not rebuilt: one matrix product a tile)."""
     P = HO * WO
     offs_p, mask_p, ih0, iw0 = _output_tile(pid_p, HO, WO, STRIDE, PAD, BLOCK_P, BLOCK_W)
     offs_co = tl.arange(0, BLOCK_CO)
@@ -173,16 +174,17 @@ def bwd_act_tile(
         g = tl.dot(dy, wpw, input_precision=DOT_PRECISION)  # [BLOCK_P, BLOCK_C]; zero on masked pixels
         tl.store(g_img + offs_c[None, :] * P + offs_p[:, None], g, mask=mask_p[:, None] & mask_c[None, :])
 
-        act = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        for kh in tl.static_range(K):
-            for kw in tl.static_range(K):
-                xr = _tap(x_img, offs_c, mask_c, ih0, iw0, mask_p, H, W, kh, kw, DIL)
-                w_off = offs_c * (K * K) + (kh * K + kw)
-                wt = tl.load(wdw_ptr + w_off, mask=mask_c, other=0.0).to(tl.float32)
-                act += xr * wt[None, :]
-                tl.atomic_add(gwdw_ptr + w_off, tl.sum(g * xr, axis=0), mask=mask_c)
-        gwpw = tl.dot(dy_t, act, input_precision=DOT_PRECISION)  # [BLOCK_CO, BLOCK_C]
-        tl.atomic_add(gwpw_ptr + offs_co[:, None] * C + offs_c[None, :], gwpw, mask=mask_pw)
+        if WEIGHT_GRADS:
+            act = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+            for kh in tl.static_range(K):
+                for kw in tl.static_range(K):
+                    xr = _tap(x_img, offs_c, mask_c, ih0, iw0, mask_p, H, W, kh, kw, DIL)
+                    w_off = offs_c * (K * K) + (kh * K + kw)
+                    wt = tl.load(wdw_ptr + w_off, mask=mask_c, other=0.0).to(tl.float32)
+                    act += xr * wt[None, :]
+                    tl.atomic_add(gwdw_ptr + w_off, tl.sum(g * xr, axis=0), mask=mask_c)
+            gwpw = tl.dot(dy_t, act, input_precision=DOT_PRECISION)  # [BLOCK_CO, BLOCK_C]
+            tl.atomic_add(gwpw_ptr + offs_co[:, None] * C + offs_c[None, :], gwpw, mask=mask_pw)
 
 
 @triton.jit
@@ -198,7 +200,7 @@ def _dwpw_bwd_act_kernel(
     P = HO * WO
     bwd_act_tile(x_ptr + n * C * H * W, wdw_ptr, wpw_ptr, dy_ptr + n * C_OUT * P, g_ptr + n * C * P,
                  gwdw_ptr, gwpw_ptr, tl.program_id(0), C, C_OUT, H, W, HO, WO, STRIDE, PAD, DIL, K,
-                 BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION)
+                 BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION, True)
 
 
 @triton.jit

@@ -96,10 +96,10 @@ def _sampled_bwd_act_kernel(
     K0: tl.constexpr, P0: tl.constexpr, D0: tl.constexpr, K1: tl.constexpr, P1: tl.constexpr, D1: tl.constexpr,
     K2: tl.constexpr, P2: tl.constexpr, D2: tl.constexpr, K3: tl.constexpr, P3: tl.constexpr, D3: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, WEIGHT_GRADS: tl.constexpr,
 ):
     """Grid (pixel tiles of Ho×Wo, N, G): backward part 1 of slot g of image n (see ``dwpw.bwd_act_tile``);
-    the weight gradients go to the slot's row of its variant's fp32 gradient banks."""
+    with ``WEIGHT_GRADS`` the weight gradients go to the slot's row of its variant's fp32 gradient banks."""
     pid_p = tl.program_id(0)
     n = tl.program_id(1).to(tl.int64)
     g = tl.program_id(2).to(tl.int64)
@@ -111,19 +111,19 @@ def _sampled_bwd_act_kernel(
     if v == 0:
         bwd_act_tile(x_img, wdw0 + g * C * K0 * K0, wpw0 + g * C * C, dy_img, g_img, gwdw0 + g * C * K0 * K0,
                      gwpw0 + g * C * C, pid_p, C, C, H, W, HO, WO, STRIDE, P0, D0, K0,
-                     BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION)
+                     BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION, WEIGHT_GRADS)
     elif v == 1:
         bwd_act_tile(x_img, wdw1 + g * C * K1 * K1, wpw1 + g * C * C, dy_img, g_img, gwdw1 + g * C * K1 * K1,
                      gwpw1 + g * C * C, pid_p, C, C, H, W, HO, WO, STRIDE, P1, D1, K1,
-                     BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION)
+                     BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION, WEIGHT_GRADS)
     elif v == 2:
         bwd_act_tile(x_img, wdw2 + g * C * K2 * K2, wpw2 + g * C * C, dy_img, g_img, gwdw2 + g * C * K2 * K2,
                      gwpw2 + g * C * C, pid_p, C, C, H, W, HO, WO, STRIDE, P2, D2, K2,
-                     BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION)
+                     BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION, WEIGHT_GRADS)
     elif v == 3:
         bwd_act_tile(x_img, wdw3 + g * C * K3 * K3, wpw3 + g * C * C, dy_img, g_img, gwdw3 + g * C * K3 * K3,
                      gwpw3 + g * C * C, pid_p, C, C, H, W, HO, WO, STRIDE, P3, D3, K3,
-                     BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION)
+                     BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION, WEIGHT_GRADS)
 
 
 @triton.jit
@@ -237,13 +237,15 @@ def sampled_dwpw_forward(x: torch.Tensor, variant: torch.Tensor, stride: int, va
 
 
 def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor, stride: int,
-                          variants: tuple[Variant, ...], *banks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                          variants: tuple[Variant, ...], *banks: torch.Tensor,
+                          weight_grads: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dx, bank gradients)`` of :func:`sampled_dwpw_forward`, recomputing the activations from ``x``; the bank
-    gradients flat, one fp32 tensor of every bank's in order (:func:`split_grads` views them per bank).
+    gradients flat, one fp32 tensor of every bank's in order (:func:`split_grads` views them per bank), or empty
+    without ``weight_grads`` (an arch step, which differentiates the gates only).
 
     Two launches (the weight gradients reduced with fp32 atomics, as in :func:`.dwpw.dwpw_backward`) and one fill
-    (of the flat gradient). A bank's gradient is zero in the rows of the slots that did not run its variant;
-    ``dx`` is zero for slots that ran none (written so by the kernel)."""
+    (of the flat gradient; none without ``weight_grads``). A bank's gradient is zero in the rows of the slots that
+    did not run its variant; ``dx`` is zero for slots that ran none (written so by the kernel)."""
     g, c, ho, wo = _check(x, variant, stride, variants, banks)
     x = x.contiguous()
     banks = tuple(b.contiguous() for b in banks)
@@ -252,8 +254,9 @@ def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tens
         raise ValueError(f"dy must be {(n, g * c, ho, wo)}, got shape {tuple(dy.shape)}")
     dy = dy.contiguous()
     dx = torch.empty_like(x)
-    flat = torch.zeros(sum(bank.numel() for bank in banks), device=x.device, dtype=torch.float32)
-    grads = split_grads(flat, banks)
+    flat = torch.zeros(sum(bank.numel() for bank in banks) if weight_grads else 0, device=x.device,
+                       dtype=torch.float32)
+    grads = split_grads(flat, banks) if weight_grads else list(banks)  # placeholders, never written then
     if n > 0:
         b = dwpw._block_sizes(ho, wo, h, w, c, c, stride, _common.INTERPRETED)
         constants = _constants(variants)
@@ -262,7 +265,7 @@ def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tens
             x, variant, *_padded(list(banks), 2 * MAX_VARIANTS), dy, tmp, *_padded(grads, 2 * MAX_VARIANTS),
             g, c, h, w, ho, wo, STRIDE=stride, **constants,
             BLOCK_P=b.p, BLOCK_W=b.pw, BLOCK_C=b.c, BLOCK_CO=b.co, DOT_PRECISION=dwpw._dot_precision(x.dtype),
-            num_warps=b.num_warps,
+            WEIGHT_GRADS=weight_grads, num_warps=b.num_warps,
         )
         _sampled_bwd_dx_kernel[(dwpw._grid_tiles(h, w, b.q, b.qw), triton.cdiv(c, b.c), n * g)](
             x, variant, *_padded(list(banks[0::2]), MAX_VARIANTS), tmp, dx, g, c, h, w, ho, wo,
@@ -302,15 +305,15 @@ def _sampled_dwpw_op(x: torch.Tensor, variant: torch.Tensor, stride: int, varian
 @torch.library.custom_op("sswp_fast::sampled_dwpw_backward", mutates_args=())
 def _sampled_dwpw_backward_op(
     dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor, stride: int, variants: list[int],
-    banks: list[torch.Tensor],
+    banks: list[torch.Tensor], weight_grads: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``dx`` and every bank's gradient in one flat tensor of the banks' dtype (an op's outputs may not alias,
-    so not as views of one buffer)."""
+    so not as views of one buffer); without ``weight_grads`` that tensor is empty."""
     if _common.runs_on_triton(x):
-        dx, flat = sampled_dwpw_backward(dy, x, variant, stride, _unflat(variants), *banks)
+        dx, flat = sampled_dwpw_backward(dy, x, variant, stride, _unflat(variants), *banks, weight_grads=weight_grads)
         return dx, flat.to(banks[0].dtype)
     dx, grads = _reference_backward(dy, x, variant, stride, _unflat(variants), banks)
-    return dx.contiguous(), torch.cat([grad.reshape(-1) for grad in grads])
+    return dx.contiguous(), torch.cat([grad.reshape(-1) for grad in grads] if weight_grads else [banks[0].new_zeros(0)])
 
 
 @_sampled_dwpw_op.register_fake
@@ -321,8 +324,8 @@ def _(x, variant, stride, variants, banks):
 
 
 @_sampled_dwpw_backward_op.register_fake
-def _(dy, x, variant, stride, variants, banks):
-    return x.new_empty(x.shape), banks[0].new_empty(sum(bank.numel() for bank in banks))
+def _(dy, x, variant, stride, variants, banks, weight_grads):
+    return x.new_empty(x.shape), banks[0].new_empty(sum(bank.numel() for bank in banks) if weight_grads else 0)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -333,7 +336,10 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, dy: torch.Tensor):
     x, variant, *banks = ctx.saved_tensors
-    dx, flat = torch.ops.sswp_fast.sampled_dwpw_backward(dy, x, variant, *ctx.conv, banks)
+    weight_grads = any(ctx.needs_input_grad[4])  # an arch step's detached banks need none
+    dx, flat = torch.ops.sswp_fast.sampled_dwpw_backward(dy, x, variant, *ctx.conv, banks, weight_grads)
+    if not weight_grads:
+        return dx, None, None, None, [None] * len(banks)
     return dx, None, None, None, [grad.to(bank.dtype) for grad, bank in zip(split_grads(flat, banks), banks,
                                                                              strict=True)]
 

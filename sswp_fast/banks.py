@@ -231,10 +231,12 @@ class CellBanks:
         """The per-edge parameters this cell's banks hold, with their offsets in :attr:`weights`."""
         return _bound_params(self.layouts)
 
-    def views(self) -> list[list[GroupBanks]]:
+    def views(self, trainable: bool = True) -> list[list[GroupBanks]]:
         """Every group's banks for one evaluation, as views of :attr:`weights` (differentiable when autograd is
-        on): no copy, no launch."""
-        chunks = iter(w.view(shape) for w, shape in zip(self.weights.split(self._sizes), self._shapes, strict=True))
+        on and ``trainable``; an arch step, which differentiates the gates only, takes them detached, so that our
+        kernels compute no weight gradient): no copy, no launch."""
+        weights = self.weights if trainable else self.weights.detach()
+        chunks = iter(w.view(shape) for w, shape in zip(weights.split(self._sizes), self._shapes, strict=True))
         nodes = []
         for node, stats in zip(self.layouts, self._stats, strict=True):
             groups = []

@@ -256,13 +256,15 @@ class _Recomputed(torch.autograd.Function):
         with torch.enable_grad(), torch.autocast(device, dtype, enabled=enabled):
             leaf = x.detach().requires_grad_(ctx.needs_input_grad[2])
             gate = None if scale is None else scale.detach().requires_grad_(ctx.needs_input_grad[4])
-            leaves = [w.detach().requires_grad_(True) for w in weights]
+            trained = ctx.needs_input_grad[5:]  # none in an arch step (detached banks): no weight gradient
+            leaves = [w.detach().requires_grad_(needed) for w, needed in zip(weights, trained, strict=True)]
             y = ctx.group.evaluate(leaf, ctx.path, ctx.banks.with_weights(leaves), gate, update=False, memo=memo)
-            inputs = [leaf] * ctx.needs_input_grad[2] + [gate] * ctx.needs_input_grad[4] + leaves
+            inputs = ([leaf] * ctx.needs_input_grad[2] + [gate] * ctx.needs_input_grad[4]
+                      + [w for w in leaves if w.requires_grad])
             grads = list(torch.autograd.grad(y, inputs, dy, allow_unused=True, materialize_grads=True))
         dx = grads.pop(0) if ctx.needs_input_grad[2] else None
         dscale = grads.pop(0) if ctx.needs_input_grad[4] else None
-        return (None, None, dx, None, dscale, *grads)
+        return (None, None, dx, None, dscale, *(grads.pop(0) if needed else None for needed in trained))
 
 
 def slot_groups(cell: nn.Module, node_edges: Sequence[Sequence[int]]) -> list[list[tuple[_SlotGroup, int]]]:
@@ -285,19 +287,20 @@ def slot_groups(cell: nn.Module, node_edges: Sequence[Sequence[int]]) -> list[li
 
 def run_cell(cell: nn.Module, node_edges: Sequence[Sequence[int]], s0: torch.Tensor, s1: torch.Tensor,
              active: torch.Tensor, others: torch.Tensor | None = None,
-             gates: torch.Tensor | None = None, recompute_groups: bool = True) -> torch.Tensor:
+             gates: torch.Tensor | None = None, recompute_groups: bool = True,
+             train_weights: bool = True) -> torch.Tensor:
     """One search cell along the device-side path ``active`` ``[14]``.
 
     With ``gates`` (``[14, 7]``, one-hot), each edge's output is ``gates[e, active[e]] * y_active +
     sum_k gates[e, others[e, k]] * y_others[k]``, the other ops evaluated without autograd (spec §5.4).
     ``recompute_groups`` (``--recompute edge``) keeps only each slot group's input (and its BatchNorms' batch
-    statistics) for the backward pass."""
+    statistics) for the backward pass. ``train_weights=False`` (an arch step) differentiates no weight bank."""
     banks = cell_banks(cell)
     path = Selection.of(active, banks, cell.reduction)
     other_paths = [] if others is None else [Selection.of(others[:, k], banks, cell.reduction)
                                              for k in range(others.shape[1])]
     states = [cell.preprocess0(s0), cell.preprocess1(s1)]
-    for node, node_banks in zip(slot_groups(cell, node_edges), banks.views(), strict=True):
+    for node, node_banks in zip(slot_groups(cell, node_edges), banks.views(train_weights), strict=True):
         total = None
         for (group, first), banks in zip(node, node_banks, strict=True):
             inputs = states[first:first + len(group.ops)]

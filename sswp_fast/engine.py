@@ -266,7 +266,7 @@ class SearchEngine:
             else:  # the six other ops of every edge
                 others = (active[..., None] + torch.arange(1, NUM_CANDIDATES, device=active.device)) % NUM_CANDIDATES
             gates = one_hot(active).requires_grad_(True)
-            return DevicePlan(active, probed, others, gates, no_grad_cells=first)
+            return DevicePlan(active, probed, others, gates, no_grad_cells=first, train_weights=not arch)
         active_list, inactive_list = self._host_path(active, inactive if probe and self.two else None)
         if not probe:
             return ExecutionPlan(active_list)

@@ -61,13 +61,15 @@ class DevicePlan:
 
     ``active`` ``[cells, 14]``: the op of every edge. For probing plans ``others`` ``[cells, 14, P]`` lists the
     further ops evaluated (without autograd) on the probed cells' edges; ``probed``, ``gates`` and
-    ``no_grad_cells`` are as in :class:`ExecutionPlan`."""
+    ``no_grad_cells`` are as in :class:`ExecutionPlan`. ``train_weights=False`` (an arch step) differentiates no
+    weight bank."""
 
     active: torch.Tensor
     probed: list[bool] | None = None
     others: torch.Tensor | None = None
     gates: torch.Tensor | None = None
     no_grad_cells: int = 0
+    train_weights: bool = True
 
 
 class MixedEdge(nn.Module):
@@ -249,7 +251,7 @@ class SearchNetwork(nn.Module):
 
             return lambda s0, s1: run_cell(cell, NODE_EDGES, s0, s1, plan.active[idx],
                                            plan.others[idx] if probe else None, plan.gates[idx] if probe else None,
-                                           recompute_groups=edges)
+                                           recompute_groups=edges, train_weights=plan.train_weights)
         if probe:
             return lambda s0, s1: cell(s0, s1, plan.active[idx], plan.others[idx], plan.gates[idx], edges)
         return lambda s0, s1: cell(s0, s1, plan.active[idx], recompute_edges=edges)

@@ -292,3 +292,45 @@ def test_a_slot_group_keeps_only_its_input_for_backward(monkeypatch):
     (dx,) = torch.autograd.grad(y.sum(), [x])
     assert dx.abs().sum() > 0
     assert not statistics_launches, "the recomputation reuses the forward's batch statistics"
+
+
+@pytest.mark.parametrize("recompute", ["none", "edge"])
+def test_an_arch_step_asks_our_kernels_for_no_weight_gradient(recompute, one_torch_thread, monkeypatch):
+    """An arch step differentiates the gates only. PyTorch's own operators skip the weight gradients then; our
+    custom ops cannot tell (autograd gives a custom op no such mask), so an arch plan detaches the weight banks:
+    every sampled-convolution backward of an arch step computes no weight gradient, every one of a weight step
+    computes them, and the arch step leaves the weights and their gradients alone. On the ops' PyTorch kernels,
+    for time (the Triton kernel's flag: tests/test_kernels_sampled_dwpw.py)."""
+    from sswp_fast import Batch, dispatch
+    from sswp_fast.backend import Executor
+
+    monkeypatch.setitem(dispatch.runs_on_triton.__globals__, "INTERPRETED", False)
+    torch.manual_seed(0)
+    engine = SearchEngine(tiny_config(recompute=recompute), 10,
+                          executor=Executor("triton", True, "test: the device executor"))
+    g = torch.Generator().manual_seed(0)
+    batch = Batch((torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)))
+    backward = torch.ops.sswp_fast.sampled_dwpw_backward
+
+    class WeightGradFlags(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.flags: list[bool] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is backward:
+                self.flags.append(args[6])
+            return func(*args, **(kwargs or {}))
+
+    with WeightGradFlags() as weight_step:
+        engine.weight_step(batch, warmup=False)
+    weights = [p.detach().clone() for p in engine.net.parameters()]
+    grads = [None if p.grad is None else p.grad.clone() for p in engine.net.parameters()]
+    with WeightGradFlags() as arch_step:
+        engine.arch_step(batch)
+    assert weight_step.flags and all(weight_step.flags)
+    assert arch_step.flags and not any(arch_step.flags)
+    for p, before, grad in zip(engine.net.parameters(), weights, grads, strict=True):
+        if p is not engine.net.arch_alpha:
+            assert torch.equal(p.detach(), before)
+            assert (p.grad is None and grad is None) or torch.equal(p.grad, grad)

@@ -84,6 +84,40 @@ def test_pytorch_kernel_of_the_op_outside_the_interpreter(monkeypatch, layout):
                           (x.requires_grad_(), chosen, 2, flat, [b.requires_grad_() for b in banks]))
 
 
+@pytest.mark.parametrize("interpreted", [True, False], ids=["kernels", "pytorch-kernel"])
+def test_detached_banks_get_no_weight_gradient_and_the_same_input_gradient(monkeypatch, interpreted):
+    """An arch step differentiates the gates only, so its banks are detached: the backward op is then asked for
+    no weight gradient (the kernel skips them, and the flat buffer's fill) and gives the same ``dx``."""
+    from sswp_fast.kernels import _common
+
+    monkeypatch.setattr(_common, "INTERPRETED", interpreted)
+    device = DEVICE if interpreted else "cpu"
+    torch.manual_seed(4)
+    x, banks = make(FIRST_HALVES, 3, 4, 6, 6)
+    x, banks = x.to(device), [b.to(device) for b in banks]
+    chosen = torch.tensor([1, -1, 3], device=device)
+    dy = torch.randn(2, 12, 3, 3, device=device)
+    _, (dx, *_) = run(sampled_dwpw, x, chosen, 2, FIRST_HALVES, banks, dy)
+    calls = []
+    backward = torch.ops.sswp_fast.sampled_dwpw_backward
+
+    class Calls(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket is backward:
+                calls.append((args[6], out[1].numel()))
+            return out
+
+    leaf = x.detach().requires_grad_()
+    before = [b.clone() for b in banks]
+    with Calls():
+        y = sampled_dwpw(leaf, chosen, 2, FIRST_HALVES, *banks)  # banks that need no gradient
+        (dx_alone,) = torch.autograd.grad(y, leaf, dy)
+    assert calls == [(False, 0)], "asked for no weight gradient, none computed"
+    torch.testing.assert_close(dx_alone, dx, rtol=0, atol=0)
+    assert all(torch.equal(a, b) for a, b in zip(banks, before, strict=True)), "nothing written into the banks"
+
+
 def test_one_compiled_kernel_serves_every_assignment():
     """The launch does not depend on the indices: the same inputs with the indices permuted give the permuted
     slots (what replaying one captured graph with new indices relies on)."""
@@ -139,6 +173,7 @@ for dtype, precision, cap in (("fp32", "ieee", 90),):
     tile = {**common, "BLOCK_P": b.p, "BLOCK_W": b.pw, "BLOCK_CO": b.co, "DOT_PRECISION": precision}
     cases = [
         (sd._sampled_fwd_kernel, {**tile, "ROUND_BF16": dtype == "bf16"}),
+        (sd._sampled_bwd_act_kernel, {**tile, "WEIGHT_GRADS": False}),  # an arch step's: no taps, no atomics
     ]
     for fn, constexprs in cases:
         sig = {}
@@ -164,11 +199,12 @@ print(count, "ok")
 def test_sampled_kernels_compile_for_sm90(tmp_path):
     """Compile-only check (no GPU needed): the branchy forward kernel with all four variants at the widest CIFAR
     search shape, fp32 (what the device executor runs) to an sm_90 cubin (H100/H200), without TRITON_INTERPRET
-    (about 80 s: every branch unrolls its taps; the two backward kernels, with the same branches, were cut from CI
-    for time). The dwpw tile functions they call are compiled alone, fp32 and bf16 (what ``--amp bf16`` runs), by
+    (about 80 s: every branch unrolls its taps), and the arch step's backward kernel without weight gradients (a
+    few seconds). The weight-step backward kernels, with the same branches as the forward, were cut from CI for
+    time; the dwpw tile functions they call are compiled alone, fp32 and bf16 (what ``--amp bf16`` runs), by
     tests/test_kernels_dwpw.py."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
     proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=1800)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("1 ok"), proc.stderr[-3000:]
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("2 ok"), proc.stderr[-3000:]
