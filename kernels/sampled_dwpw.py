@@ -254,9 +254,12 @@ def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tens
         raise ValueError(f"dy must be {(n, g * c, ho, wo)}, got shape {tuple(dy.shape)}")
     dy = dy.contiguous()
     dx = torch.empty_like(x)
-    flat = torch.zeros(sum(bank.numel() for bank in banks) if weight_grads else 0, device=x.device,
-                       dtype=torch.float32)
-    grads = split_grads(flat, banks) if weight_grads else list(banks)  # placeholders, never written then
+    if weight_grads:
+        flat = torch.zeros(sum(bank.numel() for bank in banks), device=x.device, dtype=torch.float32)
+        grads = split_grads(flat, banks)
+    else:  # an empty result and no fill; the kernel's gradient pointers are placeholders, never written
+        flat = torch.empty(0, device=x.device, dtype=torch.float32)
+        grads = list(banks)
     if n > 0:
         b = dwpw._block_sizes(ho, wo, h, w, c, c, stride, _common.INTERPRETED)
         constants = _constants(variants)
@@ -313,7 +316,7 @@ def _sampled_dwpw_backward_op(
         dx, flat = sampled_dwpw_backward(dy, x, variant, stride, _unflat(variants), *banks, weight_grads=weight_grads)
         return dx, flat.to(banks[0].dtype)
     dx, grads = _reference_backward(dy, x, variant, stride, _unflat(variants), banks)
-    return dx.contiguous(), torch.cat([grad.reshape(-1) for grad in grads] if weight_grads else [banks[0].new_zeros(0)])
+    return dx.contiguous(), torch.cat([grad.reshape(-1) for grad in grads] if weight_grads else [banks[0].new_empty(0)])
 
 
 @_sampled_dwpw_op.register_fake
