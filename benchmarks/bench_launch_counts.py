@@ -29,6 +29,8 @@ Triton kernels run in the interpreter) a small-tensor configuration with the req
 counts of the large one: ``--layers 8`` stands for L=8, C=16, batch 32.
 
     python benchmarks/bench_launch_counts.py                 # CPU: results/launch_counts_cpu.{json,md}
+    python benchmarks/bench_launch_counts.py --layers 8 --only "device, recompute none" --step arch
+                                                             # one row, printed (nothing written)
 """
 
 from __future__ import annotations
@@ -279,6 +281,11 @@ def sampled_work(stepper: Stepper, step: str, active: torch.Tensor, inactive: to
     return {"sampled_flops": counter.flops, "sampled_bytes": counter.bytes}
 
 
+VARIANTS = (("torch", "ours", "torch", "auto"), ("device, recompute edge", "ours", "triton", "edge"),
+            ("device, recompute none", "ours", "triton", "none"))
+"""Our executors counted: (name in the table, implementation, ``--kernels``, ``--recompute``)."""
+
+
 def _per_sampled(row: dict) -> str:
     return f"{row['flops'] / row['sampled_flops']:.2f}" if "sampled_flops" in row else "n/a"
 
@@ -289,16 +296,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="cell counts to count at; the first is the table's (default 8, and 3 for the growth "
                              "per normal cell that benchmarks/gpu_model.py extrapolates with)")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
+    parser.add_argument("--only", choices=[name for name, *_ in VARIANTS],
+                        help="count this executor alone and print its rows, writing nothing (the whole table takes "
+                             "about an hour in the interpreter)")
+    parser.add_argument("--step", choices=("weight", "arch"), help="with --only: this step alone")
     args = parser.parse_args(argv)
+    if args.step and not args.only:
+        parser.error("--step counts one executor's step: give --only too")
     _patch_triton_launchers()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bench_common.IMAGE_SIZE = 8  # the smallest images two reductions leave whole: the interpreter is slow
-    variants = [("torch", "ours", "torch", "auto"), ("device, recompute edge", "ours", "triton", "edge"),
-                ("device, recompute none", "ours", "triton", "none")]
+    variants = [v for v in VARIANTS if v[0] == args.only] if args.only else list(VARIANTS)
     skip = reference_harness.skip_reason()
-    if skip is None:
+    if args.only is None and skip is None:
         variants.append(("reference", "reference", "auto", "auto"))
-    else:
+    elif args.only is None:
         print(f"reference not counted: {skip}", flush=True)
     rows = []
     for layers in args.layers:
@@ -308,9 +320,11 @@ def main(argv: list[str] | None = None) -> int:
             stepper = Stepper(impl, size, device, kernels=kernels, recompute=recompute)
             stepper.weight()  # first steps create optimizer state; count a later one
             stepper.arch()
-            for step in ("weight", "arch"):
+            for step in (args.step,) if args.step else ("weight", "arch"):
                 rows.append({"layers": layers, "executor": name, "step": step, **count_step(stepper, step)})
                 print(rows[-1], flush=True)
+    if args.only:
+        return 0
     table_layers = args.layers[0]
     table = [r for r in rows if r["layers"] == table_layers]
     reference = {r["step"]: r for r in table if r["executor"] == "reference"}

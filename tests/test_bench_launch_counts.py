@@ -1,4 +1,5 @@
-"""The launch counter of ``benchmarks/bench_launch_counts.py``: one of our custom ops costs what runs inside it."""
+"""The launch counter of ``benchmarks/bench_launch_counts.py``: one of our custom ops costs what runs inside it;
+one row can be counted alone."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import bench_launch_counts  # noqa: E402
 from bench_launch_counts import Counts  # noqa: E402
 
 from sswp_fast.kernels import _common  # noqa: E402
@@ -27,3 +29,12 @@ def test_one_of_our_ops_costs_the_launches_inside_it_not_one_more(monkeypatch) -
     assert direct.compute > 2
     assert op.compute == direct.compute  # (bytes differ: below autograd, max_pool2d keeps no indices)
     assert op.ops["sswp_fast.sampled_pool"] == 1
+
+
+def test_one_row_is_counted_alone_and_nothing_is_written(tmp_path, capsys) -> None:
+    """``--only`` with ``--step``: one executor's one step, printed, for re-counting a row within minutes."""
+    assert bench_launch_counts.main(["--layers", "3", "--only", "torch", "--step", "arch",
+                                     "--out", str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(rows) == 1 and "'executor': 'torch', 'step': 'arch'" in rows[0] and "'syncs': 2" in rows[0]
+    assert not list(tmp_path.iterdir())
