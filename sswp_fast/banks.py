@@ -36,6 +36,7 @@ SEP_INDICES = (CANDIDATES.index("sep_conv_3x3"), CANDIDATES.index("sep_conv_5x5"
 BANK_ROWS = NUM_CANDIDATES + 1
 """Rows of a BatchNorm bank: one per op, and a scratch row last (``-1``: a dropped edge, ``--prune_edges``)."""
 
+
 @dataclass
 class _Entry:
     """One bank row: the tensor ``module.<name>`` of slot ``slot`` in row ``row``."""
