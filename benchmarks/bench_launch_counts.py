@@ -70,8 +70,9 @@ SYNC_OPS = ("aten._local_scalar_dense", "aten.item", "aten.nonzero", "aten.equal
 
 
 _METADATA = {torch.ops.aten.detach, torch.ops.aten.alias, torch.ops.aten.lift_fresh, torch.ops.aten.empty,
-             torch.ops.aten.empty_strided, torch.ops.aten.empty_like}
-"""Operators that launch nothing (allocation from the caching allocator, aliasing)."""
+             torch.ops.aten.empty_strided, torch.ops.aten.empty_like, torch.ops.aten.new_empty,
+             torch.ops.aten.new_empty_strided, torch.ops.aten.promote_types, torch.ops.aten.result_type}
+"""Operators that launch nothing: allocation from the caching allocator, aliasing, dtype arithmetic."""
 
 
 def _nbytes(*trees) -> int:
@@ -188,8 +189,9 @@ class Counts(TorchDispatchMode):
 
 
 def _launches(func) -> bool:
-    """Whether an ATen operator launches a kernel on a GPU (not a view or a metadata-only operator)."""
-    return not (func.is_view or func.overloadpacket in _METADATA)
+    """Whether an ATen operator launches a kernel on a GPU: not a view, a metadata-only operator or a profiler
+    record (``torch.optim`` marks its steps with those)."""
+    return not (func.is_view or func.overloadpacket in _METADATA or func.namespace == "profiler")
 
 
 class _Inside(TorchDispatchMode):

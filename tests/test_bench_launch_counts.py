@@ -38,3 +38,18 @@ def test_one_row_is_counted_alone_and_nothing_is_written(tmp_path, capsys) -> No
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(rows) == 1 and "'executor': 'torch', 'step': 'arch'" in rows[0] and "'syncs': 2" in rows[0]
     assert not list(tmp_path.iterdir())
+
+
+def test_allocations_dtype_arithmetic_and_profiler_records_launch_nothing() -> None:
+    """``new_empty`` takes memory from the allocator, ``promote_types`` is host arithmetic on dtypes and
+    ``torch.optim`` wraps its step in profiler records: none of them is a kernel. A fill is one."""
+    x = torch.randn(3)
+    with Counts() as counts:
+        x.new_empty(4)
+        torch.promote_types(x.dtype, torch.float64)
+        with torch.profiler.record_function("step"):
+            pass
+    assert counts.compute == 0 and sum(counts.ops.values()) >= 2
+    with Counts() as counts:
+        x.new_zeros(4)
+    assert counts.compute == 1
