@@ -146,12 +146,14 @@ class SearchEngine:
             self.target_net = copy.deepcopy(self.net).requires_grad_(False)
             self.target_projector = copy.deepcopy(self.byol.projector).requires_grad_(False)
         self.weight_params = weights
+        # foreach: a few multi-tensor launches per step, not a few per parameter; what torch.optim picks itself on
+        # CUDA, set here so that every device runs (and the launch counter counts) the same update
         if config.weight_optm == "sgd":
             self.weight_optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                weights, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+                weights, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, foreach=True)
         else:
             self.weight_optimizer = torch.optim.Adam(  # capturable: step counts on the GPU, no sync (CUDA graphs)
-                weights, lr=config.lr, weight_decay=config.weight_decay,
+                weights, lr=config.lr, weight_decay=config.weight_decay, foreach=True,
                 capturable=self.dispatch and self.device.type == "cuda")
         self.masked_update: MaskedBankUpdate | None = None
         """The weight step of the device executor: the candidate ops live in parameter banks

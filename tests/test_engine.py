@@ -198,3 +198,31 @@ def test_weight_step_clips_the_gradient_norm() -> None:
     engine.weight_step(make_batch(), warmup=True)
     step = torch.cat([(p.detach() - b).flatten() for p, b in zip(engine.weight_params, before, strict=True)])
     assert 0 < step.norm() <= 1e-3 * (1 + 1e-4)
+
+
+class _OpCalls(torch.utils._python_dispatch.TorchDispatchMode):
+    """How many ATen operators run on tensors (not on scalars: Adam's step counts stay on the host, one each)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        leaves = torch.utils._pytree.tree_leaves((args, kwargs))
+        self.calls += any(isinstance(t, torch.Tensor) and t.dim() > 0 for t in leaves)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_weight_optimizer_step_costs_the_same_operators_whatever_the_parameter_count(optimizer: str) -> None:
+    """Multi-tensor (foreach) updates, as torch.optim runs them on CUDA: a fixed handful of launches per step on
+    every device, not a few per parameter (a network twice as deep has twice the parameters)."""
+    calls = []
+    for layers in (3, 6):
+        engine = SearchEngine(tiny_config(layers=layers, weight_optm=optimizer, weight_decay=0.1), 10)
+        engine.weight_step(make_batch(), warmup=False)  # the first step creates the optimizer state
+        engine.weight_step(make_batch(), warmup=False)
+        with _OpCalls() as ops:
+            engine.weight_optimizer.step()
+        calls.append(ops.calls)
+    assert calls[0] == calls[1]
