@@ -74,6 +74,8 @@ class _Trace(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         inputs = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         outputs = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+        if func is torch.ops.aten.lift_fresh.default:  # a constant the step's Python made just now (Adam's CPU
+            self.made.update(t.untyped_storage().data_ptr() for t in inputs)  # step increment): not state
         for t in inputs:
             storage = t.untyped_storage().data_ptr()
             if storage and storage not in self.made:
@@ -94,7 +96,7 @@ def pytorch_kernels(monkeypatch, one_torch_thread):
 
     monkeypatch.setitem(dispatch.runs_on_triton.__globals__, "INTERPRETED", False)
     supported = adam._get_capturable_supported_devices
-    monkeypatch.setattr(adam, "_get_capturable_supported_devices", lambda: [*supported(), "cpu"])
+    monkeypatch.setattr(adam, "_get_capturable_supported_devices", lambda **kw: [*supported(**kw), "cpu"])
 
 
 def _batch() -> Batch:
