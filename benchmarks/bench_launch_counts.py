@@ -104,6 +104,16 @@ def _sampled_pool_flops(out_shape, pool: torch.Tensor) -> int:
     return 9 * n * ho * wo * (gc // pool.numel()) * pooling
 
 
+def _sampled_reduce_flops(out_shape, reduce: torch.Tensor) -> int:
+    """2 × the multiply-adds of each reducing slot's two 1×1 convolutions (C inputs to C/2 outputs each, on the
+    output grid); a passing slot adds none."""
+    n, gc, ho, wo = out_shape
+    c = gc // reduce.numel()
+    with _disable_current_modes():
+        reducing = int((reduce != 0).sum())
+    return 2 * n * ho * wo * c * c * reducing
+
+
 def _convolution_backward_flops(args) -> int:
     """The forward convolution's FLOPs once per gradient it computes (input, weight). ``flop_counter``'s own formula
     drops the groups from the weight gradient, counting a depthwise convolution's about C times over."""
@@ -129,6 +139,10 @@ def _flops(func, args, kwargs, out) -> int:
         return _sampled_dwpw_flops(out.shape, args[1], args[3])
     if name == "sswp_fast.sampled_dwpw_backward":  # input (and weight) gradients: once (twice) the forward's
         return (1 + args[6]) * _sampled_dwpw_flops(args[0].shape, args[2], args[4])
+    if name == "sswp_fast.sampled_reduce":
+        return _sampled_reduce_flops(out.shape, args[1])
+    if name == "sswp_fast.sampled_reduce_backward":  # input (and weight) gradients: once (twice) the forward's
+        return (1 + args[5]) * _sampled_reduce_flops(args[0].shape, args[2])
     if name == "sswp_fast.sampled_pool":
         return _sampled_pool_flops(out.shape, args[1])
     if name == "sswp_fast.sampled_pool_backward":  # as ATen's pooling backward: k² per output gradient element

@@ -172,14 +172,16 @@ def _group_layout(edge_ops: Sequence[nn.ModuleList], stride: int, channels: int)
 
 def _selection_table(device: torch.device) -> torch.Tensor:
     """:attr:`CellBanks.selection`: negative variants and pool kinds for the ops without that stage."""
-    table = torch.full((5, BANK_ROWS), -1, dtype=torch.int64)
+    table = torch.full((6, BANK_ROWS), -1, dtype=torch.int64)
     table[0, list(PARAMETRIC_INDICES)] = torch.arange(len(PARAMETRIC_INDICES))
     table[1, list(SEP_INDICES)] = torch.arange(len(SEP_INDICES))
     table[2, list(POOL_INDICES)] = torch.arange(len(POOL_INDICES))
-    table[3:] = FIRST
-    table[3:, list(SEP_INDICES)] = SECOND
+    table[3:5] = FIRST
+    table[3:5, list(SEP_INDICES)] = SECOND
     table[3, SKIP_INDEX] = SKIP  # the input; at stride 2 the skip is a factorized reduce, a first stage
-    table[3:, -1] = NONE
+    table[3:5, -1] = NONE
+    table[5] = 0
+    table[5, SKIP_INDEX] = 1  # runs the factorized reduce (at stride 2)
     return table.to(device)
 
 
@@ -223,10 +225,10 @@ class CellBanks:
                          torch.arange(layout.slots, device=weights.device)) for layout in node]
                        for node in layouts]
         self.selection = _selection_table(weights.device)
-        """``[5, BANK_ROWS]``: by field of a path's :class:`~sswp_fast.dispatch.Selection` (first-stage variant,
+        """``[6, BANK_ROWS]``: by field of a path's :class:`~sswp_fast.dispatch.Selection` (first-stage variant,
         ``sep_conv`` second-half variant, pool kind, :func:`~sswp_fast.kernels.slot_sum.slot_sum` source at stride 1
-        and at stride 2) and op (-1 last: a dropped edge), what a slot running that op reads: one gather selects
-        a whole path."""
+        and at stride 2, factorized-reduce flag) and op (-1 last: a dropped edge), what a slot running that op
+        reads: one gather selects a whole path."""
 
     def bound_params(self) -> list[tuple[nn.Parameter, int]]:
         """The per-edge parameters this cell's banks hold, with their offsets in :attr:`weights`."""

@@ -11,7 +11,8 @@ are stacked along channels, ``[N, G*C, H, W]``, and evaluated together:
 1. first stage of every slot's op, chosen per slot by its index: the separable/dilated convolutions' first
    ReLU + depthwise + pointwise half in one launch for all slots (:mod:`sswp_fast.kernels.sampled_dwpw`), the
    max or average pool in another (:mod:`sswp_fast.kernels.sampled_pool`), each leaving the other slots zero;
-   the stride-2 skip (factorized reduce) for all slots at once; the stride-1 skip is the input;
+   the stride-2 skip (a factorized reduce) in a third, in the slots that sampled it
+   (:mod:`sswp_fast.kernels.sampled_reduce`); the stride-1 skip is the input;
 2. BatchNorm of every slot over the G*C channels (Triton kernels): each slot's running statistics are read and
    updated in the bank row of the op it ran (and one more batch counted there) by the statistics launch itself;
    under ``torchrun`` the group's batch statistics are first reduced over the processes in one all-reduce;
@@ -57,8 +58,9 @@ from .kernels._common import runs_on_triton
 from .kernels.batchnorm import batch_norm, bn_banked_reference, bn_train_forward
 from .kernels.sampled_dwpw import Variant, sampled_dwpw
 from .kernels.sampled_pool import sampled_pool
+from .kernels.sampled_reduce import sampled_reduce
 from .kernels.slot_sum import slot_sum
-from .ops import PARAMETRIC_INDICES, SKIP_INDEX
+from .ops import PARAMETRIC_INDICES
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,8 @@ class Selection:
     edges, from :attr:`~sswp_fast.banks.CellBanks.selection`) and sliced per group (views): ``ops`` ``[E]`` (-1: a
     dropped edge), ``first`` / ``second`` the :func:`sampled_dwpw` variant of each edge's first stage and of a
     ``sep_conv``'s second half (negative: none), ``pool`` its :func:`sampled_pool` kind (negative: none),
-    ``source`` / ``reduce_source`` the :func:`slot_sum` source of its output at stride 1 / at stride 2, and in a
-    reduction cell ``is_skip``, whether it runs the skip (a factorized reduce at stride 2)."""
+    ``source`` / ``reduce_source`` the :func:`slot_sum` source of its output at stride 1 / at stride 2, and
+    ``reduce``, 1 where it runs the skip (at stride 2, a factorized reduce: :func:`sampled_reduce`), else 0."""
 
     ops: torch.Tensor
     first: torch.Tensor
@@ -76,15 +78,15 @@ class Selection:
     pool: torch.Tensor
     source: torch.Tensor
     reduce_source: torch.Tensor
-    is_skip: torch.Tensor | None
+    reduce: torch.Tensor
 
     @staticmethod
-    def of(ops: torch.Tensor, banks: CellBanks, reduction: bool) -> Selection:
-        return Selection(ops, *banks.selection[:, ops], ops == SKIP_INDEX if reduction else None)
+    def of(ops: torch.Tensor, banks: CellBanks) -> Selection:
+        return Selection(ops, *banks.selection[:, ops])
 
     def __getitem__(self, edges: slice) -> Selection:
-        return Selection(*(None if t is None else t[edges] for t in (self.ops, self.first, self.second, self.pool,
-                                                                      self.source, self.reduce_source, self.is_skip)))
+        return Selection(*(t[edges] for t in (self.ops, self.first, self.second, self.pool, self.source,
+                                              self.reduce_source, self.reduce)))
 
 
 class _BatchStatsMemo:
@@ -204,27 +206,14 @@ class _SlotGroup:
         (for a ``sep_conv``, the input of its second half), the ``sep_conv`` second half after its BatchNorm,
         and at stride 1 the skip (``x``). Each slot's own output is one of them (``path.source``); the other
         slots of each are zero or unused."""
-        n, c, g = x.shape[0], self.channels, len(self.ops)
         conv = sampled_dwpw(x, path.first, self.stride, self.variants, *banks.first)
-        ho, wo = conv.shape[2:]
         pre = sampled_pool(x, path.pool, self.stride, conv)  # conv + the pools: each is zero where the other runs
-        if self.stride != 1:
-            skip = path.is_skip.view(1, g, 1, 1, 1)
-            pre = torch.where(skip, self._factorized_reduce(x, banks.reduce).view(n, g, c, ho, wo),
-                              pre.view(n, g, c, ho, wo)).view(n, g * c, ho, wo)
+        if self.stride != 1:  # the skip: a factorized reduce where sampled, the rest passed through
+            pre = sampled_reduce(x, path.reduce, *banks.reduce, pre)
         first = _batch_norm(pre, path.ops, banks.stats1, banks.bn1, self.bn, banks.slots, update, memo)
         conv2 = sampled_dwpw(first, path.second, 1, self.sep_variants, *banks.second)
         second = _batch_norm(conv2, path.ops, banks.stats2, banks.bn2, self.bn, banks.slots, update, memo)
         return first, second, x if self.stride == 1 else None
-
-    def _factorized_reduce(self, x: torch.Tensor, reduce: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Every slot's factorized reduce (before its BN): two grouped, offset, stride-2 1×1 convolutions."""
-        g, half = len(self.ops), self.channels // 2
-        x = torch.relu(x)
-        even = F.conv2d(x[:, :, ::2, ::2], reduce[0], groups=g)
-        odd = F.conv2d(x[:, :, 1::2, 1::2], reduce[1], groups=g)
-        n, _, h, w = even.shape
-        return torch.stack([even.view(n, g, half, h, w), odd.view(n, g, half, h, w)], dim=2).view(n, g * 2 * half, h, w)
 
 
 class _Recomputed(torch.autograd.Function):
@@ -296,8 +285,8 @@ def run_cell(cell: nn.Module, node_edges: Sequence[Sequence[int]], s0: torch.Ten
     ``recompute_groups`` (``--recompute edge``) keeps only each slot group's input (and its BatchNorms' batch
     statistics) for the backward pass. ``train_weights=False`` (an arch step) differentiates no weight bank."""
     banks = cell_banks(cell)
-    path = Selection.of(active, banks, cell.reduction)
-    other_paths = [] if others is None else [Selection.of(others[:, k], banks, cell.reduction)
+    path = Selection.of(active, banks)
+    other_paths = [] if others is None else [Selection.of(others[:, k], banks)
                                              for k in range(others.shape[1])]
     states = [cell.preprocess0(s0), cell.preprocess1(s1)]
     for node, node_banks in zip(slot_groups(cell, node_edges), banks.views(train_weights), strict=True):

@@ -53,3 +53,20 @@ def test_allocations_dtype_arithmetic_and_profiler_records_launch_nothing() -> N
     with Counts() as counts:
         x.new_zeros(4)
     assert counts.compute == 1
+
+
+def test_a_sampled_reduce_counts_the_flops_of_its_reducing_slots_convolutions() -> None:
+    """As ATen's own two 1×1 convolutions of one slot count them, once per reducing slot (the other slot passes
+    ``base`` through); the backward with weight gradients counts twice that."""
+    from sswp_fast.kernels.sampled_reduce import sampled_reduce
+
+    x, base = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 3, 3)
+    weights = [torch.randn(4, 4, requires_grad=True) for _ in range(2)]
+    with Counts() as aten:
+        for w in weights:
+            torch.nn.functional.conv2d(x[:, :4, ::2, ::2], w.detach()[:2].view(2, 4, 1, 1))
+    with Counts() as op:
+        y = sampled_reduce(x, torch.tensor([1, 0]), *weights, base)
+    with Counts() as backward:
+        y.sum().backward()
+    assert aten.flops > 0 and op.flops == aten.flops and backward.flops == 2 * aten.flops

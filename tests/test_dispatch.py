@@ -281,7 +281,7 @@ def test_a_slot_group_keeps_only_its_input_for_backward(monkeypatch):
     ops = torch.tensor([0, 1, 3, 5, 6])
     saved: list[torch.Tensor] = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        y = group(x, Selection.of(ops, banks, cell.reduction), banks.views()[3][0])
+        y = group(x, Selection.of(ops, banks), banks.views()[3][0])
     weights = banks.weights.untyped_storage().data_ptr()
     activations = [t for t in saved if t.untyped_storage().data_ptr() != weights]
     assert activations[0].data_ptr() == x.data_ptr()
