@@ -82,10 +82,12 @@ class Selection:
 
     @staticmethod
     def of(ops: torch.Tensor, banks: CellBanks) -> Selection:
+        """The selection of ``ops`` ``[E]``, or of several paths at once, ``[P, E]``."""
         return Selection(ops, *banks.selection[:, ops])
 
-    def __getitem__(self, edges: slice) -> Selection:
-        return Selection(*(t[edges] for t in (self.ops, self.first, self.second, self.pool, self.source,
+    def __getitem__(self, index: slice | tuple[int, slice]) -> Selection:
+        """Edges ``index`` (views), or ``[p, edges]`` of path ``p`` of a several-path selection."""
+        return Selection(*(t[index] for t in (self.ops, self.first, self.second, self.pool, self.source,
                                               self.reduce_source, self.reduce)))
 
 
@@ -274,6 +276,27 @@ def slot_groups(cell: nn.Module, node_edges: Sequence[Sequence[int]]) -> list[li
     return nodes
 
 
+class _GateScales(torch.autograd.Function):
+    """The gates a cell's slot groups scale their paths by: ``codes`` ``[P, 14]`` (the path, then the others),
+    ``gates[e, codes[p, e]]`` gathered in one launch and returned per path and group, ``[G]`` each, path-major,
+    in ``sizes``' group order (views of the gathered ``[P, 14]``). The backward pass scatters every group's gate
+    gradient back in three launches (a concatenation, a fill, a scatter) where autograd would give each
+    gathered, sliced and accumulated scale its own backward launches."""
+
+    @staticmethod
+    def forward(ctx, gates: torch.Tensor, codes: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, ...]:
+        ctx.save_for_backward(codes)
+        ctx.gates = (gates.shape, gates.dtype)
+        return torch.gather(gates.t(), 0, codes).view(-1).split(sizes * codes.shape[0])
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        (codes,) = ctx.saved_tensors
+        shape, dtype = ctx.gates
+        flat = torch.cat(grads).view(codes.shape).t()
+        return codes.new_zeros(shape, dtype=dtype).scatter_add_(1, codes.t(), flat.to(dtype)), None, None
+
+
 def run_cell(cell: nn.Module, node_edges: Sequence[Sequence[int]], s0: torch.Tensor, s1: torch.Tensor,
              active: torch.Tensor, others: torch.Tensor | None = None,
              gates: torch.Tensor | None = None, recompute_groups: bool = True,
@@ -285,24 +308,29 @@ def run_cell(cell: nn.Module, node_edges: Sequence[Sequence[int]], s0: torch.Ten
     ``recompute_groups`` (``--recompute edge``) keeps only each slot group's input (and its BatchNorms' batch
     statistics) for the backward pass. ``train_weights=False`` (an arch step) differentiates no weight bank."""
     banks = cell_banks(cell)
-    path = Selection.of(active, banks)
-    other_paths = [] if others is None else [Selection.of(others[:, k], banks)
-                                             for k in range(others.shape[1])]
+    codes = active[None] if gates is None else torch.cat([active[None], others.t()])  # [paths, 14]
+    paths = Selection.of(codes, banks)
+    groups = slot_groups(cell, node_edges)
+    scales = None
+    if gates is not None:
+        sizes = [group.stop - group.start for node in groups for group, _ in node]
+        scales = _GateScales.apply(gates, codes, sizes)
     states = [cell.preprocess0(s0), cell.preprocess1(s1)]
-    for node, node_banks in zip(slot_groups(cell, node_edges), banks.views(train_weights), strict=True):
+    index = 0
+    for node, node_banks in zip(groups, banks.views(train_weights), strict=True):
         total = None
         for (group, first), banks in zip(node, node_banks, strict=True):
             inputs = states[first:first + len(group.ops)]
             x = torch.cat(inputs, dim=1)
-            part_path = path[group.start:group.stop]
-            edge_gates = None if gates is None else gates[group.start:group.stop]
-            scale = None if gates is None else edge_gates.gather(1, part_path.ops[:, None]).view(-1)
-            part = group(x, part_path, banks, scale, recompute_groups)
-            for other in other_paths:
-                other = other[group.start:group.stop]
+            edges = slice(group.start, group.stop)
+            scale = None if scales is None else scales[index]
+            part = group(x, paths[0, edges], banks, scale, recompute_groups)
+            for p in range(1, codes.shape[0]):
+                other = paths[p, edges]
                 with torch.no_grad():
                     stages = group.stages(x, other, banks)
-                part = part + group.sum_slots(stages, other, edge_gates.gather(1, other.ops[:, None]).view(-1))
+                part = part + group.sum_slots(stages, other, scales[p * len(sizes) + index])
             total = part if total is None else total + part
+            index += 1
         states.append(total)
     return torch.cat(states[2:], dim=1)

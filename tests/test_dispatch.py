@@ -131,12 +131,17 @@ def test_probing_gives_the_module_paths_gate_gradients():
     inactive = (active + torch.randint(1, 7, (14,))) % 7
     gates = torch.nn.functional.one_hot(active, 7).float().requires_grad_()
     twin_gates = gates.detach().clone().requires_grad_()
-    out = run_cell(cell, NODE_EDGES, s0, s1, active, inactive[:, None], gates)
+    with OpTrace() as trace:
+        out = run_cell(cell, NODE_EDGES, s0, s1, active, inactive[:, None], gates)
+        dy = torch.randn_like(out)
+        (g,) = torch.autograd.grad(out, [gates], dy)
     ref = twin(s0, s1, EVERY_OP, [[b] for b in inactive.tolist()], twin_gates)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
-    dy = torch.randn_like(out)
-    (g,) = torch.autograd.grad(out, [gates], dy)
     (g_ref,) = torch.autograd.grad(ref, [twin_gates], dy)
+    # the gates of all 7 groups and both paths: one gather, and one scatter back (no per-group gathers, slices,
+    # and their backward launches)
+    assert trace.ops.count("aten.gather") == 1 and trace.ops.count("aten.scatter_add_") == 1
+    assert "aten.slice_backward" not in trace.ops and "aten.scatter_add" not in trace.ops
     torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4 * g_ref.abs().max().item())
     assert (g_ref.gather(1, inactive[:, None]) != 0).all(), "the inactive ops were measured"
     assert_states_equal(cell, twin)
