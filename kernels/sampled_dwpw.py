@@ -237,15 +237,17 @@ def sampled_dwpw_forward(x: torch.Tensor, variant: torch.Tensor, stride: int, va
 
 
 def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor, stride: int,
-                          variants: tuple[Variant, ...], *banks: torch.Tensor,
-                          weight_grads: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                          variants: tuple[Variant, ...], *banks: torch.Tensor, weight_grads: bool = True,
+                          grad_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dx, bank gradients)`` of :func:`sampled_dwpw_forward`, recomputing the activations from ``x``; the bank
     gradients flat, one fp32 tensor of every bank's in order (:func:`split_grads` views them per bank), or empty
-    without ``weight_grads`` (an arch step, which differentiates the gates only).
+    without ``weight_grads`` (an arch step, which differentiates the gates only). Given ``grad_out`` (fp32, that
+    size, zero), the weight gradients are added into it instead, and the flat result is that tensor.
 
     Two launches (the weight gradients reduced with fp32 atomics, as in :func:`.dwpw.dwpw_backward`) and one fill
-    (of the flat gradient; none without ``weight_grads``). A bank's gradient is zero in the rows of the slots that
-    did not run its variant; ``dx`` is zero for slots that ran none (written so by the kernel)."""
+    (of the flat gradient; none without ``weight_grads`` or with ``grad_out``). A bank's gradient is zero in the
+    rows of the slots that did not run its variant; ``dx`` is zero for slots that ran none (written so by the
+    kernel)."""
     g, c, ho, wo = _check(x, variant, stride, variants, banks)
     x = x.contiguous()
     banks = tuple(b.contiguous() for b in banks)
@@ -255,7 +257,12 @@ def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tens
     dy = dy.contiguous()
     dx = torch.empty_like(x)
     if weight_grads:
-        flat = torch.zeros(sum(bank.numel() for bank in banks), device=x.device, dtype=torch.float32)
+        size = sum(bank.numel() for bank in banks)
+        if grad_out is not None and (grad_out.numel() != size or grad_out.dtype != torch.float32
+                                     or not grad_out.is_contiguous()):
+            raise ValueError(f"grad_out must be a contiguous fp32 tensor of {size} elements, got "
+                             f"{tuple(grad_out.shape)} {grad_out.dtype}")
+        flat = torch.zeros(size, device=x.device, dtype=torch.float32) if grad_out is None else grad_out
         grads = split_grads(flat, banks)
     else:  # an empty result and no fill; the kernel's gradient pointers are placeholders, never written
         flat = torch.empty(0, device=x.device, dtype=torch.float32)
@@ -298,66 +305,82 @@ def _unflat(flat: list[int]) -> tuple[Variant, ...]:
 
 @torch.library.custom_op("sswp_fast::sampled_dwpw", mutates_args=())
 def _sampled_dwpw_op(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: list[int],
-                     banks: list[torch.Tensor]) -> torch.Tensor:
+                     banks: list[torch.Tensor], grad_out: torch.Tensor | None) -> torch.Tensor:
+    """``grad_out`` is not read here: the backward pass adds the bank gradients into it (see :func:`sampled_dwpw`)."""
     if _common.runs_on_triton(x):
         return sampled_dwpw_forward(x, variant, stride, _unflat(variants), *banks)
     _check(x, variant, stride, _unflat(variants), tuple(banks), device=False)
     return sampled_dwpw_reference(x, variant, stride, _unflat(variants), *banks).contiguous()
 
 
-@torch.library.custom_op("sswp_fast::sampled_dwpw_backward", mutates_args=())
+@torch.library.custom_op("sswp_fast::sampled_dwpw_backward", mutates_args=("grad_out",))
 def _sampled_dwpw_backward_op(
     dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor, stride: int, variants: list[int],
-    banks: list[torch.Tensor], weight_grads: bool,
+    banks: list[torch.Tensor], weight_grads: bool, grad_out: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``dx`` and every bank's gradient in one flat tensor of the banks' dtype (an op's outputs may not alias,
-    so not as views of one buffer); without ``weight_grads`` that tensor is empty."""
+    so not as views of one buffer); without ``weight_grads`` that tensor is empty, and so it is with
+    ``grad_out``, into which the gradients are added."""
     if _common.runs_on_triton(x):
-        dx, flat = sampled_dwpw_backward(dy, x, variant, stride, _unflat(variants), *banks, weight_grads=weight_grads)
-        return dx, flat.to(banks[0].dtype)
+        dx, flat = sampled_dwpw_backward(dy, x, variant, stride, _unflat(variants), *banks, weight_grads=weight_grads,
+                                         grad_out=grad_out)
+        return dx, flat.to(banks[0].dtype) if grad_out is None else banks[0].new_empty(0)
     dx, grads = _reference_backward(dy, x, variant, stride, _unflat(variants), banks)
-    return dx.contiguous(), torch.cat([grad.reshape(-1) for grad in grads] if weight_grads else [banks[0].new_empty(0)])
+    flat = torch.cat([grad.reshape(-1) for grad in grads] if weight_grads else [banks[0].new_empty(0)])
+    if grad_out is None or not weight_grads:
+        return dx.contiguous(), flat
+    grad_out.add_(flat.to(grad_out.dtype))
+    return dx.contiguous(), banks[0].new_empty(0)
 
 
 @_sampled_dwpw_op.register_fake
-def _(x, variant, stride, variants, banks):
+def _(x, variant, stride, variants, banks, grad_out):
     first = _unflat(variants)[0]
     n, _, h, w = x.shape
     return x.new_empty((n, x.shape[1], _output_size(h, first, stride), _output_size(w, first, stride)))
 
 
 @_sampled_dwpw_backward_op.register_fake
-def _(dy, x, variant, stride, variants, banks, weight_grads):
-    return x.new_empty(x.shape), banks[0].new_empty(sum(bank.numel() for bank in banks) if weight_grads else 0)
+def _(dy, x, variant, stride, variants, banks, weight_grads, grad_out):
+    size = sum(bank.numel() for bank in banks) if weight_grads and grad_out is None else 0
+    return x.new_empty(x.shape), banks[0].new_empty(size)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, variant, stride, variants, banks = inputs
+    x, variant, stride, variants, banks, grad_out = inputs
     ctx.save_for_backward(x, variant, *banks)
     ctx.conv = (stride, variants)
+    ctx.grad_out = grad_out
 
 
 def _backward(ctx, dy: torch.Tensor):
     x, variant, *banks = ctx.saved_tensors
     weight_grads = any(ctx.needs_input_grad[4])  # an arch step's detached banks need none
-    dx, flat = torch.ops.sswp_fast.sampled_dwpw_backward(dy, x, variant, *ctx.conv, banks, weight_grads)
+    grad_out, ctx.grad_out = ctx.grad_out, None  # zero only once: a second backward pass gets fresh gradients
+    dx, flat = torch.ops.sswp_fast.sampled_dwpw_backward(dy, x, variant, *ctx.conv, banks, weight_grads,
+                                                         grad_out if weight_grads else None)
     if not weight_grads:
-        return dx, None, None, None, [None] * len(banks)
+        return dx, None, None, None, [None] * len(banks), None
+    flat = flat if grad_out is None else grad_out
     return dx, None, None, None, [grad.to(bank.dtype) for grad, bank in zip(split_grads(flat, banks), banks,
-                                                                             strict=True)]
+                                                                             strict=True)], None
 
 
 _sampled_dwpw_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def sampled_dwpw(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: tuple[Variant, ...],
-                 *banks: torch.Tensor) -> torch.Tensor:
+                 *banks: torch.Tensor, grad_out: torch.Tensor | None = None) -> torch.Tensor:
     """Differentiable :func:`sampled_dwpw_forward` as the custom op ``torch.ops.sswp_fast.sampled_dwpw``, which
     ``torch.compile`` traces as one call: the Triton kernels on CUDA (and on CPU under the interpreter), the
     PyTorch reference on other CPU tensors. Autograd saves ``x``, ``variant`` and the banks only (the backward
-    recomputes the depthwise activations)."""
+    recomputes the depthwise activations).
+
+    ``grad_out``: a zero fp32 tensor of the banks' total size, into which the (first) backward pass adds the bank
+    gradients, which are then views of it: one fill for many ops (a cell's, :mod:`sswp_fast.dispatch`) instead of
+    one each."""
     return torch.ops.sswp_fast.sampled_dwpw(x, variant, stride, _flat(tuple(Variant(*v) for v in variants)),
-                                            list(banks))
+                                            list(banks), grad_out)
 
 
 def _reference_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor, stride: int,

@@ -165,17 +165,24 @@ def sampled_reduce_forward(x: torch.Tensor, reduce: torch.Tensor, w_even: torch.
 
 
 def sampled_reduce_backward(dy: torch.Tensor, x: torch.Tensor, reduce: torch.Tensor, w_even: torch.Tensor,
-                            w_odd: torch.Tensor, weight_grads: bool = True
+                            w_odd: torch.Tensor, weight_grads: bool = True, grad_out: torch.Tensor | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dx, dbase, weight gradients)`` of :func:`sampled_reduce_forward`: one launch, and one fill of the weight
-    gradients ``[2, G*C/2, C]`` (even, odd; fp32), which are zero in the rows of the slots
-    that did not reduce, and empty (no fill) without ``weight_grads``."""
+    gradients ``[2, G*C/2, C]`` (even, odd; fp32), which are zero in the rows of the slots that did not reduce, and
+    empty (no fill) without ``weight_grads``. Given ``grad_out`` (fp32, that size, zero) they are added into it
+    (no fill), and it is the result."""
     g, c = _check(x, reduce, w_even, w_odd, dy)
     _common.check_device(dy, x, reduce, w_even, w_odd)
     x, dy = x.contiguous(), dy.contiguous()
     dx, dbase = torch.empty_like(x), torch.empty_like(dy)
     shape = (2, g * c // 2, c) if weight_grads else (0,)
-    grads = (torch.zeros if weight_grads else torch.empty)(shape, device=x.device, dtype=torch.float32)
+    if weight_grads and grad_out is not None:
+        if grad_out.numel() != g * c * c or grad_out.dtype != torch.float32 or not grad_out.is_contiguous():
+            raise ValueError(f"grad_out must be a contiguous fp32 tensor of {g * c * c} elements, got "
+                             f"{tuple(grad_out.shape)} {grad_out.dtype}")
+        grads = grad_out.view(shape)
+    else:
+        grads = (torch.zeros if weight_grads else torch.empty)(shape, device=x.device, dtype=torch.float32)
     if dy.numel():
         dwe, dwo = (grads[0], grads[1]) if weight_grads else (w_even, w_odd)  # placeholders, never written
         _launch(_reduce_bwd_kernel, x, g, c, (x, reduce, w_even.contiguous(), w_odd.contiguous(), dy, dx, dbase,
@@ -232,57 +239,69 @@ def _reference_backward(dy: torch.Tensor, x: torch.Tensor, reduce: torch.Tensor,
 
 @torch.library.custom_op("sswp_fast::sampled_reduce", mutates_args=())
 def _sampled_reduce_op(x: torch.Tensor, reduce: torch.Tensor, w_even: torch.Tensor, w_odd: torch.Tensor,
-                       base: torch.Tensor) -> torch.Tensor:
+                       base: torch.Tensor, grad_out: torch.Tensor | None) -> torch.Tensor:
+    """``grad_out`` is not read here: the backward pass adds the weight gradients into it."""
     if _common.runs_on_triton(x):
         return sampled_reduce_forward(x, reduce, w_even, w_odd, base)
     return sampled_reduce_reference(x, reduce, w_even, w_odd, base).contiguous()
 
 
-@torch.library.custom_op("sswp_fast::sampled_reduce_backward", mutates_args=())
+@torch.library.custom_op("sswp_fast::sampled_reduce_backward", mutates_args=("grad_out",))
 def _sampled_reduce_backward_op(dy: torch.Tensor, x: torch.Tensor, reduce: torch.Tensor, w_even: torch.Tensor,
-                                w_odd: torch.Tensor, weight_grads: bool
+                                w_odd: torch.Tensor, weight_grads: bool, grad_out: torch.Tensor | None
                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``dx``, ``dbase`` and the weight gradients ``[2, G*C/2, C]`` (even, odd) in the weights' dtype."""
+    """``dx``, ``dbase`` and the weight gradients ``[2, G*C/2, C]`` (even, odd) in the weights' dtype; with
+    ``grad_out`` those are added into it instead, and the third result is empty."""
     if _common.runs_on_triton(x):
-        dx, dbase, grads = sampled_reduce_backward(dy, x, reduce, w_even, w_odd, weight_grads)
-        return dx, dbase, grads.to(w_even.dtype)
+        dx, dbase, grads = sampled_reduce_backward(dy, x, reduce, w_even, w_odd, weight_grads, grad_out)
+        return dx, dbase, grads.to(w_even.dtype) if grad_out is None else w_even.new_empty(0)
     dx, dbase, grads = _reference_backward(dy, x, reduce, w_even, w_odd, weight_grads)
-    return dx.contiguous(), dbase.contiguous(), grads
+    if grad_out is None or not weight_grads:
+        return dx.contiguous(), dbase.contiguous(), grads
+    grad_out.add_(grads.reshape(-1).to(grad_out.dtype))
+    return dx.contiguous(), dbase.contiguous(), w_even.new_empty(0)
 
 
 @_sampled_reduce_op.register_fake
-def _(x, reduce, w_even, w_odd, base):
+def _(x, reduce, w_even, w_odd, base, grad_out):
     return torch.empty_like(base)
 
 
 @_sampled_reduce_backward_op.register_fake
-def _(dy, x, reduce, w_even, w_odd, weight_grads):
+def _(dy, x, reduce, w_even, w_odd, weight_grads, grad_out):
     g = reduce.shape[0]
     c = x.shape[1] // g
-    shape = (2, g * c // 2, c) if weight_grads else (0,)
+    shape = (2, g * c // 2, c) if weight_grads and grad_out is None else (0,)
     return torch.empty_like(x), torch.empty_like(dy), w_even.new_empty(shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, reduce, w_even, w_odd, _ = inputs
+    x, reduce, w_even, w_odd, _, grad_out = inputs
     ctx.save_for_backward(x, reduce, w_even, w_odd)
+    ctx.grad_out = grad_out
 
 
 def _backward(ctx, dy: torch.Tensor):
     x, reduce, w_even, w_odd = ctx.saved_tensors
     weight_grads = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]  # none in an arch step (detached banks)
-    dx, dbase, grads = torch.ops.sswp_fast.sampled_reduce_backward(dy, x, reduce, w_even, w_odd, weight_grads)
+    grad_out, ctx.grad_out = ctx.grad_out, None  # zero only once: a second backward pass gets fresh gradients
+    dx, dbase, grads = torch.ops.sswp_fast.sampled_reduce_backward(dy, x, reduce, w_even, w_odd, weight_grads,
+                                                                   grad_out if weight_grads else None)
     if not weight_grads:
-        return dx, None, None, None, dbase
-    return dx, None, grads[0].view_as(w_even), grads[1].view_as(w_odd), dbase
+        return dx, None, None, None, dbase, None
+    if grad_out is not None:
+        grads = grad_out.view(2, -1).to(w_even.dtype)
+    return dx, None, grads[0].view_as(w_even), grads[1].view_as(w_odd), dbase, None
 
 
 _sampled_reduce_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def sampled_reduce(x: torch.Tensor, reduce: torch.Tensor, w_even: torch.Tensor, w_odd: torch.Tensor,
-                   base: torch.Tensor) -> torch.Tensor:
+                   base: torch.Tensor, grad_out: torch.Tensor | None = None) -> torch.Tensor:
     """Differentiable :func:`sampled_reduce_forward` as the custom op ``torch.ops.sswp_fast.sampled_reduce`` (one
     call for ``torch.compile``): the Triton kernels on CUDA (and on CPU under the interpreter), the PyTorch
-    reference on other CPU tensors. Autograd saves ``x``, ``reduce`` and the weights only."""
-    return torch.ops.sswp_fast.sampled_reduce(x, reduce, w_even, w_odd, base)
+    reference on other CPU tensors. Autograd saves ``x``, ``reduce`` and the weights only. ``grad_out``: a zero
+    fp32 tensor of both weights' size into which the (first) backward pass adds their gradients, as
+    :func:`.sampled_dwpw.sampled_dwpw` does."""
+    return torch.ops.sswp_fast.sampled_reduce(x, reduce, w_even, w_odd, base, grad_out)

@@ -20,6 +20,7 @@ Bind after moving the network to its device and dtype (``.to()`` gives parameter
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from math import prod
@@ -80,7 +81,9 @@ class GroupBanks:
     ``[G, ...]``; ``second``: the same for the second half of each ``sep_conv``; ``reduce``: the factorized
     reduce's two convolutions ``[G*C/2, C, 1, 1]`` (stride-2 groups only); ``bn1`` / ``bn2``: (weight, bias)
     ``[8, G, C]`` of the two BatchNorm stages (affine networks only); ``stats1`` / ``stats2``: their running
-    statistics."""
+    statistics. ``grads`` (a weight step on the Triton kernels): zero fp32 tensors, views of the cell's one
+    gradient buffer, into which the backward pass adds the gradients of ``first``, ``second`` and ``reduce``
+    (each in its banks' order), so that no kernel fills a gradient of its own."""
 
     first: list[torch.Tensor]
     second: list[torch.Tensor]
@@ -91,6 +94,7 @@ class GroupBanks:
     stats2: BatchStats
     slots: torch.Tensor
     """``arange(G)`` on the device (a constant, made once)."""
+    grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
 
     def weights(self) -> list[torch.Tensor]:
         """The differentiable banks, in a fixed order (what :meth:`with_weights` takes back)."""
@@ -107,7 +111,7 @@ class GroupBanks:
         reduce = None if self.reduce is None else (next(it), next(it))
         bn1 = None if self.bn1 is None else (next(it), next(it))
         bn2 = None if self.bn2 is None else (next(it), next(it))
-        return GroupBanks(first, second, reduce, bn1, bn2, self.stats1, self.stats2, self.slots)
+        return GroupBanks(first, second, reduce, bn1, bn2, self.stats1, self.stats2, self.slots, self.grads)
 
 
 @dataclass
@@ -234,13 +238,14 @@ class CellBanks:
         """The per-edge parameters this cell's banks hold, with their offsets in :attr:`weights`."""
         return _bound_params(self.layouts)
 
-    def views(self, trainable: bool = True) -> list[list[GroupBanks]]:
+    def views(self, trainable: bool = True, grads: torch.Tensor | None = None) -> list[list[GroupBanks]]:
         """Every group's banks for one evaluation, as views of :attr:`weights` (differentiable when autograd is
         on and ``trainable``; an arch step, which differentiates the gates only, takes them detached, so that our
-        kernels compute no weight gradient): no copy, no launch."""
+        kernels compute no weight gradient): no copy, no launch. ``grads``, a zero fp32 tensor shaped like
+        :attr:`weights`, gives each group its :attr:`GroupBanks.grads` (views)."""
         weights = self.weights if trainable else self.weights.detach()
         chunks = iter(w.view(shape) for w, shape in zip(weights.split(self._sizes), self._shapes, strict=True))
-        nodes = []
+        nodes, at = [], 0  # at: the offset of the next chunk
         for node, stats in zip(self.layouts, self._stats, strict=True):
             groups = []
             for layout, (stats1, stats2, slots) in zip(node, stats, strict=True):
@@ -253,7 +258,15 @@ class CellBanks:
                 if layout.affine:
                     bn1 = (next(chunks), next(chunks))
                     bn2 = (next(chunks), next(chunks))
-                groups.append(GroupBanks(first, second, reduce, bn1, bn2, stats1, stats2, slots))
+                regions = None
+                if grads is not None:  # first, second, reduce: consecutive chunks in that order, a slice each
+                    ends = list(itertools.accumulate((sum(t.numel() for t in part) for part in
+                                                      (first, second, reduce or ())), initial=at))
+                    regions = (grads[ends[0]:ends[1]], grads[ends[1]:ends[2]],
+                               grads[ends[2]:ends[3]] if reduce else None)
+                group = GroupBanks(first, second, reduce, bn1, bn2, stats1, stats2, slots, regions)
+                at += sum(t.numel() for t in group.weights())
+                groups.append(group)
             nodes.append(groups)
         return nodes
 

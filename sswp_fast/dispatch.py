@@ -45,7 +45,7 @@ recompute boundary is left to the compiler's partitioner. The groups of a cell a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -208,12 +208,13 @@ class _SlotGroup:
         (for a ``sep_conv``, the input of its second half), the ``sep_conv`` second half after its BatchNorm,
         and at stride 1 the skip (``x``). Each slot's own output is one of them (``path.source``); the other
         slots of each are zero or unused."""
-        conv = sampled_dwpw(x, path.first, self.stride, self.variants, *banks.first)
+        grads = banks.grads or (None, None, None)
+        conv = sampled_dwpw(x, path.first, self.stride, self.variants, *banks.first, grad_out=grads[0])
         pre = sampled_pool(x, path.pool, self.stride, conv)  # conv + the pools: each is zero where the other runs
         if self.stride != 1:  # the skip: a factorized reduce where sampled, the rest passed through
-            pre = sampled_reduce(x, path.reduce, *banks.reduce, pre)
+            pre = sampled_reduce(x, path.reduce, *banks.reduce, pre, grad_out=grads[2])
         first = _batch_norm(pre, path.ops, banks.stats1, banks.bn1, self.bn, banks.slots, update, memo)
-        conv2 = sampled_dwpw(first, path.second, 1, self.sep_variants, *banks.second)
+        conv2 = sampled_dwpw(first, path.second, 1, self.sep_variants, *banks.second, grad_out=grads[1])
         second = _batch_norm(conv2, path.ops, banks.stats2, banks.bn2, self.bn, banks.slots, update, memo)
         return first, second, x if self.stride == 1 else None
 
@@ -250,6 +251,7 @@ class _Recomputed(torch.autograd.Function):
             trained = ctx.needs_input_grad[5:]  # none in an arch step (detached banks): no weight gradient
             leaves = [w.detach().requires_grad_(needed) for w, needed in zip(weights, trained, strict=True)]
             y = ctx.group.evaluate(leaf, ctx.path, ctx.banks.with_weights(leaves), gate, update=False, memo=memo)
+            ctx.banks = replace(ctx.banks, grads=None)  # the gradient buffer takes one backward pass's gradients
             inputs = ([leaf] * ctx.needs_input_grad[2] + [gate] * ctx.needs_input_grad[4]
                       + [w for w in leaves if w.requires_grad])
             grads = list(torch.autograd.grad(y, inputs, dy, allow_unused=True, materialize_grads=True))
@@ -308,6 +310,10 @@ def run_cell(cell: nn.Module, node_edges: Sequence[Sequence[int]], s0: torch.Ten
     ``recompute_groups`` (``--recompute edge``) keeps only each slot group's input (and its BatchNorms' batch
     statistics) for the backward pass. ``train_weights=False`` (an arch step) differentiates no weight bank."""
     banks = cell_banks(cell)
+    grads = None  # one zero buffer for the cell's convolution weight gradients, filled once (GroupBanks.grads)
+    if (train_weights and torch.is_grad_enabled() and runs_on_triton(s1)
+            and not torch.compiler.is_compiling()):
+        grads = torch.zeros(banks.weights.numel(), device=s1.device, dtype=torch.float32)
     codes = active[None] if gates is None else torch.cat([active[None], others.t()])  # [paths, 14]
     paths = Selection.of(codes, banks)
     groups = slot_groups(cell, node_edges)
@@ -317,7 +323,7 @@ def run_cell(cell: nn.Module, node_edges: Sequence[Sequence[int]], s0: torch.Ten
         scales = _GateScales.apply(gates, codes, sizes)
     states = [cell.preprocess0(s0), cell.preprocess1(s1)]
     index = 0
-    for node, node_banks in zip(groups, banks.views(train_weights), strict=True):
+    for node, node_banks in zip(groups, banks.views(train_weights, grads), strict=True):
         total = None
         for (group, first), banks in zip(node, node_banks, strict=True):
             inputs = states[first:first + len(group.ops)]

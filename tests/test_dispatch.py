@@ -193,6 +193,8 @@ def test_the_step_never_reads_the_path_and_runs_the_same_operators_whatever_was_
             out = run_cell(cell, NODE_EDGES, s0.requires_grad_(), s1, active)
             torch.autograd.grad(out.sum(), [s0, banks.weights, *cell.preprocess0.parameters()])
         assert trace.syncs() == []
+        fills = [op for op in trace.ops if op in ("aten.zeros", "aten.fill_", "aten.zero_", "aten.new_zeros")]
+        assert fills == ["aten.zeros"], "one fill for the weight gradients of all the cell's slot groups"
         traces.append(trace.ops)
     assert traces[0] == traces[1]
 

@@ -81,7 +81,7 @@ def test_pytorch_kernel_of_the_op_outside_the_interpreter(monkeypatch, layout):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     flat = [value for v in FIRST_HALVES for value in v]
     torch.library.opcheck(torch.ops.sswp_fast.sampled_dwpw.default,
-                          (x.requires_grad_(), chosen, 2, flat, [b.requires_grad_() for b in banks]))
+                          (x.requires_grad_(), chosen, 2, flat, [b.requires_grad_() for b in banks], None))
 
 
 @pytest.mark.parametrize("interpreted", [True, False], ids=["kernels", "pytorch-kernel"])
@@ -208,3 +208,33 @@ def test_sampled_kernels_compile_for_sm90(tmp_path):
     proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=1800)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("2 ok"), proc.stderr[-3000:]
+
+
+def test_a_shared_gradient_buffer_takes_the_bank_gradients_without_a_fill():
+    """Given ``grad_out`` (zero, the banks' total size) the backward pass adds the bank gradients into it and fills
+    nothing of its own; the gradients are those of a run without it, and views of the buffer. A second backward
+    pass of the same graph gets fresh gradients, not the buffer's doubled ones."""
+    torch.manual_seed(6)
+    x, banks = make(FIRST_HALVES, 3, 4, 6, 6)
+    chosen = torch.tensor([1, -1, 3], device=DEVICE)
+    dy = torch.randn(2, 12, 6, 6, device=DEVICE)
+    _, plain = run(sampled_dwpw, x, chosen, 1, FIRST_HALVES, banks, dy)
+    buffer = torch.zeros(sum(b.numel() for b in banks), device=DEVICE)
+    leaves = [t.detach().requires_grad_() for t in (x, *banks)]
+    y = sampled_dwpw(leaves[0], chosen, 1, FIRST_HALVES, *leaves[1:], grad_out=buffer)
+    fills = []
+
+    class Fills(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            fills.extend([str(func)] if func.overloadpacket in (torch.ops.aten.zeros, torch.ops.aten.fill_) else [])
+            return func(*args, **(kwargs or {}))
+
+    with Fills():
+        shared = torch.autograd.grad(y, leaves, dy, retain_graph=True)
+    assert fills == []
+    for a, b in zip(shared, plain, strict=True):
+        torch.testing.assert_close(a, b)
+    assert shared[1].untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+    again = torch.autograd.grad(y, leaves, dy)
+    for a, b in zip(again, plain, strict=True):
+        torch.testing.assert_close(a, b)

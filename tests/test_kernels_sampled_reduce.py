@@ -75,8 +75,8 @@ def test_no_weight_gradient_is_computed_when_none_is_asked_for():
     x, weights, base = _inputs()
     reduce = torch.tensor([0, 1, 1], device=DEVICE)
     dy = torch.randn_like(base)
-    dx, dbase, grads = torch.ops.sswp_fast.sampled_reduce_backward(dy, x, reduce, *weights, False)
-    full = torch.ops.sswp_fast.sampled_reduce_backward(dy, x, reduce, *weights, True)
+    dx, dbase, grads = torch.ops.sswp_fast.sampled_reduce_backward(dy, x, reduce, *weights, False, None)
+    full = torch.ops.sswp_fast.sampled_reduce_backward(dy, x, reduce, *weights, True, None)
     assert grads.numel() == 0 and full[2].abs().sum() > 0
     assert torch.equal(dx, full[0]) and torch.equal(dbase, full[1])
     leaf = x.detach().requires_grad_()
@@ -124,7 +124,7 @@ def test_bad_shapes_are_refused_in_one_line():
 def test_opcheck():
     x, weights, base = _inputs(g=2, c=2, h=4)
     reduce = torch.tensor([1, 0], device=DEVICE)
-    args = (x.requires_grad_(), reduce, *(w.requires_grad_() for w in weights), base.requires_grad_())
+    args = (x.requires_grad_(), reduce, *(w.requires_grad_() for w in weights), base.requires_grad_(), None)
     torch.library.opcheck(torch.ops.sswp_fast.sampled_reduce.default, args)
 
 
@@ -133,3 +133,34 @@ def test_reduce_kernels_compile_for_sm90(tmp_path):
                       {"_reduce_fwd_kernel": {}, "_reduce_bwd_kernel": {"WEIGHT_GRADS": True}},
                       ("fp32", "bf16"), {"BLOCK_P": 32, "BLOCK_C": 16}, ints=("reduce_ptr",),
                       fp32=("we_ptr", "wo_ptr", "dwe_ptr", "dwo_ptr"))
+
+
+def test_a_shared_gradient_buffer_takes_the_weight_gradients_without_a_fill():
+    """As :func:`sampled_dwpw`'s: the weight gradients added into ``grad_out`` (views of it), the same values, no
+    fill; a second backward pass of the graph gets fresh ones."""
+    x, weights, base = _inputs(seed=3)
+    reduce = torch.tensor([1, 0, 1], device=DEVICE)
+    dy = torch.randn_like(base)
+    plain = _grads(lambda x, we, wo, b: sampled_reduce(x, reduce, we, wo, b), x, weights, base, dy)[1:]
+    buffer = torch.zeros(2 * weights[0].numel(), device=DEVICE)
+    leaves = [t.detach().requires_grad_() for t in (x, *weights, base)]
+    y = sampled_reduce(leaves[0], reduce, *leaves[1:], grad_out=buffer)
+    with _Fills() as fills:
+        shared = torch.autograd.grad(y, leaves, dy, retain_graph=True)
+    assert fills.calls == []
+    for a, b in zip(shared, plain, strict=True):
+        torch.testing.assert_close(a, b)
+    assert shared[1].untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+    for a, b in zip(torch.autograd.grad(y, leaves, dy), plain, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+class _Fills(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.zeros, torch.ops.aten.fill_, torch.ops.aten.zero_):
+            self.calls.append(str(func))
+        return func(*args, **(kwargs or {}))
