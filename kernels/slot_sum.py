@@ -8,9 +8,11 @@ group's input). Which of them slot ``g`` ran is ``source[g]`` (:data:`FIRST`, :d
 
     out[n, c] = sum_g scale[g] * source_g[n, g*C + c]
 
-with ``scale`` (the one-hot gates of gate-gradient arch steps) optional. In PyTorch that is two selections, a
-masked fill, a product and a sum, and twice as many operations in the backward pass; here it is one launch each
-way, and the backward pass reads nothing but ``dout`` (and the sources only for ``scale``'s gradient).
+with ``scale`` (the one-hot gates of gate-gradient arch steps) optional, plus ``base`` ``[N, C, H, W]`` when given
+(the node's part from another group, or another path's: one addition fewer, and its gradient is ``dout``). In
+PyTorch that is two selections, a masked fill, a product and a sum, and twice as many operations in the backward
+pass; here it is one launch each way, and the backward pass reads nothing but ``dout`` (and the sources only for
+``scale``'s gradient).
 
 Contents: ``_slot_sum_fwd_kernel``, ``_slot_sum_bwd_kernel``, the launchers ``slot_sum_forward`` /
 ``slot_sum_backward``, the custom ops ``sswp_fast::slot_sum`` (autograd and fake kernels) and
@@ -49,12 +51,15 @@ def _tile(pid_p, pid_r, N, C, HW, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr):
 
 
 @triton.jit
-def _slot_sum_fwd_kernel(first_ptr, second_ptr, skip_ptr, source_ptr, scale_ptr, out_ptr, N, G, C, HW,
-                         HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_P: tl.constexpr,
-                         BLOCK_R: tl.constexpr, ROUND_BF16: tl.constexpr):
-    """Grid (pixel tiles, row tiles): the sum over the G slots of each slot's chosen source, scaled."""
+def _slot_sum_fwd_kernel(first_ptr, second_ptr, skip_ptr, source_ptr, scale_ptr, base_ptr, out_ptr, N, G, C, HW,
+                         HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BASE: tl.constexpr,
+                         BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, ROUND_BF16: tl.constexpr):
+    """Grid (pixel tiles, row tiles): the sum over the G slots of each slot's chosen source, scaled (plus
+    ``base``)."""
     n, c, offs, mask = _tile(tl.program_id(0), tl.program_id(1), N, C, HW, BLOCK_P, BLOCK_R)
     acc = tl.zeros((BLOCK_R, BLOCK_P), tl.float32)
+    if HAS_BASE:
+        acc = tl.load(base_ptr + (n * C + c) * HW + offs, mask=mask, other=0.0).to(tl.float32)
     for g in range(G):
         code = tl.load(source_ptr + g)
         plane = ((n * G + g) * C + c) * HW + offs
@@ -110,7 +115,7 @@ def _blocks(rows: int, pixels: int) -> tuple[int, int]:
 
 
 def _check(first: torch.Tensor, second: torch.Tensor, skip: torch.Tensor | None, source: torch.Tensor,
-           scale: torch.Tensor | None) -> tuple[int, int, int, int, int]:
+           scale: torch.Tensor | None, base: torch.Tensor | None = None) -> tuple[int, int, int, int, int]:
     """(N, G, C, H, W), after checking the shapes."""
     if first.dim() != 4 or source.dim() != 1 or first.shape[1] % source.shape[0]:
         raise ValueError(f"first must be [N, G*C, H, W] and source [G], got {tuple(first.shape)} and "
@@ -122,6 +127,8 @@ def _check(first: torch.Tensor, second: torch.Tensor, skip: torch.Tensor | None,
         raise ValueError(f"scale must be [G] = {tuple(source.shape)}, got {tuple(scale.shape)}")
     n, gc, h, w = first.shape
     g = source.shape[0]
+    if base is not None and tuple(base.shape) != (n, gc // g, h, w):
+        raise ValueError(f"base must be [N, C, H, W] = {(n, gc // g, h, w)}, got {tuple(base.shape)}")
     return n, g, gc // g, h, w
 
 
@@ -134,18 +141,21 @@ def _out_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
 
 
 def slot_sum_forward(first: torch.Tensor, second: torch.Tensor, skip: torch.Tensor | None, source: torch.Tensor,
-                     scale: torch.Tensor | None = None) -> torch.Tensor:
-    """``[N, C, H, W]``: the sum over the slots of each slot's ``source`` (scaled by ``scale``): one launch."""
-    n, g, c, h, w = _check(first, second, skip, source, scale)
-    _common.check_device(first, second, skip, source, scale)
+                     scale: torch.Tensor | None = None, base: torch.Tensor | None = None) -> torch.Tensor:
+    """``[N, C, H, W]``: the sum over the slots of each slot's ``source`` (scaled by ``scale``), plus ``base``:
+    one launch."""
+    n, g, c, h, w = _check(first, second, skip, source, scale, base)
+    _common.check_device(first, second, skip, source, scale, base)
     first, second, source = first.contiguous(), second.contiguous(), source.contiguous()
     skip = skip.contiguous() if skip is not None else None
-    out = torch.empty((n, c, h, w), device=first.device, dtype=_out_dtype(first, second, skip, scale))
+    base = base.contiguous() if base is not None else None
+    out = torch.empty((n, c, h, w), device=first.device, dtype=_out_dtype(first, second, skip, scale, base))
     if out.numel():
         block_r, block_p = _blocks(n * c, h * w)
         _slot_sum_fwd_kernel[(triton.cdiv(h * w, block_p), triton.cdiv(n * c, block_r))](
-            first, second, first if skip is None else skip, source, source if scale is None else scale, out, n, g,
-            c, h * w, HAS_SKIP=skip is not None, HAS_SCALE=scale is not None, BLOCK_P=block_p, BLOCK_R=block_r,
+            first, second, first if skip is None else skip, source, source if scale is None else scale,
+            out if base is None else base, out, n, g, c, h * w, HAS_SKIP=skip is not None,
+            HAS_SCALE=scale is not None, HAS_BASE=base is not None, BLOCK_P=block_p, BLOCK_R=block_r,
             ROUND_BF16=out.dtype == torch.bfloat16)
     return out
 
@@ -196,12 +206,13 @@ def _selected(first: torch.Tensor, second: torch.Tensor, skip: torch.Tensor | No
 
 
 def slot_sum_reference(first: torch.Tensor, second: torch.Tensor, skip: torch.Tensor | None, source: torch.Tensor,
-                       scale: torch.Tensor | None = None) -> torch.Tensor:
-    """Pure PyTorch, no host read: the selections, then the scaled sum over the slots."""
+                       scale: torch.Tensor | None = None, base: torch.Tensor | None = None) -> torch.Tensor:
+    """Pure PyTorch, no host read: the selections, then the scaled sum over the slots (plus ``base``)."""
+    _check(first, second, skip, source, scale, base)
     y = _selected(first, second, skip, source)
     if scale is not None:
         y = y * scale.view(1, -1, 1, 1, 1)
-    return y.sum(dim=1)
+    return y.sum(dim=1) if base is None else base + y.sum(dim=1)
 
 
 def _reference_backward(dout: torch.Tensor, source: torch.Tensor, scale: torch.Tensor | None, has_skip: bool,
@@ -225,10 +236,10 @@ def _reference_backward(dout: torch.Tensor, source: torch.Tensor, scale: torch.T
 
 @torch.library.custom_op("sswp_fast::slot_sum", mutates_args=())
 def _slot_sum_op(first: torch.Tensor, second: torch.Tensor, skip: torch.Tensor | None, source: torch.Tensor,
-                 scale: torch.Tensor | None) -> torch.Tensor:
+                 scale: torch.Tensor | None, base: torch.Tensor | None) -> torch.Tensor:
     if _common.runs_on_triton(first):
-        return slot_sum_forward(first, second, skip, source, scale)
-    return slot_sum_reference(first, second, skip, source, scale).contiguous()
+        return slot_sum_forward(first, second, skip, source, scale, base)
+    return slot_sum_reference(first, second, skip, source, scale, base).contiguous()
 
 
 @torch.library.custom_op("sswp_fast::slot_sum_backward", mutates_args=())
@@ -240,9 +251,9 @@ def _slot_sum_backward_op(dout: torch.Tensor, source: torch.Tensor, scale: torch
 
 
 @_slot_sum_op.register_fake
-def _(first, second, skip, source, scale):
+def _(first, second, skip, source, scale, base):
     n, gc, h, w = first.shape
-    return first.new_empty((n, gc // source.shape[0], h, w), dtype=_out_dtype(first, second, skip, scale))
+    return first.new_empty((n, gc // source.shape[0], h, w), dtype=_out_dtype(first, second, skip, scale, base))
 
 
 @_slot_sum_backward_op.register_fake
@@ -253,8 +264,9 @@ def _(dout, source, scale, has_skip, sources):
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    first, second, skip, source, scale = inputs
+    first, second, skip, source, scale, base = inputs
     ctx.has_skip = skip is not None
+    ctx.base_grad = base is not None and ctx.needs_input_grad[5]
     ctx.scale_grad = scale is not None and ctx.needs_input_grad[4]
     sources = (first, second, skip)[:2 + ctx.has_skip] if ctx.scale_grad else ()  # only dscale reads them
     ctx.save_for_backward(source, scale, *sources)
@@ -265,17 +277,17 @@ def _backward(ctx, dout: torch.Tensor):
     grads = torch.ops.sswp_fast.slot_sum_backward(dout, source, scale, ctx.has_skip, sources)
     dscale = grads.pop() if ctx.scale_grad else None
     dskip = grads.pop() if ctx.has_skip else None
-    return grads[0], grads[1], dskip, None, dscale
+    return grads[0], grads[1], dskip, None, dscale, dout if ctx.base_grad else None
 
 
 _slot_sum_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def slot_sum(first: torch.Tensor, second: torch.Tensor, skip: torch.Tensor | None, source: torch.Tensor,
-             scale: torch.Tensor | None = None) -> torch.Tensor:
+             scale: torch.Tensor | None = None, base: torch.Tensor | None = None) -> torch.Tensor:
     """Differentiable :func:`slot_sum_forward` as the custom op ``torch.ops.sswp_fast.slot_sum`` (one call for
     ``torch.compile``): the Triton kernels on CUDA (and on CPU under the interpreter), the PyTorch reference on
     other CPU tensors. Autograd saves ``source`` and ``scale``, and the sources only when ``scale`` needs a
     gradient: the other gradients are ``dout`` routed, in ``dout``'s dtype (autograd casts where a source's
-    differs)."""
-    return torch.ops.sswp_fast.slot_sum(first, second, skip, source, scale)
+    differs). ``base`` is added in the same launch; its gradient is ``dout`` (no launch)."""
+    return torch.ops.sswp_fast.slot_sum(first, second, skip, source, scale, base)

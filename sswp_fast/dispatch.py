@@ -19,8 +19,9 @@ are stacked along channels, ``[N, G*C, H, W]``, and evaluated together:
 3. the second half of ``sep_conv_*`` (one launch, the other slots idle) and its BatchNorm;
 4. the node's part is the sum over the slots of each slot's own output (the first stage, the second half, the
    stride-1 skip or, for a dropped edge, nothing), weighted by the one-hot gates when gate gradients are
-   measured: one launch (:mod:`sswp_fast.kernels.slot_sum`), and one in the backward pass, which routes the
-   gradient to the stage each slot chose.
+   measured: one launch (:mod:`sswp_fast.kernels.slot_sum`), which also adds what the node has so far (its other
+   group's part in a reduction cell, the other paths' in a gate-gradient step), and one in the backward pass,
+   which routes the gradient to the stage each slot chose.
 
 With ``--recompute edge`` (this executor's default) a group keeps under autograd only its stacked input (and, on
 the Triton kernels, its BatchNorms' per-channel batch statistics): the backward pass evaluates it again, each
@@ -178,29 +179,31 @@ class _SlotGroup:
         return Variant(depthwise.kernel_size[0], depthwise.padding[0], depthwise.dilation[0])
 
     def __call__(self, x: torch.Tensor, path: Selection, banks: GroupBanks, scale: torch.Tensor | None = None,
-                 recompute: bool = True) -> torch.Tensor:
+                 recompute: bool = True, base: torch.Tensor | None = None) -> torch.Tensor:
         """``[N, C, Ho, Wo]``, the node's part from these edges: the sum over the slots ``g`` of op ``path.ops[g]``
         of edge ``start + g`` on slot ``g`` of ``x`` ``[N, G*C, H, W]``, with the weights of ``banks``, each
-        times ``scale[g]`` when given. With ``recompute``, under autograd only ``x`` (and the banks, which are
-        views of the parameters, and ``scale``) is kept for the backward pass, which recomputes the rest
-        (:class:`_Recomputed`)."""
+        times ``scale[g]`` when given, plus ``base`` (in the same launch) when given. With ``recompute``, under
+        autograd only ``x`` (and the banks, which are views of the parameters, and ``scale``) is kept for the
+        backward pass, which recomputes the rest (:class:`_Recomputed`)."""
         if torch.compiler.is_compiling():  # the compiler's partitioner decides what to recompute
-            return self.evaluate(x, path, banks, scale)
+            return self.evaluate(x, path, banks, scale, base=base)
         weights = banks.weights()
         differentiable = [x, *weights] + ([] if scale is None else [scale])
         if recompute and torch.is_grad_enabled() and any(t.requires_grad for t in differentiable):
-            return _Recomputed.apply(self, banks, x, path, scale, *weights)
-        return self.evaluate(x, path, banks, scale)
+            return _Recomputed.apply(self, banks, x, path, scale, base, *weights)
+        return self.evaluate(x, path, banks, scale, base=base)
 
     def evaluate(self, x: torch.Tensor, path: Selection, banks: GroupBanks, scale: torch.Tensor | None = None,
-                 update: bool = True, memo: _BatchStatsMemo | None = None) -> torch.Tensor:
+                 update: bool = True, memo: _BatchStatsMemo | None = None,
+                 base: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`__call__` as plain autograd operations; ``update=False`` leaves the BN running statistics."""
-        return self.sum_slots(self.stages(x, path, banks, update, memo), path, scale)
+        return self.sum_slots(self.stages(x, path, banks, update, memo), path, scale, base)
 
     def sum_slots(self, stages: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], path: Selection,
-                  scale: torch.Tensor | None = None) -> torch.Tensor:
-        """The node's part from the :meth:`stages` of ``path``: each slot's own output, scaled, summed."""
-        return slot_sum(*stages, path.source if self.stride == 1 else path.reduce_source, scale)
+                  scale: torch.Tensor | None = None, base: torch.Tensor | None = None) -> torch.Tensor:
+        """The node's part from the :meth:`stages` of ``path``: each slot's own output, scaled, summed, plus
+        ``base``."""
+        return slot_sum(*stages, path.source if self.stride == 1 else path.reduce_source, scale, base)
 
     def stages(self, x: torch.Tensor, path: Selection, banks: GroupBanks, update: bool = True,
                memo: _BatchStatsMemo | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -228,14 +231,14 @@ class _Recomputed(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, group: _SlotGroup, banks: GroupBanks, x: torch.Tensor, path: Selection,
-                scale: torch.Tensor | None, *weights: torch.Tensor) -> torch.Tensor:
+                scale: torch.Tensor | None, base: torch.Tensor | None, *weights: torch.Tensor) -> torch.Tensor:
         ctx.group, ctx.banks, ctx.path = group, banks, path
         device = x.device.type
         ctx.autocast = ((device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
                         if torch.amp.is_autocast_available(device) else ("cpu", False, torch.bfloat16))  # meta
         memo = _BatchStatsMemo()
         with torch.no_grad():
-            y = group.evaluate(x, path, banks, scale, memo=memo)
+            y = group.evaluate(x, path, banks, scale, memo=memo, base=base)
         ctx.save_for_backward(x, scale, *memo.stats, *weights)
         ctx.stats = len(memo.stats)
         return y
@@ -248,16 +251,18 @@ class _Recomputed(torch.autograd.Function):
         with torch.enable_grad(), torch.autocast(device, dtype, enabled=enabled):
             leaf = x.detach().requires_grad_(ctx.needs_input_grad[2])
             gate = None if scale is None else scale.detach().requires_grad_(ctx.needs_input_grad[4])
-            trained = ctx.needs_input_grad[5:]  # none in an arch step (detached banks): no weight gradient
+            trained = ctx.needs_input_grad[6:]  # none in an arch step (detached banks): no weight gradient
             leaves = [w.detach().requires_grad_(needed) for w, needed in zip(weights, trained, strict=True)]
-            y = ctx.group.evaluate(leaf, ctx.path, ctx.banks.with_weights(leaves), gate, update=False, memo=memo)
+            y = ctx.group.evaluate(leaf, ctx.path, ctx.banks.with_weights(leaves), gate, update=False,
+                                   memo=memo)  # without base: its gradient is dy
             ctx.banks = replace(ctx.banks, grads=None)  # the gradient buffer takes one backward pass's gradients
             inputs = ([leaf] * ctx.needs_input_grad[2] + [gate] * ctx.needs_input_grad[4]
                       + [w for w in leaves if w.requires_grad])
             grads = list(torch.autograd.grad(y, inputs, dy, allow_unused=True, materialize_grads=True))
         dx = grads.pop(0) if ctx.needs_input_grad[2] else None
         dscale = grads.pop(0) if ctx.needs_input_grad[4] else None
-        return (None, None, dx, None, dscale, *(grads.pop(0) if needed else None for needed in trained))
+        dbase = dy if ctx.needs_input_grad[5] else None
+        return (None, None, dx, None, dscale, dbase, *(grads.pop(0) if needed else None for needed in trained))
 
 
 def slot_groups(cell: nn.Module, node_edges: Sequence[Sequence[int]]) -> list[list[tuple[_SlotGroup, int]]]:
@@ -330,13 +335,12 @@ def run_cell(cell: nn.Module, node_edges: Sequence[Sequence[int]], s0: torch.Ten
             x = torch.cat(inputs, dim=1)
             edges = slice(group.start, group.stop)
             scale = None if scales is None else scales[index]
-            part = group(x, paths[0, edges], banks, scale, recompute_groups)
+            total = group(x, paths[0, edges], banks, scale, recompute_groups, base=total)
             for p in range(1, codes.shape[0]):
                 other = paths[p, edges]
                 with torch.no_grad():
                     stages = group.stages(x, other, banks)
-                part = part + group.sum_slots(stages, other, scales[p * len(sizes) + index])
-            total = part if total is None else total + part
+                total = group.sum_slots(stages, other, scales[p * len(sizes) + index], total)
             index += 1
         states.append(total)
     return torch.cat(states[2:], dim=1)

@@ -66,8 +66,8 @@ def test_the_reference_and_the_op_outside_the_interpreter_agree_with_the_kernels
     for a, b in zip(kernels, op, strict=True):
         torch.testing.assert_close(b.float(), a.cpu(), rtol=1e-6, atol=1e-6)
     leaves = [t.requires_grad_() for t in cpu]
-    torch.library.opcheck(torch.ops.sswp_fast.slot_sum.default, (*leaves[:3], source.cpu(), leaves[3]))
-    torch.library.opcheck(torch.ops.sswp_fast.slot_sum.default, (*leaves[:2], None, source.cpu(), None))
+    torch.library.opcheck(torch.ops.sswp_fast.slot_sum.default, (*leaves[:3], source.cpu(), leaves[3], None))
+    torch.library.opcheck(torch.ops.sswp_fast.slot_sum.default, (*leaves[:2], None, source.cpu(), None, None))
 
 
 def test_without_a_gate_gradient_autograd_keeps_no_source():
@@ -96,7 +96,27 @@ def test_bf16_sums_in_float32_and_rounds_once():
 @pytest.mark.slow(seconds=20)
 def test_slot_sum_kernels_compile_for_sm90(tmp_path):
     """Compile-only check (no GPU needed): both kernels, fp32 and bf16, to sm_90 cubins."""
-    kernels = {"_slot_sum_fwd_kernel": {"HAS_SKIP": True, "HAS_SCALE": True},
+    kernels = {"_slot_sum_fwd_kernel": {"HAS_SKIP": True, "HAS_SCALE": True, "HAS_BASE": True},
                "_slot_sum_bwd_kernel": {"HAS_SKIP": True, "HAS_SCALE": True, "SCALE_GRAD": True}}
     compiles_for_sm90(tmp_path, "sswp_fast.kernels.slot_sum", kernels, ("fp32", "bf16"),
                       {"BLOCK_P": 64, "BLOCK_R": 64}, ints=("source_ptr",), fp32=("partial_ptr", "scale_ptr"))
+
+
+def test_a_base_is_added_in_the_same_launch_and_gets_the_outputs_gradient():
+    """``base`` (another group's or path's part of the node) plus the gated sum, in one launch; ``base``'s
+    gradient is ``dout`` itself, and the others' are as without it."""
+    torch.manual_seed(3)
+    source = torch.tensor([FIRST, SECOND, SKIP], device=DEVICE)
+    first, second, skip = (torch.randn(2, 9, 4, 4, device=DEVICE) for _ in range(3))
+    base, dout = torch.randn(2, 3, 4, 4, device=DEVICE), torch.randn(2, 3, 4, 4, device=DEVICE)
+    gates = torch.tensor([1.0, 0.0, 1.0], device=DEVICE)
+    leaves = [t.clone().requires_grad_() for t in (first, second, skip, gates, base)]
+    y = slot_sum(*leaves[:3], source, leaves[3], leaves[4])
+    grads = torch.autograd.grad(y, leaves, dout)
+    plain = [t.clone().requires_grad_() for t in (first, second, skip, gates)]
+    y_plain = slot_sum(*plain[:3], source, plain[3])
+    torch.testing.assert_close(y, base + y_plain)
+    for a, b in zip(grads[:4], torch.autograd.grad(y_plain, plain, dout), strict=True):
+        torch.testing.assert_close(a, b)
+    assert grads[4] is dout or torch.equal(grads[4], dout)
+    torch.testing.assert_close(slot_sum_reference(first, second, skip, source, gates, base), y.detach())
