@@ -41,17 +41,24 @@ _BLOCK_ELEMENTS = 4096
 
 
 @triton.jit
-def _reduce_fwd_kernel(x_ptr, reduce_ptr, we_ptr, wo_ptr, base_ptr, y_ptr, G, C, HALF, H, W, HO, WO,
-                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ROUND_BF16: tl.constexpr):
-    """Grid (output pixel tiles, G, N): slot g of image n, its factorized reduce or its ``base``."""
+def _program(G, C, W, HO, WO, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """A program's slot ``g`` (grid axis 1) of image ``n`` (axis 2) and tile of output pixels (axis 0): ``(g, pixel
+    mask, offsets of the even input pixels in a plane, channel offsets, the slot's first plane, output offsets
+    [channels, pixels])``."""
     offs = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     g = tl.program_id(1).to(tl.int64)
     n = tl.program_id(2).to(tl.int64)
-    pixels = offs < HO * WO
     even = (2 * (offs // WO)) * W + 2 * (offs % WO)
     ch = tl.arange(0, BLOCK_C)
     slot = (n * G + g) * C
-    out = (slot + ch[:, None]) * HO * WO + offs[None, :]
+    return g, offs < HO * WO, even, ch, slot, (slot + ch[:, None]) * HO * WO + offs[None, :]
+
+
+@triton.jit
+def _reduce_fwd_kernel(x_ptr, reduce_ptr, we_ptr, wo_ptr, base_ptr, y_ptr, G, C, HALF, H, W, HO, WO,
+                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ROUND_BF16: tl.constexpr):
+    """Grid (output pixel tiles, G, N): slot g of image n, its factorized reduce or its ``base``."""
+    g, pixels, even, ch, slot, out = _program(G, C, W, HO, WO, BLOCK_P, BLOCK_C)
     if tl.load(reduce_ptr + g) != 0:
         halves = ch < HALF
         acc_even = tl.zeros((BLOCK_C, BLOCK_P), tl.float32)
@@ -80,14 +87,7 @@ def _reduce_bwd_kernel(x_ptr, reduce_ptr, we_ptr, wo_ptr, dy_ptr, dx_ptr, dbase_
     of each output pixel (zero at the two that no convolution reads), adds its share of the weight gradients with
     ``WEIGHT_GRADS``, and writes a zero ``dbase``; any other slot writes a zero ``dx`` and passes ``dy`` to
     ``dbase``."""
-    offs = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    g = tl.program_id(1).to(tl.int64)
-    n = tl.program_id(2).to(tl.int64)
-    pixels = offs < HO * WO
-    even = (2 * (offs // WO)) * W + 2 * (offs % WO)
-    ch = tl.arange(0, BLOCK_C)
-    slot = (n * G + g) * C
-    out = (slot + ch[:, None]) * HO * WO + offs[None, :]
+    g, pixels, even, ch, slot, out = _program(G, C, W, HO, WO, BLOCK_P, BLOCK_C)
     zero = tl.zeros((BLOCK_P,), tl.float32)
     if tl.load(reduce_ptr + g) != 0:
         halves = ch < HALF
