@@ -325,7 +325,7 @@ def _sampled_dwpw_backward_op(
         dx, flat = sampled_dwpw_backward(dy, x, variant, stride, _unflat(variants), *banks, weight_grads=weight_grads,
                                          grad_out=grad_out)
         return dx, flat.to(banks[0].dtype) if grad_out is None else banks[0].new_empty(0)
-    dx, grads = _reference_backward(dy, x, variant, stride, _unflat(variants), banks)
+    dx, grads = _reference_backward(dy, x, variant, stride, _unflat(variants), banks, weight_grads)
     flat = torch.cat([grad.reshape(-1) for grad in grads] if weight_grads else [banks[0].new_empty(0)])
     if grad_out is None or not weight_grads:
         return dx.contiguous(), flat
@@ -384,10 +384,11 @@ def sampled_dwpw(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: 
 
 
 def _reference_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor, stride: int,
-                        variants: tuple[Variant, ...], banks: list[torch.Tensor]
+                        variants: tuple[Variant, ...], banks: list[torch.Tensor], weight_grads: bool = True
                         ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """:func:`sampled_dwpw_backward` in PyTorch, slot by slot (the indices read on the host), with explicit
-    convolution gradients: a custom op's kernel runs below autograd."""
+    convolution gradients: a custom op's kernel runs below autograd. Without ``weight_grads`` the convolutions'
+    weight gradients are not computed (the returned ones stay zero)."""
     dx = torch.zeros_like(x)
     grads = [torch.zeros_like(bank) for bank in banks]
     c = x.shape[1] // variant.shape[0]
@@ -402,13 +403,14 @@ def _reference_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor
             hidden = F.conv2d(relu, w_dw, stride=stride, padding=pad, dilation=dil, groups=c)
             d_hidden, d_pw, _ = torch.ops.aten.convolution_backward(
                 dy[:, rows].contiguous(), hidden, w_pw, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-                [True, True, False])
+                [True, weight_grads, False])
             d_relu, d_dw, _ = torch.ops.aten.convolution_backward(
                 d_hidden, relu, w_dw, None, [stride, stride], [pad, pad], [dil, dil], False, [0, 0], c,
-                [True, True, False])
+                [True, weight_grads, False])
             dx[:, rows] = d_relu * (x[:, rows] > 0)
-            grads[2 * v][g] = d_dw
-            grads[2 * v + 1][g] = d_pw
+            if weight_grads:
+                grads[2 * v][g] = d_dw
+                grads[2 * v + 1][g] = d_pw
     return dx, grads
 
 

@@ -108,12 +108,17 @@ def test_detached_banks_get_no_weight_gradient_and_the_same_input_gradient(monke
                 calls.append((args[6], out[1].numel()))
             return out
 
+    masks = []  # the PyTorch kernel's convolution gradients: which it computes
+    convolution_backward = torch.ops.aten.convolution_backward
+    monkeypatch.setattr(torch.ops.aten, "convolution_backward",
+                        lambda *args: masks.append(args[-1]) or convolution_backward(*args))
     leaf = x.detach().requires_grad_()
     before = [b.clone() for b in banks]
     with Calls():
         y = sampled_dwpw(leaf, chosen, 2, FIRST_HALVES, *banks)  # banks that need no gradient
         (dx_alone,) = torch.autograd.grad(y, leaf, dy)
     assert calls == [(False, 0)], "asked for no weight gradient, none computed"
+    assert all(not mask[1] for mask in masks) and len(masks) == (0 if interpreted else 4)
     torch.testing.assert_close(dx_alone, dx, rtol=0, atol=0)
     assert all(torch.equal(a, b) for a, b in zip(banks, before, strict=True)), "nothing written into the banks"
 
