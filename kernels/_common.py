@@ -1,5 +1,6 @@
 """What the kernel modules share: the fp32 → output-dtype cast (bf16 rounded to nearest even where the
-interpreter would truncate), whether the kernels are interpreted, and the device checks of their launchers."""
+interpreter would truncate), whether the kernels are interpreted, the device checks of their launchers, and the
+weight-gradient buffer their backward launchers add into."""
 
 from __future__ import annotations
 
@@ -37,3 +38,15 @@ def check_device(*tensors: torch.Tensor | None) -> None:
         if t is not None and not t.is_cuda and not INTERPRETED:
             raise RuntimeError("sswp_fast Triton kernels got CPU tensors but TRITON_INTERPRET=1 was not set when "
                                "sswp_fast.kernels was imported: export it before starting Python, or use CUDA tensors")
+
+
+def weight_gradient_buffer(grad_out: torch.Tensor | None, size: int, device: torch.device) -> torch.Tensor:
+    """The flat fp32 tensor a backward launcher's kernels add ``size`` weight-gradient elements into (with
+    atomics): ``grad_out`` when given (a caller's zero buffer, shared by several ops: no fill here), after
+    checking it, else a fresh zero one (one fill)."""
+    if grad_out is None:
+        return torch.zeros(size, device=device, dtype=torch.float32)
+    if grad_out.numel() != size or grad_out.dtype != torch.float32 or not grad_out.is_contiguous():
+        raise ValueError(f"grad_out must be a contiguous fp32 tensor of {size} elements, got "
+                         f"{tuple(grad_out.shape)} {grad_out.dtype}")
+    return grad_out

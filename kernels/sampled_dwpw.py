@@ -257,12 +257,7 @@ def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tens
     dy = dy.contiguous()
     dx = torch.empty_like(x)
     if weight_grads:
-        size = sum(bank.numel() for bank in banks)
-        if grad_out is not None and (grad_out.numel() != size or grad_out.dtype != torch.float32
-                                     or not grad_out.is_contiguous()):
-            raise ValueError(f"grad_out must be a contiguous fp32 tensor of {size} elements, got "
-                             f"{tuple(grad_out.shape)} {grad_out.dtype}")
-        flat = torch.zeros(size, device=x.device, dtype=torch.float32) if grad_out is None else grad_out
+        flat = _common.weight_gradient_buffer(grad_out, sum(bank.numel() for bank in banks), x.device)
         grads = split_grads(flat, banks)
     else:  # an empty result and no fill; the kernel's gradient pointers are placeholders, never written
         flat = torch.empty(0, device=x.device, dtype=torch.float32)

@@ -175,14 +175,10 @@ def sampled_reduce_backward(dy: torch.Tensor, x: torch.Tensor, reduce: torch.Ten
     _common.check_device(dy, x, reduce, w_even, w_odd)
     x, dy = x.contiguous(), dy.contiguous()
     dx, dbase = torch.empty_like(x), torch.empty_like(dy)
-    shape = (2, g * c // 2, c) if weight_grads else (0,)
-    if weight_grads and grad_out is not None:
-        if grad_out.numel() != g * c * c or grad_out.dtype != torch.float32 or not grad_out.is_contiguous():
-            raise ValueError(f"grad_out must be a contiguous fp32 tensor of {g * c * c} elements, got "
-                             f"{tuple(grad_out.shape)} {grad_out.dtype}")
-        grads = grad_out.view(shape)
+    if weight_grads:
+        grads = _common.weight_gradient_buffer(grad_out, g * c * c, x.device).view(2, g * c // 2, c)
     else:
-        grads = (torch.zeros if weight_grads else torch.empty)(shape, device=x.device, dtype=torch.float32)
+        grads = torch.empty(0, device=x.device, dtype=torch.float32)
     if dy.numel():
         dwe, dwo = (grads[0], grads[1]) if weight_grads else (w_even, w_odd)  # placeholders, never written
         _launch(_reduce_bwd_kernel, x, g, c, (x, reduce, w_even.contiguous(), w_odd.contiguous(), dy, dx, dbase,
