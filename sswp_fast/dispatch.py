@@ -40,18 +40,22 @@ Where Triton does not run (CPU tensors outside the interpreter) the slotted conv
 of the same custom op and BatchNorm is ``F.batch_norm``; that is how ``--compile`` runs this executor on a CPU.
 Under ``torch.compile`` BatchNorm is ``F.batch_norm`` everywhere (the compiler generates its kernels) and the
 recompute boundary is left to the compiler's partitioner. The groups of a cell are built once
-(:func:`slot_groups`).
+(:func:`slot_groups`); a network's forward pass selects every cell's path in one gather and fills one
+weight-gradient buffer for all its cells (:func:`cell_steps`), and counts the batch of its stems' and
+preprocessing's BatchNorms in one launch (:func:`batches_counted_once`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .banks import SEP_INDICES, BatchStats, CellBanks, GroupBanks, cell_banks
 from .distributed import sum_over_ranks
@@ -304,23 +308,57 @@ class _GateScales(torch.autograd.Function):
         return codes.new_zeros(shape, dtype=dtype).scatter_add_(1, codes.t(), flat.to(dtype)), None, None
 
 
+@dataclass(frozen=True)
+class CellStep:
+    """What :func:`run_cell` would otherwise make for itself in each cell, made for every cell of a network at once
+    by :func:`cell_steps`: the :class:`Selection` of the path (one gather for all the cells, ``None`` for a
+    probed cell, whose paths include the others) and the zero buffer of its weight gradients (a view of one for
+    the whole network, ``None`` when no weight is differentiated)."""
+
+    paths: Selection | None
+    grads: torch.Tensor | None
+
+
+def _needs_gradient_buffer(like: torch.Tensor, train_weights: bool) -> bool:
+    """Whether a step's convolution weight gradients go into a zero buffer (``GroupBanks.grads``): on the Triton
+    kernels, when weights are differentiated and not under ``torch.compile``."""
+    return (train_weights and torch.is_grad_enabled() and runs_on_triton(like)
+            and not torch.compiler.is_compiling())
+
+
+def cell_steps(cells: Sequence[nn.Module], active: torch.Tensor, probed: Sequence[bool] | None, like: torch.Tensor,
+               train_weights: bool) -> list[CellStep]:
+    """The :class:`CellStep` of every cell of a forward pass along ``active`` ``[cells, 14]``: two launches for
+    the network (a gather, a fill) rather than two per cell. ``like``: a tensor on the step's device."""
+    paths = Selection.of(active, cell_banks(cells[0]))  # the selection table is the same in every cell
+    grads: Sequence[torch.Tensor | None] = [None] * len(cells)
+    if _needs_gradient_buffer(like, train_weights):
+        sizes = [cell_banks(cell).weights.numel() for cell in cells]
+        grads = torch.zeros(sum(sizes), device=like.device, dtype=torch.float32).split(sizes)
+    return [CellStep(None if probed is not None and probed[i] else paths[i:i + 1], grads[i])
+            for i in range(len(cells))]
+
+
 def run_cell(cell: nn.Module, node_edges: Sequence[Sequence[int]], s0: torch.Tensor, s1: torch.Tensor,
              active: torch.Tensor, others: torch.Tensor | None = None,
              gates: torch.Tensor | None = None, recompute_groups: bool = True,
-             train_weights: bool = True) -> torch.Tensor:
+             train_weights: bool = True, step: CellStep | None = None) -> torch.Tensor:
     """One search cell along the device-side path ``active`` ``[14]``.
 
     With ``gates`` (``[14, 7]``, one-hot), each edge's output is ``gates[e, active[e]] * y_active +
     sum_k gates[e, others[e, k]] * y_others[k]``, the other ops evaluated without autograd (spec §5.4).
     ``recompute_groups`` (``--recompute edge``) keeps only each slot group's input (and its BatchNorms' batch
-    statistics) for the backward pass. ``train_weights=False`` (an arch step) differentiates no weight bank."""
+    statistics) for the backward pass. ``train_weights=False`` (an arch step) differentiates no weight bank.
+    ``step``: this cell's part of :func:`cell_steps`, made for the whole network (else made here)."""
     banks = cell_banks(cell)
-    grads = None  # one zero buffer for the cell's convolution weight gradients, filled once (GroupBanks.grads)
-    if (train_weights and torch.is_grad_enabled() and runs_on_triton(s1)
-            and not torch.compiler.is_compiling()):
-        grads = torch.zeros(banks.weights.numel(), device=s1.device, dtype=torch.float32)
+    if step is None:
+        grads = None  # one zero buffer for the cell's convolution weight gradients (GroupBanks.grads)
+        if _needs_gradient_buffer(s1, train_weights):
+            grads = torch.zeros(banks.weights.numel(), device=s1.device, dtype=torch.float32)
+        step = CellStep(None, grads)
+    grads = step.grads
     codes = active[None] if gates is None else torch.cat([active[None], others.t()])  # [paths, 14]
-    paths = Selection.of(codes, banks)
+    paths = Selection.of(codes, banks) if step.paths is None else step.paths
     groups = slot_groups(cell, node_edges)
     scales = None
     if gates is not None:
@@ -344,3 +382,24 @@ def run_cell(cell: nn.Module, node_edges: Sequence[Sequence[int]], s0: torch.Ten
             index += 1
         states.append(total)
     return torch.cat(states[2:], dim=1)
+
+
+@contextmanager
+def batches_counted_once(batch_norms: Sequence[_BatchNorm]) -> Iterator[None]:
+    """Count one more batch in every training-mode ``batch_norms`` (the BatchNorms outside the banks: stems and
+    preprocessing) in one ``_foreach_add_`` after the forward pass, not one ``add_`` launch each inside it.
+    Inside the block their ``num_batches_tracked`` is ``None``, which makes ``nn.BatchNorm2d`` skip its count and
+    nothing else when ``momentum`` is set (a cumulative average, ``momentum=None``, needs the count first: those
+    count as usual). Under ``torch.compile`` nothing changes (the compiler fuses the counts)."""
+    counted = [bn for bn in batch_norms if bn.training and bn.track_running_stats and bn.momentum is not None
+               and bn.num_batches_tracked is not None] if not torch.compiler.is_compiling() else []
+    counters = [bn.num_batches_tracked for bn in counted]
+    for bn in counted:
+        bn.num_batches_tracked = None
+    try:
+        yield
+    finally:
+        for bn, counter in zip(counted, counters, strict=True):
+            bn.num_batches_tracked = counter
+    if counters:
+        torch._foreach_add_(counters, 1)

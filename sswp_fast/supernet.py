@@ -18,13 +18,16 @@ others evaluated without autograd, so ``grad(g)`` is ``G`` and every value equal
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .ops import CANDIDATES, NUM_CANDIDATES, FactorizedReduce, Identity, ReLUConvBN, build_op
 from .recompute import recomputed
+
+if TYPE_CHECKING:
+    from .dispatch import CellStep
 
 STEPS = 4
 MULTIPLIER = 4
@@ -228,22 +231,41 @@ class SearchNetwork(nn.Module):
         s = self.stem(x)
         return s, s
 
+    def unbanked_batch_norms(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorms of the stems and of the cells' preprocessing: those the device executor's parameter
+        banks (:mod:`sswp_fast.banks`) do not hold (plain ``nn.BatchNorm2d``; a multi-process
+        :class:`~sswp_fast.distributed.SyncedBatchNorm` counts its own batches)."""
+        stems = [module for name, module in self.named_children() if name.startswith("stem")]
+        preprocessing = [part for cell in self.cells for part in (cell.preprocess0, cell.preprocess1)]
+        return [m for root in stems + preprocessing for m in root.modules() if isinstance(m, nn.BatchNorm2d)]
+
     def features(self, x: torch.Tensor, plan: ExecutionPlan | DevicePlan) -> torch.Tensor:
         """Pooled ``[B, feature_dim]`` features of ``x`` along ``plan``."""
+        if isinstance(plan, DevicePlan):  # what every cell reads, made at once; one launch counts the batches
+            from .dispatch import batches_counted_once, cell_steps
+
+            steps = cell_steps(self.cells, plan.active, plan.probed if plan.gates is not None else None, x,
+                               plan.train_weights)
+            with batches_counted_once(self.unbanked_batch_norms()):
+                return self._features(x, plan, steps)
+        return self._features(x, plan)
+
+    def _features(self, x: torch.Tensor, plan: ExecutionPlan | DevicePlan, steps: list[CellStep] | None = None
+                  ) -> torch.Tensor:
         with torch.set_grad_enabled(torch.is_grad_enabled() and plan.no_grad_cells == 0):
             s0, s1 = self.stem_forward(x)
         for idx, cell in enumerate(self.cells):
             probe = plan.gates is not None and plan.probed is not None and plan.probed[idx]
+            forward = self._cell_forward(idx, plan, probe, None if steps is None else steps[idx])
             with torch.set_grad_enabled(torch.is_grad_enabled() and idx >= plan.no_grad_cells):
-                if self.recompute == "cell":
-                    out = recomputed(self._cell_forward(idx, plan, probe), cell, s0, s1)
-                else:
-                    out = self._cell_forward(idx, plan, probe)(s0, s1)
+                out = recomputed(forward, cell, s0, s1) if self.recompute == "cell" else forward(s0, s1)
             s0, s1 = s1, out
         return self.globalpooling(s1).flatten(1)
 
-    def _cell_forward(self, idx: int, plan: ExecutionPlan | DevicePlan, probe: bool):
-        """``(s0, s1) -> out`` of cell ``idx`` along ``plan``, on the plan's executor."""
+    def _cell_forward(self, idx: int, plan: ExecutionPlan | DevicePlan, probe: bool,
+                      step: CellStep | None = None):
+        """``(s0, s1) -> out`` of cell ``idx`` along ``plan``, on the plan's executor (``step``: the cell's
+        :class:`~sswp_fast.dispatch.CellStep`, on the device executor)."""
         cell = self.cells[idx]
         edges = self.recompute in ("edge", "cell")  # cell: inside the recomputed cell, edge by edge
         if isinstance(plan, DevicePlan):
@@ -251,7 +273,7 @@ class SearchNetwork(nn.Module):
 
             return lambda s0, s1: run_cell(cell, NODE_EDGES, s0, s1, plan.active[idx],
                                            plan.others[idx] if probe else None, plan.gates[idx] if probe else None,
-                                           recompute_groups=edges, train_weights=plan.train_weights)
+                                           recompute_groups=edges, train_weights=plan.train_weights, step=step)
         if probe:
             return lambda s0, s1: cell(s0, s1, plan.active[idx], plan.others[idx], plan.gates[idx], edges)
         return lambda s0, s1: cell(s0, s1, plan.active[idx], recompute_edges=edges)

@@ -20,10 +20,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from sswp_fast.bank_optimizer import MaskedBankUpdate
 from sswp_fast.banks import bind_banks, bind_cell
-from sswp_fast.dispatch import Selection, run_cell, slot_groups
+from sswp_fast.dispatch import Selection, cell_steps, run_cell, slot_groups
 from sswp_fast.engine import SearchEngine
 from sswp_fast.kernels import batchnorm
-from sswp_fast.supernet import NODE_EDGES, DevicePlan, SearchNetwork
+from sswp_fast.supernet import NODE_EDGES, DevicePlan, ExecutionPlan, SearchNetwork
 
 # every op on a stride-2 and on a stride-1 edge of a reduction cell (stride-2 edges: 0 1 2 3 5 6 9 10)
 EVERY_OP = [0, 1, 2, 3, 4, 5, 6, 6, 5, 4, 3, 2, 1, 0]
@@ -225,6 +225,42 @@ def test_a_dropped_edge_adds_nothing_and_touches_no_statistics():
     ref = twin(s0, s1, active)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     assert_states_equal(cell, twin)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_the_unbanked_batch_norms_count_their_batches_in_one_launch(momentum):
+    """Stems and preprocessing count one batch each per forward pass, as on the PyTorch executor, in one
+    ``_foreach_add_`` (not an ``add_`` each); a cumulative average (``momentum=None``) needs its count first."""
+    net = SearchNetwork(4, 10, 3)
+    for bn in net.unbanked_batch_norms():
+        bn.momentum = momentum
+    twin = copy.deepcopy(net)
+    bind_banks(net)
+    x, active = torch.randn(2, 3, 8, 8), torch.tensor([EVERY_OP] * 3)
+    with torch.no_grad(), OpTrace() as trace:
+        net.features(x, DevicePlan(active))
+    with torch.no_grad():
+        twin.features(x, ExecutionPlan(active.tolist()))
+    counts = [bn.num_batches_tracked.item() for bn in net.unbanked_batch_norms()]
+    assert counts == [1] * 7 and counts == [bn.num_batches_tracked.item() for bn in twin.unbanked_batch_norms()]
+    assert (trace.ops.count("aten._foreach_add_"), trace.ops.count("aten.add_")) == ((1, 0) if momentum else (0, 7))
+    assert_states_equal(net, twin)
+
+
+def test_a_network_gathers_every_cells_path_and_fills_one_gradient_buffer():
+    """The selection of every cell's path is one gather and the weight-gradient buffer one fill for the network
+    (views per cell), not one of each per cell; the probed cells of an arch step select their own paths."""
+    net = SearchNetwork(4, 10, 3)
+    bind_banks(net)
+    x, active = torch.randn(2, 3, 8, 8), torch.tensor([EVERY_OP] * 3)
+    with OpTrace() as trace:
+        net.features(x, DevicePlan(active))
+    assert (trace.ops.count("aten.index"), trace.ops.count("aten.zeros")) == (1, 1)
+    steps = cell_steps(net.cells, active, [False, True, False], x, train_weights=True)
+    assert [step.paths is None for step in steps] == [False, True, False]
+    assert steps[2].grads.data_ptr() == steps[0].grads.data_ptr() + 4 * steps[0].grads.numel() + 4 * steps[
+        1].grads.numel()
+    assert torch.equal(steps[2].paths.first[0], Selection.of(active[2], bind_cell(net.cells[2])).first)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
