@@ -14,7 +14,7 @@ Triton kernel launch counted too. Reported per step:
 * ``flops``: the floating-point operations executed, counted as ``torch.utils.flop_counter`` counts them
   (convolutions and matrix products, forward and backward; a convolution's backward as its forward once per
   gradient, see :func:`_convolution_backward_flops`) plus pooling (k² per output element) and the Triton
-  ``sswp_fast::sampled_dwpw`` and ``sswp_fast::sampled_pool`` ops (the variant or pool each slot ran); the
+  ``sswp_fast::sampled_dwpw`` (the variant or pool each slot ran) and ``sswp_fast::sampled_reduce`` ops; the
   "× sampled" column divides a row's FLOPs by ``sampled_flops``, those of the PyTorch executor's same step along
   the path the row's step sampled, which runs each of the path's ops once (not counted for the reference);
 * ``bytes``: the bytes of every operand and result of each launch, each counted whole (no cache reuse): an upper
@@ -96,11 +96,13 @@ def _sampled_dwpw_flops(out_shape, variant: torch.Tensor, variants: list[int]) -
     return sum(2 * n * ho * wo * c * (variants[3 * v] ** 2 + c) for v in chosen if v >= 0)
 
 
-def _sampled_pool_flops(out_shape, pool: torch.Tensor) -> int:
-    """k² = 9 per output element of each slot that pools (an idle slot adds none)."""
+def _sampled_pool_flops(out_shape, variant: torch.Tensor, pool: torch.Tensor | None) -> int:
+    """k² = 9 per output element of each slot that pools (no variant, a pool kind); the others add none."""
+    if pool is None:
+        return 0
     n, gc, ho, wo = out_shape
     with _disable_current_modes():
-        pooling = int((pool >= 0).sum())
+        pooling = int(((variant < 0) & (pool >= 0)).sum())
     return 9 * n * ho * wo * (gc // pool.numel()) * pooling
 
 
@@ -135,18 +137,15 @@ def _flops(func, args, kwargs, out) -> int:
         return _pool_flops(out[0] if isinstance(out, tuple) else out, args[1])
     if name in ("aten.max_pool2d_with_indices_backward", "aten.avg_pool2d_backward"):
         return _pool_flops(args[0], args[2])
-    if name == "sswp_fast.sampled_dwpw":
-        return _sampled_dwpw_flops(out.shape, args[1], args[3])
-    if name == "sswp_fast.sampled_dwpw_backward":  # input (and weight) gradients: once (twice) the forward's
-        return (1 + args[6]) * _sampled_dwpw_flops(args[0].shape, args[2], args[4])
+    if name == "sswp_fast.sampled_dwpw":  # the convolutions and the pools of the slots that run them
+        return _sampled_dwpw_flops(out.shape, args[1], args[3]) + _sampled_pool_flops(out.shape, args[1], args[6])
+    if name == "sswp_fast.sampled_dwpw_backward":  # input (and weight) gradients: once (twice) the forward's;
+        return ((1 + args[6]) * _sampled_dwpw_flops(args[0].shape, args[2], args[4])  # pools: as ATen's backward
+                + _sampled_pool_flops(args[0].shape, args[2], args[8]))
     if name == "sswp_fast.sampled_reduce":
         return _sampled_reduce_flops(out.shape, args[1])
     if name == "sswp_fast.sampled_reduce_backward":  # input (and weight) gradients: once (twice) the forward's
         return (1 + args[5]) * _sampled_reduce_flops(args[0].shape, args[2])
-    if name == "sswp_fast.sampled_pool":
-        return _sampled_pool_flops(out.shape, args[1])
-    if name == "sswp_fast.sampled_pool_backward":  # as ATen's pooling backward: k² per output gradient element
-        return _sampled_pool_flops(args[0].shape, args[2])
     return 0
 
 

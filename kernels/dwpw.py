@@ -52,7 +52,7 @@ __all__ = ["ReluDwPw", "dwpw_backward", "dwpw_forward", "dwpw_reference", "relu_
 
 
 @triton.jit
-def _pixel_tile(pid, HEIGHT, WIDTH, BLOCK: tl.constexpr, BLOCK_W: tl.constexpr):
+def pixel_tile(pid, HEIGHT, WIDTH, BLOCK: tl.constexpr, BLOCK_W: tl.constexpr):
     """Program ``pid``'s BLOCK pixels: a (BLOCK // BLOCK_W) × BLOCK_W rectangle of an HEIGHT × WIDTH image.
 
     Returns (row, col, flat offset, in-image mask). Rows of BLOCK_W consecutive columns (BLOCK_W a power of two)
@@ -67,7 +67,7 @@ def _pixel_tile(pid, HEIGHT, WIDTH, BLOCK: tl.constexpr, BLOCK_W: tl.constexpr):
 @triton.jit
 def _output_tile(pid, HO, WO, STRIDE: tl.constexpr, PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
     """Program ``pid``'s output pixels (flat offset, mask) and the input row / column of their first tap."""
-    oh, ow, offs_p, mask_p = _pixel_tile(pid, HO, WO, BLOCK_P, BLOCK_W)
+    oh, ow, offs_p, mask_p = pixel_tile(pid, HO, WO, BLOCK_P, BLOCK_W)
     return offs_p, mask_p, oh * STRIDE - PAD, ow * STRIDE - PAD
 
 
@@ -88,7 +88,7 @@ def zero_tile(out_img, pid, pid_c, C, HO, WO, BLOCK_P: tl.constexpr, BLOCK_W: tl
     """Zeros into the tile that :func:`fwd_tile` (``pid_c`` 0, ``BLOCK_C`` its ``BLOCK_CO``) or
     :func:`bwd_dx_tile` (``HO, WO`` the input's size) would write of one image's [C, HO, WO] output: what a slot
     that runs nothing writes, so that the output needs no fill launch first."""
-    _, _, offs_p, mask_p = _pixel_tile(pid, HO, WO, BLOCK_P, BLOCK_W)
+    _, _, offs_p, mask_p = pixel_tile(pid, HO, WO, BLOCK_P, BLOCK_W)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     zeros = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32).to(out_img.dtype.element_ty)
     tl.store(out_img + offs_c[None, :] * (HO * WO) + offs_p[:, None], zeros,
@@ -214,7 +214,7 @@ def bwd_dx_tile(
     of g (``g_img`` [C, HO, WO] fp32; ``x_img`` / ``dx_img`` [C, H, W])."""
     Q = H * W
     P = HO * WO
-    ih, iw, offs_q, mask_q = _pixel_tile(pid_q, H, W, BLOCK_Q, BLOCK_W)
+    ih, iw, offs_q, mask_q = pixel_tile(pid_q, H, W, BLOCK_Q, BLOCK_W)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
 

@@ -4,7 +4,9 @@ The edges of one node of a search cell each run one sampled op; for the separabl
 the expensive part is a fused ReLU + depthwise k×k + pointwise 1×1 half (:mod:`.dwpw`), and which k, padding,
 dilation and weights it uses depends on the sampled op. Here one launch evaluates that half for every edge
 of the group, each with the *variant* its device-side index selects, so no host synchronisation decides what
-runs and the sequence of launches is the same whatever was sampled (what CUDA-graph capture needs).
+runs and the sequence of launches is the same whatever was sampled (what CUDA-graph capture needs). Given
+``pool``, a slot with no variant runs its 3×3 pool instead (:mod:`.sampled_pool`), in the same launches forward
+and backward: a group's whole first stage but the stride-2 skip is one launch each way.
 
 Layout: the ``G`` edges (slots) of a group are stacked along channels, ``x`` is [N, G*C, H, W] with slot ``g``
 in channels ``g*C:(g+1)*C`` (so per-slot BatchNorm is one BatchNorm over G*C channels), and so is the output
@@ -34,6 +36,7 @@ import triton.language as tl
 
 from . import _common, dwpw
 from .dwpw import bwd_act_tile, bwd_dx_tile, dwpw_reference, fwd_tile, zero_tile
+from .sampled_pool import pool_bwd_tile, pool_fwd_tile, pool_output_size, pool_reference, pool_reference_backward
 
 __all__ = ["Variant", "sampled_dwpw", "sampled_dwpw_backward", "sampled_dwpw_forward",
            "sampled_dwpw_reference"]
@@ -56,15 +59,16 @@ class Variant(NamedTuple):
 
 @triton.jit
 def _sampled_fwd_kernel(
-    x_ptr, var_ptr, wdw0, wpw0, wdw1, wpw1, wdw2, wpw2, wdw3, wpw3, y_ptr,
+    x_ptr, var_ptr, pool_ptr, wdw0, wpw0, wdw1, wpw1, wdw2, wpw2, wdw3, wpw3, y_ptr,
     G, C, H, W, HO, WO,
     STRIDE: tl.constexpr,
     K0: tl.constexpr, P0: tl.constexpr, D0: tl.constexpr, K1: tl.constexpr, P1: tl.constexpr, D1: tl.constexpr,
     K2: tl.constexpr, P2: tl.constexpr, D2: tl.constexpr, K3: tl.constexpr, P3: tl.constexpr, D3: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, ROUND_BF16: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ROUND_BF16: tl.constexpr, HAS_POOL: tl.constexpr,
 ):
-    """Grid (pixel tiles of Ho×Wo, N, G): slot g of image n through its variant (nothing when negative)."""
+    """Grid (pixel tiles of Ho×Wo, N, G): slot g of image n through its variant, or where that is negative (and
+    with ``HAS_POOL``) through its pool, else nothing."""
     pid_p = tl.program_id(0)
     n = tl.program_id(1).to(tl.int64)
     g = tl.program_id(2).to(tl.int64)
@@ -84,7 +88,13 @@ def _sampled_fwd_kernel(
         fwd_tile(x_img, wdw3 + g * C * K3 * K3, wpw3 + g * C * C, y_img, pid_p, C, C, H, W, HO, WO, STRIDE, P3, D3,
                  K3, BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION, ROUND_BF16)
     else:
-        zero_tile(y_img, pid_p, 0, C, HO, WO, BLOCK_P, BLOCK_W, BLOCK_CO)
+        kind = tl.load(pool_ptr + g) if HAS_POOL else -1
+        if kind == 0:
+            pool_fwd_tile(x_img, y_img, pid_p, C, H, W, HO, WO, STRIDE, True, BLOCK_P, BLOCK_W, BLOCK_CO, ROUND_BF16)
+        elif kind == 1:
+            pool_fwd_tile(x_img, y_img, pid_p, C, H, W, HO, WO, STRIDE, False, BLOCK_P, BLOCK_W, BLOCK_CO, ROUND_BF16)
+        else:
+            zero_tile(y_img, pid_p, 0, C, HO, WO, BLOCK_P, BLOCK_W, BLOCK_CO)
 
 
 @triton.jit
@@ -128,14 +138,16 @@ def _sampled_bwd_act_kernel(
 
 @triton.jit
 def _sampled_bwd_dx_kernel(
-    x_ptr, var_ptr, wdw0, wdw1, wdw2, wdw3, g_ptr, dx_ptr,
+    x_ptr, var_ptr, pool_ptr, wdw0, wdw1, wdw2, wdw3, g_ptr, dy_ptr, dx_ptr,
     G, C, H, W, HO, WO,
     STRIDE: tl.constexpr,
     K0: tl.constexpr, P0: tl.constexpr, D0: tl.constexpr, K1: tl.constexpr, P1: tl.constexpr, D1: tl.constexpr,
     K2: tl.constexpr, P2: tl.constexpr, D2: tl.constexpr, K3: tl.constexpr, P3: tl.constexpr, D3: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, ROUND_BF16: tl.constexpr,
+    HAS_POOL: tl.constexpr,
 ):
-    """Grid (pixel tiles of H×W, cdiv(C, BLOCK_C), N*G): backward part 2 (``dwpw.bwd_dx_tile``) of one slot."""
+    """Grid (pixel tiles of H×W, cdiv(C, BLOCK_C), N*G): backward part 2 (``dwpw.bwd_dx_tile``) of one slot, or
+    its pool's backward (from ``dy``), or zeros."""
     pid_q = tl.program_id(0)
     pid_c = tl.program_id(1)
     ng = tl.program_id(2).to(tl.int64)
@@ -144,6 +156,7 @@ def _sampled_bwd_dx_kernel(
     x_img = x_ptr + ng * C * H * W
     g_img = g_ptr + ng * C * HO * WO
     dx_img = dx_ptr + ng * C * H * W
+    dy_img = dy_ptr + ng * C * HO * WO
     if v == 0:
         bwd_dx_tile(x_img, wdw0 + g * C * K0 * K0, g_img, dx_img, pid_q, pid_c, C, H, W, HO, WO, STRIDE, P0, D0, K0,
                     BLOCK_Q, BLOCK_W, BLOCK_C, ROUND_BF16)
@@ -157,7 +170,15 @@ def _sampled_bwd_dx_kernel(
         bwd_dx_tile(x_img, wdw3 + g * C * K3 * K3, g_img, dx_img, pid_q, pid_c, C, H, W, HO, WO, STRIDE, P3, D3, K3,
                     BLOCK_Q, BLOCK_W, BLOCK_C, ROUND_BF16)
     else:
-        zero_tile(dx_img, pid_q, pid_c, C, H, W, BLOCK_Q, BLOCK_W, BLOCK_C)
+        kind = tl.load(pool_ptr + g) if HAS_POOL else -1
+        if kind == 0:
+            pool_bwd_tile(x_img, dy_img, dx_img, pid_q, pid_c, C, H, W, HO, WO, STRIDE, True, BLOCK_Q, BLOCK_W,
+                          BLOCK_C, ROUND_BF16)
+        elif kind == 1:
+            pool_bwd_tile(x_img, dy_img, dx_img, pid_q, pid_c, C, H, W, HO, WO, STRIDE, False, BLOCK_Q, BLOCK_W,
+                          BLOCK_C, ROUND_BF16)
+        else:
+            zero_tile(dx_img, pid_q, pid_c, C, H, W, BLOCK_Q, BLOCK_W, BLOCK_C)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -170,7 +191,8 @@ def _output_size(size: int, variant: Variant, stride: int) -> int:
 
 
 def _check(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: tuple[Variant, ...],
-           banks: tuple[torch.Tensor, ...], device: bool = True) -> tuple[int, int, int, int]:
+           banks: tuple[torch.Tensor, ...], device: bool = True,
+           pool: torch.Tensor | None = None) -> tuple[int, int, int, int]:
     """Validate the arguments (``device``: also that Triton can run on ``x``'s device); return (G, C, Ho, Wo)."""
     if device:
         _common.check_device(x)
@@ -194,6 +216,13 @@ def _check(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: tuple[
     ho, wo = sizes.pop()
     if ho < 1 or wo < 1:
         raise ValueError(f"empty output: input {h}x{w} at stride {stride}")
+    if pool is not None:
+        if pool.shape != variant.shape or pool.dtype not in (torch.int32, torch.int64) or pool.device != x.device:
+            raise ValueError(f"pool must be a [{g}] int32/int64 tensor on {x.device}, got {pool.dtype} "
+                             f"{tuple(pool.shape)} on {pool.device}")
+        if (pool_output_size(h, stride), pool_output_size(w, stride)) != (ho, wo):
+            raise ValueError(f"the pools give {pool_output_size(h, stride)}x{pool_output_size(w, stride)}, the "
+                             f"variants {ho}x{wo}; they must agree")
     for v, w_dw, w_pw in zip(variants, banks[0::2], banks[1::2], strict=True):
         if tuple(w_dw.shape) != (g, c, 1, v.kernel, v.kernel):
             raise ValueError(f"w_dw bank must be {(g, c, 1, v.kernel, v.kernel)}, got {tuple(w_dw.shape)}")
@@ -216,10 +245,11 @@ def _padded(tensors: list[torch.Tensor], count: int) -> list[torch.Tensor]:
 
 
 def sampled_dwpw_forward(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: tuple[Variant, ...],
-                         *banks: torch.Tensor) -> torch.Tensor:
+                         *banks: torch.Tensor, pool: torch.Tensor | None = None) -> torch.Tensor:
     """``y[:, slot g] = conv1x1(conv_dw(relu(x[:, slot g])))`` with variant ``variant[g]``'s constants and
-    weights (zero where ``variant[g] < 0``), all slots in one launch; ``banks`` = w_dw, w_pw per variant."""
-    g, c, ho, wo = _check(x, variant, stride, variants, banks)
+    weights; where ``variant[g] < 0``, slot g's pool ``pool[g]`` (:mod:`.sampled_pool`), or zero where that is
+    negative too or ``pool`` is not given. All slots in one launch; ``banks`` = w_dw, w_pw per variant."""
+    g, c, ho, wo = _check(x, variant, stride, variants, banks, pool=pool)
     x = x.contiguous()
     banks = tuple(b.contiguous() for b in banks)
     n, _, h, w = x.shape
@@ -228,17 +258,18 @@ def sampled_dwpw_forward(x: torch.Tensor, variant: torch.Tensor, stride: int, va
         return y
     b = dwpw._block_sizes(ho, wo, h, w, c, c, stride, _common.INTERPRETED)
     _sampled_fwd_kernel[(dwpw._grid_tiles(ho, wo, b.p, b.pw), n, g)](
-        x, variant, *_padded(list(banks), 2 * MAX_VARIANTS), y, g, c, h, w, ho, wo,
-        STRIDE=stride, **_constants(variants),
+        x, variant, variant if pool is None else pool, *_padded(list(banks), 2 * MAX_VARIANTS), y, g, c, h, w, ho,
+        wo, STRIDE=stride, **_constants(variants),
         BLOCK_P=b.p, BLOCK_W=b.pw, BLOCK_C=b.c, BLOCK_CO=b.co, DOT_PRECISION=dwpw._dot_precision(x.dtype),
-        ROUND_BF16=x.dtype == torch.bfloat16, num_warps=b.num_warps,
+        ROUND_BF16=x.dtype == torch.bfloat16, HAS_POOL=pool is not None, num_warps=b.num_warps,
     )
     return y
 
 
 def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor, stride: int,
                           variants: tuple[Variant, ...], *banks: torch.Tensor, weight_grads: bool = True,
-                          grad_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                          grad_out: torch.Tensor | None = None,
+                          pool: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dx, bank gradients)`` of :func:`sampled_dwpw_forward`, recomputing the activations from ``x``; the bank
     gradients flat, one fp32 tensor of every bank's in order (:func:`split_grads` views them per bank), or empty
     without ``weight_grads`` (an arch step, which differentiates the gates only). Given ``grad_out`` (fp32, that
@@ -246,9 +277,9 @@ def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tens
 
     Two launches (the weight gradients reduced with fp32 atomics, as in :func:`.dwpw.dwpw_backward`) and one fill
     (of the flat gradient; none without ``weight_grads`` or with ``grad_out``). A bank's gradient is zero in the
-    rows of the slots that did not run its variant; ``dx`` is zero for slots that ran none (written so by the
-    kernel)."""
-    g, c, ho, wo = _check(x, variant, stride, variants, banks)
+    rows of the slots that did not run its variant; ``dx`` is a pooling slot's pool gradient, and zero for slots
+    that ran nothing (written so by the kernel)."""
+    g, c, ho, wo = _check(x, variant, stride, variants, banks, pool=pool)
     x = x.contiguous()
     banks = tuple(b.contiguous() for b in banks)
     n, _, h, w = x.shape
@@ -273,9 +304,9 @@ def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tens
             WEIGHT_GRADS=weight_grads, num_warps=b.num_warps,
         )
         _sampled_bwd_dx_kernel[(dwpw._grid_tiles(h, w, b.q, b.qw), triton.cdiv(c, b.c), n * g)](
-            x, variant, *_padded(list(banks[0::2]), MAX_VARIANTS), tmp, dx, g, c, h, w, ho, wo,
-            STRIDE=stride, **constants, BLOCK_Q=b.q, BLOCK_W=b.qw, BLOCK_C=b.c,
-            ROUND_BF16=x.dtype == torch.bfloat16, num_warps=b.num_warps,
+            x, variant, variant if pool is None else pool, *_padded(list(banks[0::2]), MAX_VARIANTS), tmp, dy, dx,
+            g, c, h, w, ho, wo, STRIDE=stride, **constants, BLOCK_Q=b.q, BLOCK_W=b.qw, BLOCK_C=b.c,
+            ROUND_BF16=x.dtype == torch.bfloat16, HAS_POOL=pool is not None, num_warps=b.num_warps,
         )
     return dx, flat
 
@@ -300,27 +331,28 @@ def _unflat(flat: list[int]) -> tuple[Variant, ...]:
 
 @torch.library.custom_op("sswp_fast::sampled_dwpw", mutates_args=())
 def _sampled_dwpw_op(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: list[int],
-                     banks: list[torch.Tensor], grad_out: torch.Tensor | None) -> torch.Tensor:
+                     banks: list[torch.Tensor], grad_out: torch.Tensor | None,
+                     pool: torch.Tensor | None) -> torch.Tensor:
     """``grad_out`` is not read here: the backward pass adds the bank gradients into it (see :func:`sampled_dwpw`)."""
     if _common.runs_on_triton(x):
-        return sampled_dwpw_forward(x, variant, stride, _unflat(variants), *banks)
-    _check(x, variant, stride, _unflat(variants), tuple(banks), device=False)
-    return sampled_dwpw_reference(x, variant, stride, _unflat(variants), *banks).contiguous()
+        return sampled_dwpw_forward(x, variant, stride, _unflat(variants), *banks, pool=pool)
+    _check(x, variant, stride, _unflat(variants), tuple(banks), device=False, pool=pool)
+    return sampled_dwpw_reference(x, variant, stride, _unflat(variants), *banks, pool=pool).contiguous()
 
 
 @torch.library.custom_op("sswp_fast::sampled_dwpw_backward", mutates_args=("grad_out",))
 def _sampled_dwpw_backward_op(
     dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor, stride: int, variants: list[int],
-    banks: list[torch.Tensor], weight_grads: bool, grad_out: torch.Tensor | None,
+    banks: list[torch.Tensor], weight_grads: bool, grad_out: torch.Tensor | None, pool: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``dx`` and every bank's gradient in one flat tensor of the banks' dtype (an op's outputs may not alias,
     so not as views of one buffer); without ``weight_grads`` that tensor is empty, and so it is with
     ``grad_out``, into which the gradients are added."""
     if _common.runs_on_triton(x):
         dx, flat = sampled_dwpw_backward(dy, x, variant, stride, _unflat(variants), *banks, weight_grads=weight_grads,
-                                         grad_out=grad_out)
+                                         grad_out=grad_out, pool=pool)
         return dx, flat.to(banks[0].dtype) if grad_out is None else banks[0].new_empty(0)
-    dx, grads = _reference_backward(dy, x, variant, stride, _unflat(variants), banks, weight_grads)
+    dx, grads = _reference_backward(dy, x, variant, stride, _unflat(variants), banks, weight_grads, pool)
     flat = torch.cat([grad.reshape(-1) for grad in grads] if weight_grads else [banks[0].new_empty(0)])
     if grad_out is None or not weight_grads:
         return dx.contiguous(), flat
@@ -329,43 +361,44 @@ def _sampled_dwpw_backward_op(
 
 
 @_sampled_dwpw_op.register_fake
-def _(x, variant, stride, variants, banks, grad_out):
+def _(x, variant, stride, variants, banks, grad_out, pool):
     first = _unflat(variants)[0]
     n, _, h, w = x.shape
     return x.new_empty((n, x.shape[1], _output_size(h, first, stride), _output_size(w, first, stride)))
 
 
 @_sampled_dwpw_backward_op.register_fake
-def _(dy, x, variant, stride, variants, banks, weight_grads, grad_out):
+def _(dy, x, variant, stride, variants, banks, weight_grads, grad_out, pool):
     size = sum(bank.numel() for bank in banks) if weight_grads and grad_out is None else 0
     return x.new_empty(x.shape), banks[0].new_empty(size)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, variant, stride, variants, banks, grad_out = inputs
-    ctx.save_for_backward(x, variant, *banks)
+    x, variant, stride, variants, banks, grad_out, pool = inputs
+    ctx.save_for_backward(x, variant, pool, *banks)
     ctx.conv = (stride, variants)
     ctx.grad_out = grad_out
 
 
 def _backward(ctx, dy: torch.Tensor):
-    x, variant, *banks = ctx.saved_tensors
+    x, variant, pool, *banks = ctx.saved_tensors
     weight_grads = any(ctx.needs_input_grad[4])  # an arch step's detached banks need none
     grad_out, ctx.grad_out = ctx.grad_out, None  # zero only once: a second backward pass gets fresh gradients
     dx, flat = torch.ops.sswp_fast.sampled_dwpw_backward(dy, x, variant, *ctx.conv, banks, weight_grads,
-                                                         grad_out if weight_grads else None)
+                                                         grad_out if weight_grads else None, pool)
     if not weight_grads:
-        return dx, None, None, None, [None] * len(banks), None
+        return dx, None, None, None, [None] * len(banks), None, None
     flat = flat if grad_out is None else grad_out
     return dx, None, None, None, [grad.to(bank.dtype) for grad, bank in zip(split_grads(flat, banks), banks,
-                                                                             strict=True)], None
+                                                                             strict=True)], None, None
 
 
 _sampled_dwpw_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def sampled_dwpw(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: tuple[Variant, ...],
-                 *banks: torch.Tensor, grad_out: torch.Tensor | None = None) -> torch.Tensor:
+                 *banks: torch.Tensor, grad_out: torch.Tensor | None = None,
+                 pool: torch.Tensor | None = None) -> torch.Tensor:
     """Differentiable :func:`sampled_dwpw_forward` as the custom op ``torch.ops.sswp_fast.sampled_dwpw``, which
     ``torch.compile`` traces as one call: the Triton kernels on CUDA (and on CPU under the interpreter), the
     PyTorch reference on other CPU tensors. Autograd saves ``x``, ``variant`` and the banks only (the backward
@@ -373,26 +406,32 @@ def sampled_dwpw(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: 
 
     ``grad_out``: a zero fp32 tensor of the banks' total size, into which the (first) backward pass adds the bank
     gradients, which are then views of it: one fill for many ops (a cell's, :mod:`sswp_fast.dispatch`) instead of
-    one each."""
+    one each.
+
+    ``pool`` ([G], :mod:`.sampled_pool`'s kinds): the slots whose variant is negative run their pool instead
+    (none where that is negative too), in the same launches forward and backward, so the group's input has one
+    gradient rather than the convolutions' plus the pools'."""
     return torch.ops.sswp_fast.sampled_dwpw(x, variant, stride, _flat(tuple(Variant(*v) for v in variants)),
-                                            list(banks), grad_out)
+                                            list(banks), grad_out, pool)
 
 
 def _reference_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor, stride: int,
-                        variants: tuple[Variant, ...], banks: list[torch.Tensor], weight_grads: bool = True
-                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                        variants: tuple[Variant, ...], banks: list[torch.Tensor], weight_grads: bool = True,
+                        pool: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """:func:`sampled_dwpw_backward` in PyTorch, slot by slot (the indices read on the host), with explicit
-    convolution gradients: a custom op's kernel runs below autograd. Without ``weight_grads`` the convolutions'
-    weight gradients are not computed (the returned ones stay zero)."""
+    convolution and pooling gradients: a custom op's kernel runs below autograd. Without ``weight_grads`` the
+    convolutions' weight gradients are not computed (the returned ones stay zero)."""
     dx = torch.zeros_like(x)
     grads = [torch.zeros_like(bank) for bank in banks]
     c = x.shape[1] // variant.shape[0]
     with torch.autocast(x.device.type, enabled=False):  # in x's dtype, as the kernel computes, whatever --amp says
-        for g, v in enumerate(variant.tolist()):
+        for g, (v, kind) in enumerate(zip(variant.tolist(), _pool_kinds(pool, variant), strict=True)):
+            rows = slice(g * c, (g + 1) * c)
             if v < 0:
+                if kind >= 0:
+                    dx[:, rows] = pool_reference_backward(dy[:, rows].contiguous(), x[:, rows], kind, stride)
                 continue
             k, pad, dil = variants[v]
-            rows = slice(g * c, (g + 1) * c)
             relu = torch.relu(x[:, rows])
             w_dw, w_pw = banks[2 * v][g].to(x.dtype), banks[2 * v + 1][g].to(x.dtype)
             hidden = F.conv2d(relu, w_dw, stride=stride, padding=pad, dilation=dil, groups=c)
@@ -409,16 +448,24 @@ def _reference_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor
     return dx, grads
 
 
+def _pool_kinds(pool: torch.Tensor | None, variant: torch.Tensor) -> list[int]:
+    """Each slot's pool kind, read on the host (-1 for every slot without ``pool``)."""
+    return [-1] * variant.shape[0] if pool is None else pool.tolist()
+
+
 def sampled_dwpw_reference(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: tuple[Variant, ...],
-                           *banks: torch.Tensor) -> torch.Tensor:
-    """Pure-PyTorch reference: each slot through :func:`.dwpw.dwpw_reference` with its variant, read on the host."""
+                           *banks: torch.Tensor, pool: torch.Tensor | None = None) -> torch.Tensor:
+    """Pure-PyTorch reference: each slot through :func:`.dwpw.dwpw_reference` with its variant, or where that is
+    negative through its pool (:func:`.sampled_pool.pool_reference`) or to zeros; the indices read on the host."""
     chosen = variant.tolist()
     slots = x.chunk(len(chosen), dim=1)
     outs = []
     with torch.autocast(x.device.type, enabled=False):  # in x's dtype, as the kernel computes, whatever --amp says
-        for g, (v, xs) in enumerate(zip(chosen, slots, strict=True)):
+        for g, (v, kind, xs) in enumerate(zip(chosen, _pool_kinds(pool, variant), slots, strict=True)):
             _, pad, dil = variants[max(v, 0)]
             w_dw, w_pw = (banks[2 * max(v, 0) + i][g].to(x.dtype) for i in (0, 1))
             y = dwpw_reference(xs, w_dw, w_pw, stride, pad, dil)
-            outs.append(y if v >= 0 else torch.zeros_like(y))
+            if v < 0:
+                y = pool_reference(xs, kind, stride) if kind >= 0 else torch.zeros_like(y)
+            outs.append(y)
     return torch.cat(outs, dim=1)

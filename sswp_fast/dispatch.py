@@ -9,9 +9,9 @@ A node's incoming edges (its *slots*; in a reduction cell, those at stride 2 and
 are stacked along channels, ``[N, G*C, H, W]``, and evaluated together:
 
 1. first stage of every slot's op, chosen per slot by its index: the separable/dilated convolutions' first
-   ReLU + depthwise + pointwise half in one launch for all slots (:mod:`sswp_fast.kernels.sampled_dwpw`), the
-   max or average pool in another (:mod:`sswp_fast.kernels.sampled_pool`), each leaving the other slots zero;
-   the stride-2 skip (a factorized reduce) in a third, in the slots that sampled it
+   ReLU + depthwise + pointwise half or the max or average pool, in one launch for all slots
+   (:mod:`sswp_fast.kernels.sampled_dwpw`, the pools from :mod:`sswp_fast.kernels.sampled_pool`), zero in the
+   other slots; the stride-2 skip (a factorized reduce) in a second, in the slots that sampled it
    (:mod:`sswp_fast.kernels.sampled_reduce`); the stride-1 skip is the input;
 2. BatchNorm of every slot over the G*C channels (Triton kernels): each slot's running statistics are read and
    updated in the bank row of the op it ran (and one more batch counted there) by the statistics launch itself;
@@ -62,7 +62,6 @@ from .distributed import sum_over_ranks
 from .kernels._common import runs_on_triton
 from .kernels.batchnorm import batch_norm, bn_banked_reference, bn_train_forward
 from .kernels.sampled_dwpw import Variant, sampled_dwpw
-from .kernels.sampled_pool import sampled_pool
 from .kernels.sampled_reduce import sampled_reduce
 from .kernels.slot_sum import slot_sum
 from .ops import PARAMETRIC_INDICES
@@ -70,12 +69,13 @@ from .ops import PARAMETRIC_INDICES
 
 @dataclass(frozen=True)
 class Selection:
-    """A cell's path as the kernel indices its slot groups read, gathered once per cell (one launch for all its
-    edges, from :attr:`~sswp_fast.banks.CellBanks.selection`) and sliced per group (views): ``ops`` ``[E]`` (-1: a
-    dropped edge), ``first`` / ``second`` the :func:`sampled_dwpw` variant of each edge's first stage and of a
-    ``sep_conv``'s second half (negative: none), ``pool`` its :func:`sampled_pool` kind (negative: none),
-    ``source`` / ``reduce_source`` the :func:`slot_sum` source of its output at stride 1 / at stride 2, and
-    ``reduce``, 1 where it runs the skip (at stride 2, a factorized reduce: :func:`sampled_reduce`), else 0."""
+    """A cell's path as the kernel indices its slot groups read, gathered once (one launch for all its edges, or
+    all the cells', from :attr:`~sswp_fast.banks.CellBanks.selection`) and sliced per group (views): ``ops``
+    ``[E]`` (-1: a dropped edge), ``first`` / ``second`` the :func:`sampled_dwpw` variant of each edge's first
+    stage and of a ``sep_conv``'s second half (negative: none), ``pool`` its pool kind
+    (:mod:`~sswp_fast.kernels.sampled_pool`; negative: none), ``source`` / ``reduce_source`` the
+    :func:`slot_sum` source of its output at stride 1 / at stride 2, and ``reduce``, 1 where it runs the skip (at
+    stride 2, a factorized reduce: :func:`sampled_reduce`), else 0."""
 
     ops: torch.Tensor
     first: torch.Tensor
@@ -216,8 +216,7 @@ class _SlotGroup:
         and at stride 1 the skip (``x``). Each slot's own output is one of them (``path.source``); the other
         slots of each are zero or unused."""
         grads = banks.grads or (None, None, None)
-        conv = sampled_dwpw(x, path.first, self.stride, self.variants, *banks.first, grad_out=grads[0])
-        pre = sampled_pool(x, path.pool, self.stride, conv)  # conv + the pools: each is zero where the other runs
+        pre = sampled_dwpw(x, path.first, self.stride, self.variants, *banks.first, grad_out=grads[0], pool=path.pool)
         if self.stride != 1:  # the skip: a factorized reduce where sampled, the rest passed through
             pre = sampled_reduce(x, path.reduce, *banks.reduce, pre, grad_out=grads[2])
         first = _batch_norm(pre, path.ops, banks.stats1, banks.bn1, self.bn, banks.slots, update, memo)

@@ -14,21 +14,22 @@ import bench_launch_counts  # noqa: E402
 from bench_launch_counts import Counts  # noqa: E402
 
 from sswp_fast.kernels import _common  # noqa: E402
-from sswp_fast.kernels.sampled_pool import sampled_pool, sampled_pool_reference  # noqa: E402
+from sswp_fast.kernels.sampled_reduce import sampled_reduce, sampled_reduce_reference  # noqa: E402
 
 
 def test_one_of_our_ops_costs_the_launches_inside_it_not_one_more(monkeypatch) -> None:
-    """On its PyTorch kernel, ``sswp_fast::sampled_pool`` costs exactly what that kernel launches when run
+    """On its PyTorch kernel, ``sswp_fast::sampled_reduce`` costs exactly what that kernel launches when run
     directly; the op itself adds nothing (the counter's outer mode is off inside an op)."""
-    x, pool = torch.randn(2, 6, 5, 5), torch.tensor([0, 1, -1])
+    x, reduce, base = torch.randn(2, 8, 4, 4), torch.tensor([1, 0]), torch.randn(2, 8, 2, 2)
+    w_even, w_odd = torch.randn(4, 4), torch.randn(4, 4)
     with Counts() as direct:
-        sampled_pool_reference(x, pool, 1)
+        sampled_reduce_reference(x, reduce, w_even, w_odd, base)
     monkeypatch.setattr(_common, "INTERPRETED", False)
     with Counts() as op:
-        sampled_pool(x, pool, 1)
+        sampled_reduce(x, reduce, w_even, w_odd, base)
     assert direct.compute > 2
-    assert op.compute == direct.compute  # (bytes differ: below autograd, max_pool2d keeps no indices)
-    assert op.ops["sswp_fast.sampled_pool"] == 1
+    assert op.compute == direct.compute
+    assert op.ops["sswp_fast.sampled_reduce"] == 1
 
 
 def test_one_row_is_counted_alone_and_nothing_is_written(tmp_path, capsys) -> None:

@@ -81,7 +81,7 @@ def test_pytorch_kernel_of_the_op_outside_the_interpreter(monkeypatch, layout):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     flat = [value for v in FIRST_HALVES for value in v]
     torch.library.opcheck(torch.ops.sswp_fast.sampled_dwpw.default,
-                          (x.requires_grad_(), chosen, 2, flat, [b.requires_grad_() for b in banks], None))
+                          (x.requires_grad_(), chosen, 2, flat, [b.requires_grad_() for b in banks], None, None))
 
 
 @pytest.mark.parametrize("interpreted", [True, False], ids=["kernels", "pytorch-kernel"])
@@ -177,17 +177,19 @@ common = {"STRIDE": stride, **sd._constants(variants), "BLOCK_C": b.c}
 for dtype, precision, cap in (("fp32", "ieee", 90),):
     tile = {**common, "BLOCK_P": b.p, "BLOCK_W": b.pw, "BLOCK_CO": b.co, "DOT_PRECISION": precision}
     cases = [
-        (sd._sampled_fwd_kernel, {**tile, "ROUND_BF16": dtype == "bf16"}),
+        (sd._sampled_fwd_kernel, {**tile, "ROUND_BF16": dtype == "bf16", "HAS_POOL": True}),
         (sd._sampled_bwd_act_kernel, {**tile, "WEIGHT_GRADS": False}),  # an arch step's: no taps, no atomics
+        (sd._sampled_bwd_dx_kernel, {**common, "BLOCK_Q": b.q, "BLOCK_W": b.qw, "ROUND_BF16": dtype == "bf16",
+                                     "HAS_POOL": True}),  # the pools' backward branches included
     ]
     for fn, constexprs in cases:
         sig = {}
         for a in fn.arg_names:
             if a in constexprs:
                 sig[a] = "constexpr"
-            elif a == "var_ptr":
+            elif a in ("var_ptr", "pool_ptr"):
                 sig[a] = "*i64"
-            elif a == "g_ptr" or a.startswith("gw"):
+            elif a in ("g_ptr", "dy_ptr") or a.startswith("gw"):
                 sig[a] = "*fp32"
             elif a.endswith("_ptr") or a.startswith("w"):
                 sig[a] = f"*{dtype}"
@@ -200,19 +202,19 @@ print(count, "ok")
 """
 
 
-@pytest.mark.slow(seconds=80)
+@pytest.mark.slow(seconds=110)
 def test_sampled_kernels_compile_for_sm90(tmp_path):
-    """Compile-only check (no GPU needed): the branchy forward kernel with all four variants at the widest CIFAR
-    search shape, fp32 (what the device executor runs) to an sm_90 cubin (H100/H200), without TRITON_INTERPRET
-    (about 80 s: every branch unrolls its taps), and the arch step's backward kernel without weight gradients (a
-    few seconds). The weight-step backward kernels, with the same branches as the forward, were cut from CI for
-    time; the dwpw tile functions they call are compiled alone, fp32 and bf16 (what ``--amp bf16`` runs), by
-    tests/test_kernels_dwpw.py."""
+    """Compile-only check (no GPU needed): the branchy forward kernel with all four variants and both pools at the
+    widest CIFAR search shape, fp32 (what the device executor runs) to an sm_90 cubin (H100/H200), without
+    TRITON_INTERPRET (about 80 s: every branch unrolls its taps), the arch step's backward kernel without weight
+    gradients (a few seconds) and the input-gradient kernel with the pools' backward (about 30 s). The weight-step
+    part-1 kernel, with the same branches as the forward, was cut from CI for time; the dwpw tile functions it
+    calls are compiled alone, fp32 and bf16 (what ``--amp bf16`` runs), by tests/test_kernels_dwpw.py."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
     proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=1800)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("2 ok"), proc.stderr[-3000:]
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("3 ok"), proc.stderr[-3000:]
 
 
 def test_a_shared_gradient_buffer_takes_the_bank_gradients_without_a_fill():
