@@ -7,13 +7,12 @@ for the variants a slot did not run). Interpreter on CPU (tests/conftest.py), so
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+from kernel_compile import compiles_for_sm90
 
+from sswp_fast.kernels import dwpw
+from sswp_fast.kernels import sampled_dwpw as sd
 from sswp_fast.kernels.sampled_dwpw import Variant, sampled_dwpw, sampled_dwpw_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -162,59 +161,26 @@ def test_bad_arguments_are_named(change, message):
         sampled_dwpw(args["x"], args["chosen"], 1, args["variants"], *args["banks"])
 
 
-_COMPILE_SCRIPT = r"""
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from sswp_fast.kernels import _common, dwpw, sampled_dwpw as sd
-assert not _common.INTERPRETED
-variants = (sd.Variant(3, 1, 1), sd.Variant(5, 2, 1), sd.Variant(3, 2, 2), sd.Variant(5, 4, 2))
-count = 0
-c, size, stride = 144, 16, 2  # the widest CIFAR search shape (most registers): the last reduction, C = 144
-out = (size - 1) // stride + 1
-b = dwpw._block_sizes(out, out, size, size, c, c, stride, False)
-common = {"STRIDE": stride, **sd._constants(variants), "BLOCK_C": b.c}
-for dtype, precision, cap in (("fp32", "ieee", 90),):
-    tile = {**common, "BLOCK_P": b.p, "BLOCK_W": b.pw, "BLOCK_CO": b.co, "DOT_PRECISION": precision}
-    cases = [
-        (sd._sampled_fwd_kernel, {**tile, "ROUND_BF16": dtype == "bf16", "HAS_POOL": True}),
-        (sd._sampled_bwd_act_kernel, {**tile, "WEIGHT_GRADS": False}),  # an arch step's: no taps, no atomics
-        (sd._sampled_bwd_dx_kernel, {**common, "BLOCK_Q": b.q, "BLOCK_W": b.qw, "ROUND_BF16": dtype == "bf16",
-                                     "HAS_POOL": True}),  # the pools' backward branches included
-    ]
-    for fn, constexprs in cases:
-        sig = {}
-        for a in fn.arg_names:
-            if a in constexprs:
-                sig[a] = "constexpr"
-            elif a in ("var_ptr", "pool_ptr"):
-                sig[a] = "*i64"
-            elif a in ("g_ptr", "dy_ptr") or a.startswith("gw"):
-                sig[a] = "*fp32"
-            elif a.endswith("_ptr") or a.startswith("w"):
-                sig[a] = f"*{dtype}"
-            else:
-                sig[a] = "i32"
-        compiled = triton.compile(ASTSource(fn, sig, constexprs=constexprs), target=GPUTarget("cuda", cap, 32))
-        assert "cubin" in compiled.asm
-        count += 1
-print(count, "ok")
-"""
-
-
 @pytest.mark.slow(seconds=110)
 def test_sampled_kernels_compile_for_sm90(tmp_path):
     """Compile-only check (no GPU needed): the branchy forward kernel with all four variants and both pools at the
-    widest CIFAR search shape, fp32 (what the device executor runs) to an sm_90 cubin (H100/H200), without
-    TRITON_INTERPRET (about 80 s: every branch unrolls its taps), the arch step's backward kernel without weight
-    gradients (a few seconds) and the input-gradient kernel with the pools' backward (about 30 s). The weight-step
-    part-1 kernel, with the same branches as the forward, was cut from CI for time; the dwpw tile functions it
-    calls are compiled alone, fp32 and bf16 (what ``--amp bf16`` runs), by tests/test_kernels_dwpw.py."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=1800)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("3 ok"), proc.stderr[-3000:]
+    widest CIFAR search shape (C = 144, the last reduction: the most registers), fp32 (what the device executor
+    runs) to an sm_90 cubin (H100/H200), without TRITON_INTERPRET (about 80 s: every branch unrolls its taps), the
+    arch step's backward kernel without weight gradients (a few seconds) and the input-gradient kernel with the
+    pools' backward (about 30 s). The weight-step part-1 kernel, with the same branches as the forward, was cut
+    from CI for time; the dwpw tile functions it calls are compiled alone, fp32 and bf16 (what ``--amp bf16``
+    runs), by tests/test_kernels_dwpw.py."""
+    c, size, stride = 144, 16, 2
+    out = (size - 1) // stride + 1
+    b = dwpw._block_sizes(out, out, size, size, c, c, stride, False)
+    tile = {"BLOCK_P": b.p, "BLOCK_W": b.pw, "BLOCK_CO": b.co, "DOT_PRECISION": "ieee"}
+    kernels = {"_sampled_fwd_kernel": {**tile, "HAS_POOL": True},
+               "_sampled_bwd_act_kernel": {**tile, "WEIGHT_GRADS": False},  # an arch step's: no taps, no atomics
+               "_sampled_bwd_dx_kernel": {"BLOCK_Q": b.q, "BLOCK_W": b.qw, "HAS_POOL": True}}
+    weights = [f"{kind}{i}" for kind in ("wdw", "wpw", "gwdw", "gwpw") for i in range(sd.MAX_VARIANTS)]
+    compiles_for_sm90(tmp_path, "sswp_fast.kernels.sampled_dwpw", kernels, ("fp32",),
+                      {"STRIDE": stride, **sd._constants(FIRST_HALVES), "BLOCK_C": b.c},
+                      ints=("var_ptr", "pool_ptr"), fp32=(*weights, "g_ptr"))
 
 
 def test_a_shared_gradient_buffer_takes_the_bank_gradients_without_a_fill():
