@@ -405,8 +405,8 @@ def sampled_dwpw(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: 
     recomputes the depthwise activations).
 
     ``grad_out``: a zero fp32 tensor of the banks' total size, into which the (first) backward pass adds the bank
-    gradients, which are then views of it: one fill for many ops (a cell's, :mod:`sswp_fast.dispatch`) instead of
-    one each.
+    gradients, which are then views of it: one fill for many ops (a network's, :mod:`sswp_fast.dispatch`) instead
+    of one each.
 
     ``pool`` ([G], :mod:`.sampled_pool`'s kinds): the slots whose variant is negative run their pool instead
     (none where that is negative too), in the same launches forward and backward, so the group's input has one
