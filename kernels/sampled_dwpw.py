@@ -462,10 +462,14 @@ def sampled_dwpw_reference(x: torch.Tensor, variant: torch.Tensor, stride: int, 
     outs = []
     with torch.autocast(x.device.type, enabled=False):  # in x's dtype, as the kernel computes, whatever --amp says
         for g, (v, kind, xs) in enumerate(zip(chosen, _pool_kinds(pool, variant), slots, strict=True)):
-            _, pad, dil = variants[max(v, 0)]
-            w_dw, w_pw = (banks[2 * max(v, 0) + i][g].to(x.dtype) for i in (0, 1))
-            y = dwpw_reference(xs, w_dw, w_pw, stride, pad, dil)
-            if v < 0:
-                y = pool_reference(xs, kind, stride) if kind >= 0 else torch.zeros_like(y)
-            outs.append(y)
+            if v >= 0:
+                _, pad, dil = variants[v]
+                w_dw, w_pw = (banks[2 * v + i][g].to(x.dtype) for i in (0, 1))
+                outs.append(dwpw_reference(xs, w_dw, w_pw, stride, pad, dil))
+            elif kind >= 0:
+                outs.append(pool_reference(xs, kind, stride))
+            else:
+                n, c, h, w = xs.shape
+                first = variants[0]
+                outs.append(xs.new_zeros(n, c, _output_size(h, first, stride), _output_size(w, first, stride)))
     return torch.cat(outs, dim=1)
