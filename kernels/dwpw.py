@@ -96,6 +96,19 @@ def zero_tile(out_img, pid, pid_c, C, HO, WO, BLOCK_P: tl.constexpr, BLOCK_W: tl
 
 
 @triton.jit
+def copy_tile(src_img, out_img, pid, pid_c, C, HO, WO, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr,
+              BLOCK_C: tl.constexpr, ROUND_BF16: tl.constexpr):
+    """:func:`zero_tile`'s tile of ``src_img`` (same layout) into ``out_img``, in its dtype: what a slot that runs
+    nothing writes when its output is given elsewhere."""
+    _, _, offs_p, mask_p = pixel_tile(pid, HO, WO, BLOCK_P, BLOCK_W)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs = offs_c[None, :] * (HO * WO) + offs_p[:, None]
+    mask = mask_p[:, None] & (offs_c < C)[None, :]
+    value = tl.load(src_img + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_img + offs, cast_out(value, out_img, ROUND_BF16), mask=mask)
+
+
+@triton.jit
 def fwd_tile(
     x_img, wdw_ptr, wpw_ptr, y_img, pid_p,
     C, C_OUT, H, W, HO, WO,

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from . import _common, dwpw
-from .dwpw import bwd_act_tile, bwd_dx_tile, dwpw_reference, fwd_tile, zero_tile
+from .dwpw import bwd_act_tile, bwd_dx_tile, copy_tile, dwpw_reference, fwd_tile, zero_tile
 from .sampled_pool import pool_bwd_tile, pool_fwd_tile, pool_output_size, pool_reference, pool_reference_backward
 
 __all__ = ["Variant", "sampled_dwpw", "sampled_dwpw_backward", "sampled_dwpw_forward",
@@ -138,16 +138,17 @@ def _sampled_bwd_act_kernel(
 
 @triton.jit
 def _sampled_bwd_dx_kernel(
-    x_ptr, var_ptr, pool_ptr, wdw0, wdw1, wdw2, wdw3, g_ptr, dy_ptr, dx_ptr,
+    x_ptr, var_ptr, pool_ptr, wdw0, wdw1, wdw2, wdw3, g_ptr, dy_ptr, idle_ptr, dx_ptr,
     G, C, H, W, HO, WO,
     STRIDE: tl.constexpr,
     K0: tl.constexpr, P0: tl.constexpr, D0: tl.constexpr, K1: tl.constexpr, P1: tl.constexpr, D1: tl.constexpr,
     K2: tl.constexpr, P2: tl.constexpr, D2: tl.constexpr, K3: tl.constexpr, P3: tl.constexpr, D3: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, ROUND_BF16: tl.constexpr,
-    HAS_POOL: tl.constexpr,
+    HAS_POOL: tl.constexpr, HAS_IDLE: tl.constexpr,
 ):
     """Grid (pixel tiles of H×W, cdiv(C, BLOCK_C), N*G): backward part 2 (``dwpw.bwd_dx_tile``) of one slot, or
-    its pool's backward (from ``dy``), or zeros."""
+    its pool's backward (from ``dy``), or for a slot that runs nothing its part of ``idle`` (``HAS_IDLE``) or
+    zeros."""
     pid_q = tl.program_id(0)
     pid_c = tl.program_id(1)
     ng = tl.program_id(2).to(tl.int64)
@@ -177,6 +178,9 @@ def _sampled_bwd_dx_kernel(
         elif kind == 1:
             pool_bwd_tile(x_img, dy_img, dx_img, pid_q, pid_c, C, H, W, HO, WO, STRIDE, False, BLOCK_Q, BLOCK_W,
                           BLOCK_C, ROUND_BF16)
+        elif HAS_IDLE:
+            copy_tile(idle_ptr + ng * C * H * W, dx_img, pid_q, pid_c, C, H, W, BLOCK_Q, BLOCK_W, BLOCK_C,
+                      ROUND_BF16)
         else:
             zero_tile(dx_img, pid_q, pid_c, C, H, W, BLOCK_Q, BLOCK_W, BLOCK_C)
 
@@ -268,8 +272,8 @@ def sampled_dwpw_forward(x: torch.Tensor, variant: torch.Tensor, stride: int, va
 
 def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor, stride: int,
                           variants: tuple[Variant, ...], *banks: torch.Tensor, weight_grads: bool = True,
-                          grad_out: torch.Tensor | None = None,
-                          pool: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                          grad_out: torch.Tensor | None = None, pool: torch.Tensor | None = None,
+                          idle_dx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dx, bank gradients)`` of :func:`sampled_dwpw_forward`, recomputing the activations from ``x``; the bank
     gradients flat, one fp32 tensor of every bank's in order (:func:`split_grads` views them per bank), or empty
     without ``weight_grads`` (an arch step, which differentiates the gates only). Given ``grad_out`` (fp32, that
@@ -277,8 +281,10 @@ def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tens
 
     Two launches (the weight gradients reduced with fp32 atomics, as in :func:`.dwpw.dwpw_backward`) and one fill
     (of the flat gradient; none without ``weight_grads`` or with ``grad_out``). A bank's gradient is zero in the
-    rows of the slots that did not run its variant; ``dx`` is a pooling slot's pool gradient, and zero for slots
-    that ran nothing (written so by the kernel)."""
+    rows of the slots that did not run its variant; ``dx`` is a pooling slot's pool gradient, and for slots that
+    ran nothing zero or, given ``idle_dx`` (``x``'s shape), that slot's part of it (written so by the kernel): the
+    gradient such a slot's input gets elsewhere (a skip, a factorized reduce, the stage's own output), with no
+    addition launched after."""
     g, c, ho, wo = _check(x, variant, stride, variants, banks, pool=pool)
     x = x.contiguous()
     banks = tuple(b.contiguous() for b in banks)
@@ -286,6 +292,9 @@ def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tens
     if dy.shape != (n, g * c, ho, wo):
         raise ValueError(f"dy must be {(n, g * c, ho, wo)}, got shape {tuple(dy.shape)}")
     dy = dy.contiguous()
+    if idle_dx is not None and idle_dx.shape != x.shape:
+        raise ValueError(f"idle_dx must have x's shape {tuple(x.shape)}, got {tuple(idle_dx.shape)}")
+    idle_dx = None if idle_dx is None else idle_dx.contiguous()
     dx = torch.empty_like(x)
     if weight_grads:
         flat = _common.weight_gradient_buffer(grad_out, sum(bank.numel() for bank in banks), x.device)
@@ -304,9 +313,10 @@ def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tens
             WEIGHT_GRADS=weight_grads, num_warps=b.num_warps,
         )
         _sampled_bwd_dx_kernel[(dwpw._grid_tiles(h, w, b.q, b.qw), triton.cdiv(c, b.c), n * g)](
-            x, variant, variant if pool is None else pool, *_padded(list(banks[0::2]), MAX_VARIANTS), tmp, dy, dx,
-            g, c, h, w, ho, wo, STRIDE=stride, **constants, BLOCK_Q=b.q, BLOCK_W=b.qw, BLOCK_C=b.c,
-            ROUND_BF16=x.dtype == torch.bfloat16, HAS_POOL=pool is not None, num_warps=b.num_warps,
+            x, variant, variant if pool is None else pool, *_padded(list(banks[0::2]), MAX_VARIANTS), tmp, dy,
+            dx if idle_dx is None else idle_dx, dx, g, c, h, w, ho, wo, STRIDE=stride, **constants, BLOCK_Q=b.q,
+            BLOCK_W=b.qw, BLOCK_C=b.c, ROUND_BF16=x.dtype == torch.bfloat16, HAS_POOL=pool is not None,
+            HAS_IDLE=idle_dx is not None, num_warps=b.num_warps,
         )
     return dx, flat
 
@@ -344,15 +354,16 @@ def _sampled_dwpw_op(x: torch.Tensor, variant: torch.Tensor, stride: int, varian
 def _sampled_dwpw_backward_op(
     dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor, stride: int, variants: list[int],
     banks: list[torch.Tensor], weight_grads: bool, grad_out: torch.Tensor | None, pool: torch.Tensor | None,
+    idle_dx: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``dx`` and every bank's gradient in one flat tensor of the banks' dtype (an op's outputs may not alias,
     so not as views of one buffer); without ``weight_grads`` that tensor is empty, and so it is with
     ``grad_out``, into which the gradients are added."""
     if _common.runs_on_triton(x):
         dx, flat = sampled_dwpw_backward(dy, x, variant, stride, _unflat(variants), *banks, weight_grads=weight_grads,
-                                         grad_out=grad_out, pool=pool)
+                                         grad_out=grad_out, pool=pool, idle_dx=idle_dx)
         return dx, flat.to(banks[0].dtype) if grad_out is None else banks[0].new_empty(0)
-    dx, grads = _reference_backward(dy, x, variant, stride, _unflat(variants), banks, weight_grads, pool)
+    dx, grads = _reference_backward(dy, x, variant, stride, _unflat(variants), banks, weight_grads, pool, idle_dx)
     flat = torch.cat([grad.reshape(-1) for grad in grads] if weight_grads else [banks[0].new_empty(0)])
     if grad_out is None or not weight_grads:
         return dx.contiguous(), flat
@@ -368,7 +379,7 @@ def _(x, variant, stride, variants, banks, grad_out, pool):
 
 
 @_sampled_dwpw_backward_op.register_fake
-def _(dy, x, variant, stride, variants, banks, weight_grads, grad_out, pool):
+def _(dy, x, variant, stride, variants, banks, weight_grads, grad_out, pool, idle_dx=None):
     size = sum(bank.numel() for bank in banks) if weight_grads and grad_out is None else 0
     return x.new_empty(x.shape), banks[0].new_empty(size)
 
@@ -417,11 +428,12 @@ def sampled_dwpw(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: 
 
 def _reference_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor, stride: int,
                         variants: tuple[Variant, ...], banks: list[torch.Tensor], weight_grads: bool = True,
-                        pool: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                        pool: torch.Tensor | None = None,
+                        idle_dx: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """:func:`sampled_dwpw_backward` in PyTorch, slot by slot (the indices read on the host), with explicit
     convolution and pooling gradients: a custom op's kernel runs below autograd. Without ``weight_grads`` the
     convolutions' weight gradients are not computed (the returned ones stay zero)."""
-    dx = torch.zeros_like(x)
+    dx = torch.zeros_like(x) if idle_dx is None else idle_dx.to(x.dtype, copy=True)
     grads = [torch.zeros_like(bank) for bank in banks]
     c = x.shape[1] // variant.shape[0]
     with torch.autocast(x.device.type, enabled=False):  # in x's dtype, as the kernel computes, whatever --amp says

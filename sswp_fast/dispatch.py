@@ -23,10 +23,14 @@ are stacked along channels, ``[N, G*C, H, W]``, and evaluated together:
    group's part in a reduction cell, the other paths' in a gate-gradient step), and one in the backward pass,
    which routes the gradient to the stage each slot chose.
 
-With ``--recompute edge`` (this executor's default) a group keeps under autograd only its stacked input (and, on
-the Triton kernels, its BatchNorms' per-channel batch statistics): the backward pass evaluates it again, each
-BatchNorm with the forward's statistics (one launch, not two), and differentiates that, so no slot's intermediate
-activation is stored (:mod:`sswp_fast.recompute` has the other modes).
+With ``--recompute edge`` a group keeps under autograd only its stacked input (and, on the Triton kernels, its
+BatchNorms' per-channel batch statistics): the backward pass evaluates it again, each BatchNorm with the
+forward's statistics (one launch, not two), and differentiates that, so no slot's intermediate activation is
+stored (:mod:`sswp_fast.recompute` has the other modes). On the Triton kernels that backward pass is the chain
+rule written out on the launchers: it rebuilds the stages only up to the second convolution, and the gradients
+a stage's input gets from two places (a skip or a factorized reduce and the convolutions; the node's sum and the
+second half) are disjoint by slot, so the convolution's input-gradient launch writes both and no addition is
+launched.
 
 The weights and statistics live in persistent banks (:mod:`sswp_fast.banks`), which the per-edge modules view:
 nothing is stacked or written back per call. Autograd gives every bank a gradient, zero in the rows of ops that
@@ -60,10 +64,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .banks import SEP_INDICES, BatchStats, CellBanks, GroupBanks, cell_banks
 from .distributed import sum_over_ranks
 from .kernels._common import runs_on_triton
-from .kernels.batchnorm import batch_norm, bn_banked_reference, bn_train_forward
-from .kernels.sampled_dwpw import Variant, sampled_dwpw
-from .kernels.sampled_reduce import sampled_reduce
-from .kernels.slot_sum import slot_sum
+from .kernels.batchnorm import batch_norm, bn_backward, bn_banked_reference, bn_forward, bn_train_forward
+from .kernels.sampled_dwpw import Variant, sampled_dwpw, sampled_dwpw_backward, sampled_dwpw_forward, split_grads
+from .kernels.sampled_reduce import sampled_reduce, sampled_reduce_backward, sampled_reduce_forward
+from .kernels.slot_sum import slot_sum, slot_sum_backward
 from .ops import PARAMETRIC_INDICES
 
 
@@ -229,8 +233,8 @@ class _Recomputed(torch.autograd.Function):
     """A slot group that saves only its input (and its weight banks, views of the parameters, and on the Triton
     kernels its BatchNorms' per-channel batch statistics) for backward: the backward pass evaluates the group again
     (the same batch statistics, no second running-statistics update, under the forward's autocast state) and
-    differentiates that. Every activation between the stacked input and the group's output is rebuilt rather than
-    stored."""
+    differentiates that: by hand on the Triton kernels in one process (:func:`_backward_by_hand`), by autograd
+    elsewhere. Every activation between the stacked input and the group's output is rebuilt rather than stored."""
 
     @staticmethod
     def forward(ctx, group: _SlotGroup, banks: GroupBanks, x: torch.Tensor, path: Selection,
@@ -249,6 +253,11 @@ class _Recomputed(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         x, scale, *saved = ctx.saved_tensors
+        if ctx.stats == 4:  # both BatchNorms ran on the Triton kernels in one process
+            banks = ctx.banks.with_weights(saved[4:])
+            grads = _backward_by_hand(ctx.group, ctx.path, banks, x, scale, saved[:4], dy, ctx.needs_input_grad)
+            ctx.banks = replace(ctx.banks, grads=None)  # the gradient buffer takes one backward pass's gradients
+            return None, None, *grads
         memo, weights = _BatchStatsMemo(saved[:ctx.stats], replay=True), saved[ctx.stats:]
         device, enabled, dtype = ctx.autocast  # the recomputation runs in the forward's precision (--amp)
         with torch.enable_grad(), torch.autocast(device, dtype, enabled=enabled):
@@ -266,6 +275,60 @@ class _Recomputed(torch.autograd.Function):
         dscale = grads.pop(0) if ctx.needs_input_grad[4] else None
         dbase = dy if ctx.needs_input_grad[5] else None
         return (None, None, dx, None, dscale, dbase, *(grads.pop(0) if needed else None for needed in trained))
+
+
+def _backward_by_hand(group: _SlotGroup, path: Selection, banks: GroupBanks, x: torch.Tensor,
+                      scale: torch.Tensor | None, stats: Sequence[torch.Tensor], dy: torch.Tensor,
+                      needs: Sequence[bool]) -> list[torch.Tensor | None]:
+    """The gradients :class:`_Recomputed` returns for ``x, path, scale, base, *weights``, by the chain rule
+    written out on the Triton launchers: the group's stages rebuilt up to the second convolution (its BatchNorm
+    only for a gate's gradient), then each stage's backward launch in reverse. The gradient a stage's input gets
+    from elsewhere (the first stage's own output in the node's sum; the skip or the factorized reduce for the
+    group's input) is written by the convolution's input-gradient launch into the slots that ran no convolution
+    (they are disjoint), so no addition is launched. ``stats``: (mean, rstd) of the two BatchNorms as the forward
+    pass measured them."""
+    mean1, rstd1, mean2, rstd2 = stats
+    train = any(needs[6:])  # none in an arch step (detached banks)
+    grads = banks.grads if train and banks.grads else (None, None, None)
+    affine1, affine2 = ((None, None) if pair is None else tuple(t[path.ops, banks.slots].reshape(-1) for t in pair)
+                        for pair in (banks.bn1, banks.bn2))
+    pre = sampled_dwpw_forward(x, path.first, group.stride, group.variants, *banks.first, pool=path.pool)
+    if group.stride != 1:
+        pre = sampled_reduce_forward(x, path.reduce, *banks.reduce, pre)
+    first = bn_forward(pre, mean1, rstd1, *affine1)
+    conv2 = sampled_dwpw_forward(first, path.second, 1, group.sep_variants, *banks.second)
+    skip = x if group.stride == 1 else None
+    sources = ()
+    if needs[4]:  # the gates' gradient reads every slot's output
+        sources = (first, bn_forward(conv2, mean2, rstd2, *affine2)) + (() if skip is None else (skip,))
+    source = path.source if group.stride == 1 else path.reduce_source
+    # d_own: the first stage's gradient as the output of the slots that end there
+    d_own, d_second, *rest = slot_sum_backward(dy, source, scale, skip is not None, sources)
+    d_conv2, *d_bn2 = bn_backward(d_second, conv2, mean2, rstd2, affine2[0], need_param_grads=train and
+                                  banks.bn2 is not None)
+    d_first, flat2 = sampled_dwpw_backward(d_conv2, first, path.second, 1, group.sep_variants, *banks.second,
+                                           weight_grads=train, grad_out=grads[1], idle_dx=d_own)
+    d_pre, *d_bn1 = bn_backward(d_first, pre, mean1, rstd1, affine1[0], need_param_grads=train and
+                                banks.bn1 is not None)
+    idle = rest.pop(0) if skip is not None else None
+    reduce_grads: list[torch.Tensor] = []
+    if group.stride != 1:
+        idle, d_pre, flat_r = sampled_reduce_backward(d_pre, x, path.reduce, *banks.reduce, train, grads[2])
+        reduce_grads = [part.view_as(w) for part, w in zip(flat_r.view(2, -1), banks.reduce, strict=True)]
+    dx, flat1 = sampled_dwpw_backward(d_pre, x, path.first, group.stride, group.variants, *banks.first,
+                                      weight_grads=train, grad_out=grads[0], pool=path.pool, idle_dx=idle)
+    dscale = rest.pop(0) if needs[4] else None
+    if not train:
+        return [dx if needs[2] else None, None, dscale, dy if needs[5] else None] + [None] * len(needs[6:])
+    weights = [*split_grads(flat1, banks.first), *split_grads(flat2, banks.second), *reduce_grads]
+    rows = (path.ops, banks.slots)
+    for pair, (d_weight, d_bias) in ((banks.bn1, d_bn1), (banks.bn2, d_bn2)):
+        if pair is not None:
+            weights += [torch.zeros_like(bank).index_put_(rows, d.view(bank.shape[1:]).to(bank.dtype))
+                        for bank, d in zip(pair, (d_weight, d_bias), strict=True)]
+    weights = [w.to(bank.dtype) if needed else None
+               for w, bank, needed in zip(weights, banks.weights(), needs[6:], strict=True)]
+    return [dx if needs[2] else None, None, dscale, dy if needs[5] else None, *weights]
 
 
 def slot_groups(cell: nn.Module, node_edges: Sequence[Sequence[int]]) -> list[list[tuple[_SlotGroup, int]]]:

@@ -337,6 +337,42 @@ def test_a_slot_group_keeps_only_its_input_for_backward(monkeypatch):
     assert not statistics_launches, "the recomputation reuses the forward's batch statistics"
 
 
+@pytest.mark.parametrize("reduction,weights,gates", [
+    pytest.param(False, True, False, id="weight-step"),
+    pytest.param(True, True, False, id="stride-2-affine"),
+    pytest.param(False, False, True, id="arch-step-gates"),
+])
+def test_a_recomputed_group_differentiates_by_hand_as_autograd_does(reduction, weights, gates):
+    """On the Triton kernels a recomputed group's backward pass is the chain rule written out on the launchers
+    (``dispatch._backward_by_hand``): the same gradients of the input, the weight banks and the gates as autograd
+    through the same kernels without recomputation, and no addition launched (the skip's, the factorized
+    reduce's and the first stage's own gradient are written by the convolutions' input-gradient launches)."""
+    cell, _, _ = cell_and_inputs(reduction, reduction)
+    banks = bind_cell(cell)
+    group, _ = slot_groups(cell, NODE_EDGES)[3][0]
+    g = group.stop - group.start
+    ops = torch.tensor([0, 1, 2, 3, 4, 5, 6][:g] if g < 7 else range(7))
+    if reduction:
+        ops = torch.tensor([0, 3])  # stride 2: the skip (a factorized reduce) and sep_conv_3x3
+    x = torch.randn(2, g * group.channels, 6, 6)
+    group_banks = banks.views()[3][0]
+    if not weights:  # an arch step's banks: detached
+        group_banks = group_banks.with_weights([w.detach() for w in group_banks.weights()])
+    scale = torch.rand(g) if gates else None
+    results = []
+    for recompute in (True, False):
+        leaves = [x.clone().requires_grad_(), *([scale.clone().requires_grad_()] if gates else [])]
+        if weights:
+            leaves.append(banks.weights)
+        y = group(leaves[0], Selection.of(ops, banks), group_banks, leaves[1] if gates else None, recompute)
+        with OpTrace() as trace:
+            results.append(torch.autograd.grad(y, leaves, torch.ones_like(y)))
+        if recompute:
+            assert "aten.add" not in trace.ops, trace.ops
+    for ours, theirs in zip(*results, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * theirs.abs().max().item())
+
+
 @pytest.mark.parametrize("recompute", ["none", "edge"])
 def test_an_arch_step_asks_our_kernels_for_no_weight_gradient(recompute, one_torch_thread, monkeypatch):
     """An arch step differentiates the gates only. PyTorch's own operators skip the weight gradients then; our

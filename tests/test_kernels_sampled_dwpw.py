@@ -167,16 +167,16 @@ def test_sampled_kernels_compile_for_sm90(tmp_path):
     widest CIFAR search shape (C = 144, the last reduction: the most registers), fp32 (what the device executor
     runs) to an sm_90 cubin (H100/H200), without TRITON_INTERPRET (about 80 s: every branch unrolls its taps), the
     arch step's backward kernel without weight gradients (a few seconds) and the input-gradient kernel with the
-    pools' backward (about 30 s). The weight-step part-1 kernel, with the same branches as the forward, was cut
-    from CI for time; the dwpw tile functions it calls are compiled alone, fp32 and bf16 (what ``--amp bf16``
-    runs), by tests/test_kernels_dwpw.py."""
+    pools' backward and the idle slots' given gradient (about 30 s). The weight-step part-1 kernel, with the same
+    branches as the forward, was cut from CI for time; the dwpw tile functions it calls are compiled alone, fp32
+    and bf16 (what ``--amp bf16`` runs), by tests/test_kernels_dwpw.py."""
     c, size, stride = 144, 16, 2
     out = (size - 1) // stride + 1
     b = dwpw._block_sizes(out, out, size, size, c, c, stride, False)
     tile = {"BLOCK_P": b.p, "BLOCK_W": b.pw, "BLOCK_CO": b.co, "DOT_PRECISION": "ieee"}
     kernels = {"_sampled_fwd_kernel": {**tile, "HAS_POOL": True},
                "_sampled_bwd_act_kernel": {**tile, "WEIGHT_GRADS": False},  # an arch step's: no taps, no atomics
-               "_sampled_bwd_dx_kernel": {"BLOCK_Q": b.q, "BLOCK_W": b.qw, "HAS_POOL": True}}
+               "_sampled_bwd_dx_kernel": {"BLOCK_Q": b.q, "BLOCK_W": b.qw, "HAS_POOL": True, "HAS_IDLE": True}}
     weights = [f"{kind}{i}" for kind in ("wdw", "wpw", "gwdw", "gwpw") for i in range(sd.MAX_VARIANTS)]
     compiles_for_sm90(tmp_path, "sswp_fast.kernels.sampled_dwpw", kernels, ("fp32",),
                       {"STRIDE": stride, **sd._constants(FIRST_HALVES), "BLOCK_C": b.c},
@@ -211,3 +211,32 @@ def test_a_shared_gradient_buffer_takes_the_bank_gradients_without_a_fill():
     again = torch.autograd.grad(y, leaves, dy)
     for a, b in zip(again, plain, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("interpreted", [True, False], ids=["kernels", "pytorch-kernel"])
+def test_idle_slots_take_the_given_input_gradient(monkeypatch, interpreted):
+    """``idle_dx``: the slots that run neither a convolution nor a pool get their part of it as ``dx`` (what a
+    slot group's input gets from its skip or factorized reduce), written by the input-gradient launch; the other
+    slots' ``dx`` and every weight gradient are those of a backward pass without it. The op's schema and fake
+    kernel take it (``opcheck``)."""
+    from sswp_fast.kernels import _common
+
+    monkeypatch.setattr(_common, "INTERPRETED", interpreted)
+    device = DEVICE if interpreted else "cpu"
+    torch.manual_seed(7)
+    x, banks = make(FIRST_HALVES, 5, 3, 6, 6)
+    x, banks = x.to(device), [b.to(device) for b in banks]
+    chosen = torch.tensor([2, -1, 0, -1, 1], device=device)
+    pool = torch.tensor([-1, 0, -1, -1, -1], device=device)  # slot 1 a max pool, slot 3 idle
+    dy, idle = torch.randn(2, 15, 6, 6, device=device), torch.randn_like(x)
+    flat = [value for v in FIRST_HALVES for value in v]
+    backward = torch.ops.sswp_fast.sampled_dwpw_backward
+    dx, grads = backward(dy, x, chosen, 1, flat, banks, True, None, pool)
+    dx_idle, grads_idle = backward(dy, x, chosen, 1, flat, banks, True, None, pool, idle)
+    expected = dx.clone()
+    expected[:, 9:12] = idle[:, 9:12]
+    assert dx[:, 9:12].abs().max() == 0
+    torch.testing.assert_close(dx_idle, expected, rtol=0, atol=0)
+    torch.testing.assert_close(grads_idle, grads, rtol=0, atol=0)
+    if not interpreted:
+        torch.library.opcheck(backward.default, (dy, x, chosen, 1, flat, banks, True, None, pool, idle))
