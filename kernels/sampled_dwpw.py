@@ -38,7 +38,7 @@ from . import _common, dwpw
 from .dwpw import bwd_act_tile, bwd_dx_tile, copy_tile, dwpw_reference, fwd_tile, zero_tile
 from .sampled_pool import pool_bwd_tile, pool_fwd_tile, pool_output_size, pool_reference, pool_reference_backward
 
-__all__ = ["Variant", "sampled_dwpw", "sampled_dwpw_backward", "sampled_dwpw_forward",
+__all__ = ["Variant", "sampled_dwpw", "sampled_dwpw_backward", "sampled_dwpw_forward", "sampled_dwpw_grads",
            "sampled_dwpw_reference"]
 
 MAX_VARIANTS = 4
@@ -395,13 +395,10 @@ def _backward(ctx, dy: torch.Tensor):
     x, variant, pool, *banks = ctx.saved_tensors
     weight_grads = any(ctx.needs_input_grad[4])  # an arch step's detached banks need none
     grad_out, ctx.grad_out = ctx.grad_out, None  # zero only once: a second backward pass gets fresh gradients
-    dx, flat = torch.ops.sswp_fast.sampled_dwpw_backward(dy, x, variant, *ctx.conv, banks, weight_grads,
-                                                         grad_out if weight_grads else None, pool)
-    if not weight_grads:
-        return dx, None, None, None, [None] * len(banks), None, None
-    flat = flat if grad_out is None else grad_out
-    return dx, None, None, None, [grad.to(bank.dtype) for grad, bank in zip(split_grads(flat, banks), banks,
-                                                                             strict=True)], None, None
+    stride, variants = ctx.conv
+    dx, grads = sampled_dwpw_grads(dy, x, variant, stride, _unflat(variants), *banks, weight_grads=weight_grads,
+                                   grad_out=grad_out, pool=pool)
+    return dx, None, None, None, grads or [None] * len(banks), None, None
 
 
 _sampled_dwpw_op.register_autograd(_backward, setup_context=_setup_context)
@@ -424,6 +421,23 @@ def sampled_dwpw(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: 
     gradient rather than the convolutions' plus the pools'."""
     return torch.ops.sswp_fast.sampled_dwpw(x, variant, stride, _flat(tuple(Variant(*v) for v in variants)),
                                             list(banks), grad_out, pool)
+
+
+def sampled_dwpw_grads(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor, stride: int,
+                       variants: tuple[Variant, ...], *banks: torch.Tensor, weight_grads: bool = True,
+                       grad_out: torch.Tensor | None = None, pool: torch.Tensor | None = None,
+                       idle_dx: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """:func:`sampled_dwpw`'s backward pass through the op ``torch.ops.sswp_fast.sampled_dwpw_backward``, for
+    code that differentiates by hand (:mod:`sswp_fast.dispatch`): ``dx`` and the bank gradients in the banks'
+    dtypes (None without ``weight_grads``; with ``grad_out``, added into it and viewed from it); ``idle_dx`` as
+    :func:`sampled_dwpw_backward` takes it."""
+    dx, flat = torch.ops.sswp_fast.sampled_dwpw_backward(dy, x, variant, stride, _flat(variants), list(banks),
+                                                         weight_grads, grad_out if weight_grads else None, pool,
+                                                         idle_dx)
+    if not weight_grads:
+        return dx, None
+    flat = flat if grad_out is None else grad_out
+    return dx, [grad.to(bank.dtype) for grad, bank in zip(split_grads(flat, banks), banks, strict=True)]
 
 
 def _reference_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor, stride: int,

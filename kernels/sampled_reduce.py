@@ -34,7 +34,8 @@ import triton.language as tl
 from . import _common
 from ._common import cast_out
 
-__all__ = ["sampled_reduce", "sampled_reduce_backward", "sampled_reduce_forward", "sampled_reduce_reference"]
+__all__ = ["sampled_reduce", "sampled_reduce_backward", "sampled_reduce_forward", "sampled_reduce_grads",
+           "sampled_reduce_reference"]
 
 _BLOCK_ELEMENTS = 4096
 """A program covers one slot of one image: all its channels × up to this many elements in all."""
@@ -281,13 +282,23 @@ def _backward(ctx, dy: torch.Tensor):
     x, reduce, w_even, w_odd = ctx.saved_tensors
     weight_grads = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]  # none in an arch step (detached banks)
     grad_out, ctx.grad_out = ctx.grad_out, None  # zero only once: a second backward pass gets fresh gradients
+    dx, dbase, grads = sampled_reduce_grads(dy, x, reduce, w_even, w_odd, weight_grads, grad_out)
+    return dx, None, *(grads or (None, None)), dbase, None
+
+
+def sampled_reduce_grads(dy: torch.Tensor, x: torch.Tensor, reduce: torch.Tensor, w_even: torch.Tensor,
+                         w_odd: torch.Tensor, weight_grads: bool = True, grad_out: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]:
+    """:func:`sampled_reduce`'s backward pass through the op ``torch.ops.sswp_fast.sampled_reduce_backward``, for
+    code that differentiates by hand (:mod:`sswp_fast.dispatch`): ``dx``, ``dbase`` and the two weights'
+    gradients in their dtype and shape (None without ``weight_grads``; with ``grad_out``, added into it)."""
     dx, dbase, grads = torch.ops.sswp_fast.sampled_reduce_backward(dy, x, reduce, w_even, w_odd, weight_grads,
                                                                    grad_out if weight_grads else None)
     if not weight_grads:
-        return dx, None, None, None, dbase, None
+        return dx, dbase, None
     if grad_out is not None:
         grads = grad_out.view(2, -1).to(w_even.dtype)
-    return dx, None, grads[0].view_as(w_even), grads[1].view_as(w_odd), dbase, None
+    return dx, dbase, [grads[0].view_as(w_even), grads[1].view_as(w_odd)]
 
 
 _sampled_reduce_op.register_autograd(_backward, setup_context=_setup_context)

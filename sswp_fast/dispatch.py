@@ -65,9 +65,9 @@ from .banks import SEP_INDICES, BatchStats, CellBanks, GroupBanks, cell_banks
 from .distributed import sum_over_ranks
 from .kernels._common import runs_on_triton
 from .kernels.batchnorm import batch_norm, bn_backward, bn_banked_reference, bn_forward, bn_train_forward
-from .kernels.sampled_dwpw import Variant, sampled_dwpw, sampled_dwpw_backward, sampled_dwpw_forward, split_grads
-from .kernels.sampled_reduce import sampled_reduce, sampled_reduce_backward, sampled_reduce_forward
-from .kernels.slot_sum import slot_sum, slot_sum_backward
+from .kernels.sampled_dwpw import Variant, sampled_dwpw, sampled_dwpw_grads
+from .kernels.sampled_reduce import sampled_reduce, sampled_reduce_grads
+from .kernels.slot_sum import slot_sum
 from .ops import PARAMETRIC_INDICES
 
 
@@ -281,8 +281,8 @@ def _backward_by_hand(group: _SlotGroup, path: Selection, banks: GroupBanks, x: 
                       scale: torch.Tensor | None, stats: Sequence[torch.Tensor], dy: torch.Tensor,
                       needs: Sequence[bool]) -> list[torch.Tensor | None]:
     """The gradients :class:`_Recomputed` returns for ``x, path, scale, base, *weights``, by the chain rule
-    written out on the Triton launchers: the group's stages rebuilt up to the second convolution (its BatchNorm
-    only for a gate's gradient), then each stage's backward launch in reverse. The gradient a stage's input gets
+    written out on the Triton kernels' ops: the group's stages rebuilt up to the second convolution (its BatchNorm
+    only for a gate's gradient), then each stage's backward op in reverse. The gradient a stage's input gets
     from elsewhere (the first stage's own output in the node's sum; the skip or the factorized reduce for the
     group's input) is written by the convolution's input-gradient launch into the slots that ran no convolution
     (they are disjoint), so no addition is launched. ``stats``: (mean, rstd) of the two BatchNorms as the forward
@@ -292,43 +292,41 @@ def _backward_by_hand(group: _SlotGroup, path: Selection, banks: GroupBanks, x: 
     grads = banks.grads if train and banks.grads else (None, None, None)
     affine1, affine2 = ((None, None) if pair is None else tuple(t[path.ops, banks.slots].reshape(-1) for t in pair)
                         for pair in (banks.bn1, banks.bn2))
-    pre = sampled_dwpw_forward(x, path.first, group.stride, group.variants, *banks.first, pool=path.pool)
+    pre = sampled_dwpw(x, path.first, group.stride, group.variants, *banks.first, pool=path.pool)
     if group.stride != 1:
-        pre = sampled_reduce_forward(x, path.reduce, *banks.reduce, pre)
+        pre = sampled_reduce(x, path.reduce, *banks.reduce, pre)
     first = bn_forward(pre, mean1, rstd1, *affine1)
-    conv2 = sampled_dwpw_forward(first, path.second, 1, group.sep_variants, *banks.second)
+    conv2 = sampled_dwpw(first, path.second, 1, group.sep_variants, *banks.second)
     skip = x if group.stride == 1 else None
-    sources = ()
+    sources = []
     if needs[4]:  # the gates' gradient reads every slot's output
-        sources = (first, bn_forward(conv2, mean2, rstd2, *affine2)) + (() if skip is None else (skip,))
+        sources = [first, bn_forward(conv2, mean2, rstd2, *affine2)] + ([] if skip is None else [skip])
     source = path.source if group.stride == 1 else path.reduce_source
     # d_own: the first stage's gradient as the output of the slots that end there
-    d_own, d_second, *rest = slot_sum_backward(dy, source, scale, skip is not None, sources)
-    d_conv2, *d_bn2 = bn_backward(d_second, conv2, mean2, rstd2, affine2[0], need_param_grads=train and
-                                  banks.bn2 is not None)
-    d_first, flat2 = sampled_dwpw_backward(d_conv2, first, path.second, 1, group.sep_variants, *banks.second,
-                                           weight_grads=train, grad_out=grads[1], idle_dx=d_own)
-    d_pre, *d_bn1 = bn_backward(d_first, pre, mean1, rstd1, affine1[0], need_param_grads=train and
-                                banks.bn1 is not None)
+    d_own, d_second, *rest = torch.ops.sswp_fast.slot_sum_backward(dy, source, scale, skip is not None, sources)
+    d_conv2, *d_bn2 = bn_backward(d_second, conv2, mean2, rstd2, affine2[0],
+                                  need_param_grads=train and banks.bn2 is not None)
+    d_first, second_grads = sampled_dwpw_grads(d_conv2, first, path.second, 1, group.sep_variants, *banks.second,
+                                               weight_grads=train, grad_out=grads[1], idle_dx=d_own)
+    d_pre, *d_bn1 = bn_backward(d_first, pre, mean1, rstd1, affine1[0],
+                                need_param_grads=train and banks.bn1 is not None)
     idle = rest.pop(0) if skip is not None else None
-    reduce_grads: list[torch.Tensor] = []
+    reduce_grads = None
     if group.stride != 1:
-        idle, d_pre, flat_r = sampled_reduce_backward(d_pre, x, path.reduce, *banks.reduce, train, grads[2])
-        reduce_grads = [part.view_as(w) for part, w in zip(flat_r.view(2, -1), banks.reduce, strict=True)]
-    dx, flat1 = sampled_dwpw_backward(d_pre, x, path.first, group.stride, group.variants, *banks.first,
-                                      weight_grads=train, grad_out=grads[0], pool=path.pool, idle_dx=idle)
+        idle, d_pre, reduce_grads = sampled_reduce_grads(d_pre, x, path.reduce, *banks.reduce, train, grads[2])
+    dx, first_grads = sampled_dwpw_grads(d_pre, x, path.first, group.stride, group.variants, *banks.first,
+                                         weight_grads=train, grad_out=grads[0], pool=path.pool, idle_dx=idle)
     dscale = rest.pop(0) if needs[4] else None
+    inputs = [dx if needs[2] else None, None, dscale, dy if needs[5] else None]
     if not train:
-        return [dx if needs[2] else None, None, dscale, dy if needs[5] else None] + [None] * len(needs[6:])
-    weights = [*split_grads(flat1, banks.first), *split_grads(flat2, banks.second), *reduce_grads]
+        return inputs + [None] * len(needs[6:])
+    weights = [*first_grads, *second_grads, *(reduce_grads or ())]
     rows = (path.ops, banks.slots)
     for pair, (d_weight, d_bias) in ((banks.bn1, d_bn1), (banks.bn2, d_bn2)):
         if pair is not None:
             weights += [torch.zeros_like(bank).index_put_(rows, d.view(bank.shape[1:]).to(bank.dtype))
                         for bank, d in zip(pair, (d_weight, d_bias), strict=True)]
-    weights = [w.to(bank.dtype) if needed else None
-               for w, bank, needed in zip(weights, banks.weights(), needs[6:], strict=True)]
-    return [dx if needs[2] else None, None, dscale, dy if needs[5] else None, *weights]
+    return inputs + [w if needed else None for w, needed in zip(weights, needs[6:], strict=True)]
 
 
 def slot_groups(cell: nn.Module, node_edges: Sequence[Sequence[int]]) -> list[list[tuple[_SlotGroup, int]]]:

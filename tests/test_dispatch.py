@@ -341,6 +341,7 @@ def test_a_slot_group_keeps_only_its_input_for_backward(monkeypatch):
     pytest.param(False, True, False, id="weight-step"),
     pytest.param(True, True, False, id="stride-2-affine"),
     pytest.param(False, False, True, id="arch-step-gates"),
+    pytest.param(True, False, True, id="stride-2-arch-step-gates"),
 ])
 def test_a_recomputed_group_differentiates_by_hand_as_autograd_does(reduction, weights, gates):
     """On the Triton kernels a recomputed group's backward pass is the chain rule written out on the launchers
