@@ -103,10 +103,13 @@ class Selection:
 class _BatchStatsMemo:
     """The batch statistics (mean, rstd) of a slot group's BatchNorms on the Triton kernels, in the order they run:
     recorded by the group's forward evaluation (under ``no_grad``), replayed by its recomputation in the backward
-    pass, whose BatchNorms are then the apply launch alone (the statistics of the same input are the same)."""
+    pass, whose BatchNorms are then the apply launch alone (the statistics of the same input are the same). With
+    ``keep`` the forward evaluation also records the BatchNorms' inputs there (``inputs``), for a backward pass
+    that recomputes nothing."""
 
-    def __init__(self, saved: Sequence[torch.Tensor] = (), replay: bool = False):
-        self.stats, self.replay, self._next = list(saved), replay, 0
+    def __init__(self, saved: Sequence[torch.Tensor] = (), replay: bool = False, keep: bool = False):
+        self.stats, self.replay, self.keep, self._next = list(saved), replay, keep, 0
+        self.inputs: list[torch.Tensor] = []
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor]:
         self._next += 2
@@ -133,6 +136,7 @@ def _batch_norm(x: torch.Tensor, ops: torch.Tensor, stats: BatchStats, affine: t
         banked = (ops, stats.count) if update else (None, None)
         y, mean, rstd = bn_train_forward(x, weight, bias, bn.eps, *running, bn.momentum, *banked)
         memo.stats += [mean, rstd]
+        memo.inputs += [x] * memo.keep
         return y
     if bn.training and not update:  # the batch statistics alone: the running ones are neither read nor written
         return (batch_norm if triton else F.batch_norm)(x, None, None, weight, bias, True, bn.momentum, bn.eps)
@@ -192,14 +196,22 @@ class _SlotGroup:
         of edge ``start + g`` on slot ``g`` of ``x`` ``[N, G*C, H, W]``, with the weights of ``banks``, each
         times ``scale[g]`` when given, plus ``base`` (in the same launch) when given. With ``recompute``, under
         autograd only ``x`` (and the banks, which are views of the parameters, and ``scale``) is kept for the
-        backward pass, which recomputes the rest (:class:`_Recomputed`)."""
+        backward pass, which recomputes the rest; it and the backward pass of a group on the Triton kernels are
+        :class:`_GroupFunction`."""
         if torch.compiler.is_compiling():  # the compiler's partitioner decides what to recompute
             return self.evaluate(x, path, banks, scale, base=base)
         weights = banks.weights()
         differentiable = [x, *weights] + ([] if scale is None else [scale])
-        if recompute and torch.is_grad_enabled() and any(t.requires_grad for t in differentiable):
-            return _Recomputed.apply(self, banks, x, path, scale, base, *weights)
+        if (torch.is_grad_enabled() and any(t.requires_grad for t in differentiable)
+                and (recompute or self._differentiable_by_hand(x))):
+            return _GroupFunction.apply(self, banks, recompute, x, path, scale, base, *weights)
         return self.evaluate(x, path, banks, scale, base=base)
+
+    def _differentiable_by_hand(self, x: torch.Tensor) -> bool:
+        """Whether :func:`_backward_by_hand` can differentiate this group: on the Triton kernels, with its
+        BatchNorms in training mode and in one process (where :func:`_batch_norm` records the batch statistics)."""
+        return (runs_on_triton(x) and self.bn.training
+                and not (dist.is_initialized() and dist.get_world_size() > 1))
 
     def evaluate(self, x: torch.Tensor, path: Selection, banks: GroupBanks, scale: torch.Tensor | None = None,
                  update: bool = True, memo: _BatchStatsMemo | None = None,
@@ -229,78 +241,88 @@ class _SlotGroup:
         return first, second, x if self.stride == 1 else None
 
 
-class _Recomputed(torch.autograd.Function):
-    """A slot group that saves only its input (and its weight banks, views of the parameters, and on the Triton
-    kernels its BatchNorms' per-channel batch statistics) for backward: the backward pass evaluates the group again
-    (the same batch statistics, no second running-statistics update, under the forward's autocast state) and
-    differentiates that: by hand on the Triton kernels in one process (:func:`_backward_by_hand`), by autograd
-    elsewhere. Every activation between the stacked input and the group's output is rebuilt rather than stored."""
+class _GroupFunction(torch.autograd.Function):
+    """A slot group under autograd as one node. It saves its input, its weight banks (views of the parameters) and,
+    on the Triton kernels, its BatchNorms' per-channel batch statistics; with ``recompute`` nothing more, otherwise
+    also the activations the backward pass reads (the BatchNorms' inputs and the first stage's output, and the
+    second's for a gate's gradient: what autograd would keep). The backward pass is written out by hand on the
+    Triton kernels in one process (:func:`_backward_by_hand`), rebuilding what was not kept. Elsewhere (only with
+    ``recompute``) it evaluates the group again, with the same batch statistics, no second running-statistics
+    update and the forward's autocast state, and lets autograd differentiate that."""
 
     @staticmethod
-    def forward(ctx, group: _SlotGroup, banks: GroupBanks, x: torch.Tensor, path: Selection,
+    def forward(ctx, group: _SlotGroup, banks: GroupBanks, recompute: bool, x: torch.Tensor, path: Selection,
                 scale: torch.Tensor | None, base: torch.Tensor | None, *weights: torch.Tensor) -> torch.Tensor:
         ctx.group, ctx.banks, ctx.path = group, banks, path
         device = x.device.type
         ctx.autocast = ((device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
                         if torch.amp.is_autocast_available(device) else ("cpu", False, torch.bfloat16))  # meta
-        memo = _BatchStatsMemo()
+        memo = _BatchStatsMemo(keep=not recompute)
         with torch.no_grad():
-            y = group.evaluate(x, path, banks, scale, memo=memo, base=base)
-        ctx.save_for_backward(x, scale, *memo.stats, *weights)
-        ctx.stats = len(memo.stats)
+            stages = group.stages(x, path, banks, memo=memo)
+            y = group.sum_slots(stages, path, scale, base)
+        kept = []
+        if memo.inputs:  # pre, first, conv2 (and second, which only a gate's gradient reads)
+            kept = [memo.inputs[0], stages[0], memo.inputs[1]] + [stages[1]] * ctx.needs_input_grad[5]
+        ctx.save_for_backward(x, scale, *memo.stats, *kept, *weights)
+        ctx.stats, ctx.kept = len(memo.stats), len(kept)
         return y
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         x, scale, *saved = ctx.saved_tensors
+        stats, kept, weights = saved[:ctx.stats], saved[ctx.stats:ctx.stats + ctx.kept], saved[ctx.stats + ctx.kept:]
+        needs = ctx.needs_input_grad[3:]  # x, path, scale, base, *weights
         if ctx.stats == 4:  # both BatchNorms ran on the Triton kernels in one process
-            banks = ctx.banks.with_weights(saved[4:])
-            grads = _backward_by_hand(ctx.group, ctx.path, banks, x, scale, saved[:4], dy, ctx.needs_input_grad)
+            grads = _backward_by_hand(ctx.group, ctx.path, ctx.banks.with_weights(weights), x, scale, stats, kept,
+                                      dy, needs)
             ctx.banks = replace(ctx.banks, grads=None)  # the gradient buffer takes one backward pass's gradients
-            return None, None, *grads
-        memo, weights = _BatchStatsMemo(saved[:ctx.stats], replay=True), saved[ctx.stats:]
+            return None, None, None, *grads
+        memo = _BatchStatsMemo(stats, replay=True)
         device, enabled, dtype = ctx.autocast  # the recomputation runs in the forward's precision (--amp)
         with torch.enable_grad(), torch.autocast(device, dtype, enabled=enabled):
-            leaf = x.detach().requires_grad_(ctx.needs_input_grad[2])
-            gate = None if scale is None else scale.detach().requires_grad_(ctx.needs_input_grad[4])
-            trained = ctx.needs_input_grad[6:]  # none in an arch step (detached banks): no weight gradient
+            leaf = x.detach().requires_grad_(needs[0])
+            gate = None if scale is None else scale.detach().requires_grad_(needs[2])
+            trained = needs[4:]  # none in an arch step (detached banks): no weight gradient
             leaves = [w.detach().requires_grad_(needed) for w, needed in zip(weights, trained, strict=True)]
             y = ctx.group.evaluate(leaf, ctx.path, ctx.banks.with_weights(leaves), gate, update=False,
                                    memo=memo)  # without base: its gradient is dy
             ctx.banks = replace(ctx.banks, grads=None)  # the gradient buffer takes one backward pass's gradients
-            inputs = ([leaf] * ctx.needs_input_grad[2] + [gate] * ctx.needs_input_grad[4]
-                      + [w for w in leaves if w.requires_grad])
+            inputs = [leaf] * needs[0] + [gate] * needs[2] + [w for w in leaves if w.requires_grad]
             grads = list(torch.autograd.grad(y, inputs, dy, allow_unused=True, materialize_grads=True))
-        dx = grads.pop(0) if ctx.needs_input_grad[2] else None
-        dscale = grads.pop(0) if ctx.needs_input_grad[4] else None
-        dbase = dy if ctx.needs_input_grad[5] else None
-        return (None, None, dx, None, dscale, dbase, *(grads.pop(0) if needed else None for needed in trained))
+        dx = grads.pop(0) if needs[0] else None
+        dscale = grads.pop(0) if needs[2] else None
+        dbase = dy if needs[3] else None
+        return (None, None, None, dx, None, dscale, dbase, *(grads.pop(0) if needed else None for needed in trained))
 
 
 def _backward_by_hand(group: _SlotGroup, path: Selection, banks: GroupBanks, x: torch.Tensor,
-                      scale: torch.Tensor | None, stats: Sequence[torch.Tensor], dy: torch.Tensor,
-                      needs: Sequence[bool]) -> list[torch.Tensor | None]:
-    """The gradients :class:`_Recomputed` returns for ``x, path, scale, base, *weights``, by the chain rule
-    written out on the Triton kernels' ops: the group's stages rebuilt up to the second convolution (its BatchNorm
-    only for a gate's gradient), then each stage's backward op in reverse. The gradient a stage's input gets
-    from elsewhere (the first stage's own output in the node's sum; the skip or the factorized reduce for the
-    group's input) is written by the convolution's input-gradient launch into the slots that ran no convolution
-    (they are disjoint), so no addition is launched. ``stats``: (mean, rstd) of the two BatchNorms as the forward
-    pass measured them."""
+                      scale: torch.Tensor | None, stats: Sequence[torch.Tensor], kept: Sequence[torch.Tensor],
+                      dy: torch.Tensor, needs: Sequence[bool]) -> list[torch.Tensor | None]:
+    """The gradients :class:`_GroupFunction` returns for ``x, path, scale, base, *weights`` (``needs``, in that
+    order: which are needed), by the chain rule written out on the Triton kernels' ops: each stage's backward op
+    in reverse, from the activations ``kept`` by the forward pass or, without them, from the stages rebuilt up to
+    the second convolution (its BatchNorm only for a gate's gradient). The gradient a stage's input gets from
+    elsewhere (the first stage's own output in the node's sum; the skip or the factorized reduce for the group's
+    input) is written by the convolution's input-gradient launch into the slots that ran no convolution (they are
+    disjoint), so no addition is launched. ``stats``: (mean, rstd) of the two BatchNorms as the forward pass
+    measured them."""
     mean1, rstd1, mean2, rstd2 = stats
-    train = any(needs[6:])  # none in an arch step (detached banks)
+    train = any(needs[4:])  # none in an arch step (detached banks)
     grads = banks.grads if train and banks.grads else (None, None, None)
     affine1, affine2 = ((None, None) if pair is None else tuple(t[path.ops, banks.slots].reshape(-1) for t in pair)
                         for pair in (banks.bn1, banks.bn2))
-    pre = sampled_dwpw(x, path.first, group.stride, group.variants, *banks.first, pool=path.pool)
-    if group.stride != 1:
-        pre = sampled_reduce(x, path.reduce, *banks.reduce, pre)
-    first = bn_forward(pre, mean1, rstd1, *affine1)
-    conv2 = sampled_dwpw(first, path.second, 1, group.sep_variants, *banks.second)
+    if kept:
+        pre, first, conv2, *second = kept
+    else:
+        pre = sampled_dwpw(x, path.first, group.stride, group.variants, *banks.first, pool=path.pool)
+        if group.stride != 1:
+            pre = sampled_reduce(x, path.reduce, *banks.reduce, pre)
+        first = bn_forward(pre, mean1, rstd1, *affine1)
+        conv2 = sampled_dwpw(first, path.second, 1, group.sep_variants, *banks.second)
+        second = [bn_forward(conv2, mean2, rstd2, *affine2)] if needs[2] else []
     skip = x if group.stride == 1 else None
-    sources = []
-    if needs[4]:  # the gates' gradient reads every slot's output
-        sources = [first, bn_forward(conv2, mean2, rstd2, *affine2)] + ([] if skip is None else [skip])
+    sources = [first, *second] + ([] if skip is None else [skip]) if needs[2] else []  # what a gate's gradient reads
     source = path.source if group.stride == 1 else path.reduce_source
     # d_own: the first stage's gradient as the output of the slots that end there
     d_own, d_second, *rest = torch.ops.sswp_fast.slot_sum_backward(dy, source, scale, skip is not None, sources)
@@ -316,17 +338,17 @@ def _backward_by_hand(group: _SlotGroup, path: Selection, banks: GroupBanks, x: 
         idle, d_pre, reduce_grads = sampled_reduce_grads(d_pre, x, path.reduce, *banks.reduce, train, grads[2])
     dx, first_grads = sampled_dwpw_grads(d_pre, x, path.first, group.stride, group.variants, *banks.first,
                                          weight_grads=train, grad_out=grads[0], pool=path.pool, idle_dx=idle)
-    dscale = rest.pop(0) if needs[4] else None
-    inputs = [dx if needs[2] else None, None, dscale, dy if needs[5] else None]
+    dscale = rest.pop(0) if needs[2] else None
+    inputs = [dx if needs[0] else None, None, dscale, dy if needs[3] else None]
     if not train:
-        return inputs + [None] * len(needs[6:])
+        return inputs + [None] * len(needs[4:])
     weights = [*first_grads, *second_grads, *(reduce_grads or ())]
     rows = (path.ops, banks.slots)
     for pair, (d_weight, d_bias) in ((banks.bn1, d_bn1), (banks.bn2, d_bn2)):
         if pair is not None:
             weights += [torch.zeros_like(bank).index_put_(rows, d.view(bank.shape[1:]).to(bank.dtype))
                         for bank, d in zip(pair, (d_weight, d_bias), strict=True)]
-    return inputs + [w if needed else None for w, needed in zip(weights, needs[6:], strict=True)]
+    return inputs + [w if needed else None for w, needed in zip(weights, needs[4:], strict=True)]
 
 
 def slot_groups(cell: nn.Module, node_edges: Sequence[Sequence[int]]) -> list[list[tuple[_SlotGroup, int]]]:

@@ -337,17 +337,45 @@ def test_a_slot_group_keeps_only_its_input_for_backward(monkeypatch):
     assert not statistics_launches, "the recomputation reuses the forward's batch statistics"
 
 
+@pytest.mark.parametrize("gates", [False, True], ids=["weight-step", "gates"])
+def test_a_group_without_recompute_keeps_what_autograd_keeps(gates):
+    """``--recompute none`` on the Triton kernels: the group's one autograd node keeps the activations autograd
+    through its ops keeps (the two BatchNorms' inputs and the first stage's output; the second stage's too for a
+    gate's gradient), no more bytes."""
+    cell, _, _ = cell_and_inputs(False, False)
+    banks = bind_cell(cell)
+    group, _ = slot_groups(cell, NODE_EDGES)[3][0]
+    x = torch.randn(2, 5 * 4, 6, 6, requires_grad=True)
+    path, scale = Selection.of(torch.tensor([0, 1, 3, 5, 6]), banks), torch.rand(5, requires_grad=gates)
+    weights = banks.weights.untyped_storage().data_ptr()
+    kept = {}
+    for mode, run in (("by hand", lambda: group(x, path, banks.views()[3][0], scale, recompute=False)),
+                      ("autograd", lambda: group.evaluate(x, path, banks.views()[3][0], scale))):
+        storages: dict[int, int] = {}
+
+        def pack(t: torch.Tensor, storages=storages) -> torch.Tensor:
+            if t.untyped_storage().data_ptr() != weights:
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            run()
+        kept[mode] = sum(storages.values())
+    assert 0 < kept["by hand"] <= kept["autograd"], kept
+
+
 @pytest.mark.parametrize("reduction,weights,gates", [
     pytest.param(False, True, False, id="weight-step"),
     pytest.param(True, True, False, id="stride-2-affine"),
     pytest.param(False, False, True, id="arch-step-gates"),
     pytest.param(True, False, True, id="stride-2-arch-step-gates"),
 ])
-def test_a_recomputed_group_differentiates_by_hand_as_autograd_does(reduction, weights, gates):
-    """On the Triton kernels a recomputed group's backward pass is the chain rule written out on the launchers
-    (``dispatch._backward_by_hand``): the same gradients of the input, the weight banks and the gates as autograd
-    through the same kernels without recomputation, and no addition launched (the skip's, the factorized
-    reduce's and the first stage's own gradient are written by the convolutions' input-gradient launches)."""
+def test_a_group_differentiates_by_hand_as_autograd_does(reduction, weights, gates):
+    """On the Triton kernels a slot group's backward pass, recomputed or from kept activations, is the chain rule
+    written out on the kernels' ops (``dispatch._backward_by_hand``): the same gradients of the input, the weight
+    banks and the gates as autograd through the same ops (``evaluate``), and no addition launched (the skip's,
+    the factorized reduce's and the first stage's own gradient are written by the convolutions' input-gradient
+    launches)."""
     cell, _, _ = cell_and_inputs(reduction, reduction)
     banks = bind_cell(cell)
     group, _ = slot_groups(cell, NODE_EDGES)[3][0]
@@ -360,18 +388,23 @@ def test_a_recomputed_group_differentiates_by_hand_as_autograd_does(reduction, w
     if not weights:  # an arch step's banks: detached
         group_banks = group_banks.with_weights([w.detach() for w in group_banks.weights()])
     scale = torch.rand(g) if gates else None
-    results = []
-    for recompute in (True, False):
+    results = {}
+    for mode in ("recompute", "keep", "autograd"):
         leaves = [x.clone().requires_grad_(), *([scale.clone().requires_grad_()] if gates else [])]
         if weights:
             leaves.append(banks.weights)
-        y = group(leaves[0], Selection.of(ops, banks), group_banks, leaves[1] if gates else None, recompute)
+        path, gate = Selection.of(ops, banks), leaves[1] if gates else None
+        if mode == "autograd":
+            y = group.evaluate(leaves[0], path, group_banks, gate)
+        else:
+            y = group(leaves[0], path, group_banks, gate, recompute=mode == "recompute")
         with OpTrace() as trace:
-            results.append(torch.autograd.grad(y, leaves, torch.ones_like(y)))
-        if recompute:
+            results[mode] = torch.autograd.grad(y, leaves, torch.ones_like(y))
+        if mode != "autograd":
             assert "aten.add" not in trace.ops, trace.ops
-    for ours, theirs in zip(*results, strict=True):
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * theirs.abs().max().item())
+    for mode in ("recompute", "keep"):
+        for ours, theirs in zip(results[mode], results["autograd"], strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * theirs.abs().max().item(), msg=mode)
 
 
 @pytest.mark.parametrize("recompute", ["none", "edge"])
