@@ -26,9 +26,10 @@ are stacked along channels, ``[N, G*C, H, W]``, and evaluated together:
 With ``--recompute edge`` a group keeps under autograd only its stacked input (and, on the Triton kernels, its
 BatchNorms' per-channel batch statistics): the backward pass evaluates it again, each BatchNorm with the
 forward's statistics (one launch, not two), and differentiates that, so no slot's intermediate activation is
-stored (:mod:`sswp_fast.recompute` has the other modes). On the Triton kernels that backward pass is the chain
-rule written out on the launchers: it rebuilds the stages only up to the second convolution, and the gradients
-a stage's input gets from two places (a skip or a factorized reduce and the convolutions; the node's sum and the
+stored (:mod:`sswp_fast.recompute` has the other modes). On the Triton kernels a group is one autograd node
+either way, whose backward pass is the chain rule written out on the kernels' ops: from the activations it kept
+(``--recompute none``) or from the stages rebuilt up to the second convolution (``edge``). The gradients a
+stage's input gets from two places (a skip or a factorized reduce and the convolutions; the node's sum and the
 second half) are disjoint by slot, so the convolution's input-gradient launch writes both and no addition is
 launched.
 
