@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Everything a session with a GPU should run, as one command (device time is short: about 15 minutes a session).
 #   bash scripts/gpu_check.sh                         # every stage, in order (about 20 minutes at most)
-#   bash scripts/gpu_check.sh build info-nce-tests    # only the named stages (split across device calls;
+#   bash scripts/gpu_check.sh build gpu-tests         # only the named stages (split across device calls;
 #                                                     # a warm machine keeps the build between calls)
 # Builds the package (C++/CUDA extensions), records the machine, then, most valuable first and each under its own
-# time limit: the GPU InfoNCE tests and benchmark, the Triton kernel benchmarks (per op and whole steps), the
+# time limit: the tests marked gpu (the CUDA InfoNCE op, the CUDA-graph replay of the search steps against eager
+# steps, the CUDA MixedOp kernel), the InfoNCE benchmark, the Triton kernel benchmarks (per op and whole steps), the
 # saved-activation comparison, seconds per search epoch with the fraction of the GPU floor, and the Triton
 # kernel tests on CUDA (`python benchmarks/bench_compile.py --device cuda` is left out: its cold compile takes
 # longer than a device call). Results land in benchmarks/results/ and,
@@ -39,7 +40,7 @@ stage() {  # stage SECONDS NAME COMMAND...: runs unless stages were named and th
 stage 240 build python -m pip install -q --no-build-isolation --no-deps -e .
 stage 30 machine python -c "import torch, triton; print(torch.cuda.get_device_name(0), 'torch', torch.__version__,
     'triton', triton.__version__, 'cuda', torch.version.cuda)"
-stage 120 info-nce-tests python -m pytest -q -x tests/test_info_nce_op.py -m "not slow"
+stage 240 gpu-tests python -m pytest -q -m gpu -rs
 stage 150 info-nce-bench python benchmarks/bench_info_nce.py --device cuda
 stage 240 kernel-bench-ops python -m pytest -q benchmarks/test_bench_kernels.py -k op_forward_backward \
     --benchmark-only --benchmark-json="$results/kernels_ops_cuda.json" --benchmark-columns=mean,stddev,rounds

@@ -76,9 +76,15 @@ def one_torch_thread():
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow tier's longest tests first, by their ``@pytest.mark.slow(seconds=...)`` estimate (measured on the
-    2-core CI machine; unmarked: 0), so that ``.ci/run``'s work-stealing workers start them at once and share the
-    short ones out while they run. Only the order changes; the fast tier, with no estimates, keeps its own."""
+    """``@pytest.mark.gpu(reason=...)`` tests skip with their reason where CUDA is absent. Then the slow tier's
+    longest tests first, by their ``@pytest.mark.slow(seconds=...)`` estimate (measured on the 2-core CI machine;
+    unmarked: 0), so that ``.ci/run``'s work-stealing workers start them at once and share the short ones out
+    while they run. Only the order changes; the fast tier, with no estimates, keeps its own."""
+    if not torch.cuda.is_available():
+        for item in items:
+            gpu = item.get_closest_marker("gpu")
+            if gpu is not None:
+                item.add_marker(pytest.mark.skip(reason=f"no CUDA device on this machine: {gpu.kwargs['reason']}"))
 
     def seconds(item: pytest.Item) -> float:
         slow = item.get_closest_marker("slow")

@@ -17,8 +17,8 @@ from sswp_fast.losses import info_nce, info_nce_formula, info_nce_topk, info_nce
 pytestmark = pytest.mark.skipif(not compiled.available(), reason="sswp_fast._C was not built")
 
 GRID = [(n, d) for n in (1, 2, 3, 96, 500) for d in (1, 7, 128, 300)]
-NO_GPU = "no CUDA device on this machine: the CUDA kernels are compiled here but run only on a GPU machine"
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU))]
+ON_GPU = "the CUDA kernels are compiled here but run only on a GPU machine"
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu(reason=ON_GPU))]
 
 
 @pytest.fixture(params=DEVICES)
@@ -154,7 +154,7 @@ def test_saved_values_of_the_wrong_shape_are_rejected(device: str) -> None:
         torch.ops.sswp_fast.info_nce_backward(torch.ones((), device=device), features, lse[:4], 0.1)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
+@pytest.mark.gpu(reason=ON_GPU)
 def test_mismatched_devices_are_rejected() -> None:
     features = torch.randn(6, 4, device="cuda")
     _, lse, _ = torch.ops.sswp_fast.info_nce_forward(features, 0.1)
@@ -173,7 +173,7 @@ def test_opcheck_and_compile_without_graph_break(device: str) -> None:
     assert features.grad is not None and torch.isfinite(features.grad).all()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
+@pytest.mark.gpu(reason=ON_GPU)
 def test_cuda_memory_stays_linear_in_the_batch() -> None:
     """2N = 16384, D = 128: forward + backward allocate tens of MB where the 2N x 2N matrix alone is 1 GiB."""
     features = torch.randn(16384, 128, device="cuda", requires_grad=True)

@@ -181,7 +181,7 @@ def test_cpu_tensors_keep_the_pytorch_path(monkeypatch):
     search_space.activate_and_mix(list(blocks.cpu()), MIXES["same"], weights.cpu())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the kernel path of activate_and_mix is CUDA-only")
+@pytest.mark.gpu(reason="the kernel path of activate_and_mix is CUDA-only")
 def test_cuda_mixed_op_takes_the_kernel_and_matches_the_reference(monkeypatch):
     """On CUDA the fused MixedOp runs the custom op, and equals its per-candidate reference (value, gradients)."""
     calls = []

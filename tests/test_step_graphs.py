@@ -219,7 +219,7 @@ def test_a_failed_capture_falls_back_to_eager_steps_under_auto_and_stops_the_run
         strict.run("weight", (), _rows(4), _eager)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device (none on this machine)")
+@pytest.mark.gpu(reason="CUDA graphs need a CUDA device")
 def test_replayed_steps_follow_eager_steps_on_cuda() -> None:
     pytest.importorskip("triton")
     device = torch.device("cuda")
