@@ -52,6 +52,7 @@ from .lr_schedule import set_lr, warmup_cosine_lr
 from .precision import amp_dtype, autocast, precision_text
 from .reporting import MetricsFile, Progress, Silent, close_log, format_seconds, open_log, quiet_log
 from .run_plan import Plan, process_count
+from .run_state import restore_rng_state, rng_state
 
 FORMAT = "sswp-fast-stage-resume/1"
 LATE_VALIDATION_EPOCH = 500
@@ -103,13 +104,6 @@ def train_indices(labels: torch.Tensor, num_classes: int, train_ratio: float) ->
     if train.numel() == 0:
         raise ConfigError(f"--train_ratio {train_ratio} leaves none of the {n} training images; raise it")
     return train
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
 
 
 @dataclass
@@ -317,7 +311,7 @@ class StageRun:
         atomic_save({"format": FORMAT, "config": self.config.to_dict(), "arch_name": self.arch_name,
                      "epoch": next_epoch, "best": self.best, "model": self.model.state_dict(),
                      "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                     "generator": self.generator.get_state(), "rng": _rng_state()},
+                     "generator": self.generator.get_state(), "rng": rng_state()},
                     self.run_dir / run_folder.RESUME_FILE)
 
     def _load_resume(self, state: dict) -> None:
@@ -330,9 +324,7 @@ class StageRun:
                                   f"({str(err).splitlines()[0]}); start a new --note") from None
         self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        restore_rng_state(state["rng"])
         self.start_epoch, self.best = state["epoch"], state["best"]
 
     def _save_weights(self, name: str) -> None:

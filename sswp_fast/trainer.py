@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -39,6 +38,7 @@ from .reporting import (
     quiet_log,
 )
 from .run_plan import RESUME_FORMAT, plan_search
+from .run_state import cycle, restore_rng_state, rng_state
 from .schedule import EpochPlan, Schedule
 from .step_compiler import cache_dir, compiled_graphs
 
@@ -109,23 +109,6 @@ class Views:
         if self.mode == "supervised":
             return Batch((self.plain(images),), labels)
         return self._augmented(images, labels)
-
-
-def _cycle(loader) -> Iterator:
-    while True:
-        yielded = False
-        for item in loader:
-            yielded = True
-            yield item
-        if not yielded:
-            return
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
 
 
 def _namespace_line(config: SearchConfig, run_dir: Path, schedule: Schedule, num_classes: int) -> str:
@@ -215,7 +198,7 @@ class SearchRun:
             "best_loss": self.best_loss,
             "engine": self.engine.state_dict(),
             "data_generator": self.data_generator.get_state(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
         }, self.run_dir / RESUME_FILE)
 
     def _load_resume(self, state: dict) -> None:
@@ -226,10 +209,7 @@ class SearchRun:
             raise CheckpointError(f"{self.plan.run_dir / RESUME_FILE} does not match this network "
                                   f"({str(err).splitlines()[0]}); start a new --note") from None
         self.data_generator.set_state(state["data_generator"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        restore_rng_state(state["rng"])
         self.start_epoch = state["epoch"]
         self.weight_steps_done = state["weight_steps"]
         self.best_acc, self.best_loss = state["best_acc"], state["best_loss"]
@@ -276,7 +256,7 @@ class SearchRun:
         epoch = plan.epoch
         engine = self.engine
         weights, arch = Meter(self.device), Meter(self.device)
-        arch_batches = _cycle(self.valid_loader)  # a generator: the first pass starts at the first arch step
+        arch_batches = cycle(self.valid_loader)  # a generator: the first pass starts at the first arch step
         steps = len(self.train_loader)
         try:
             for step, (images, labels) in enumerate(self.train_loader):

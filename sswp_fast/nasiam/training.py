@@ -20,7 +20,6 @@ import math
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from ..knn import knn_accuracy
 from ..losses import topk_accuracy
 from ..reporting import MetricsFile, Progress, close_log, open_log
 from ..run_plan import Plan
+from ..run_state import cycle, restore_rng_state, rng_state
 from .backbones import resnet
 from .config import NasiamConfig
 from .genotypes import (
@@ -204,11 +204,6 @@ def arch_step(model: nn.Module, arch_optimizer: torch.optim.Optimizer, x1: torch
     return loss.detach()
 
 
-def _cycle(loader) -> Iterator:
-    while True:
-        yield from loader
-
-
 class NasiamRun(ABC):
     """What every NASiam command shares: folder, log, data, device, checkpoint, epoch loop."""
 
@@ -294,7 +289,7 @@ class NasiamRun(ABC):
 
     def _save(self, next_epoch: int) -> None:
         atomic_save({"format": FORMAT, "config": self.config.to_dict(), "epoch": next_epoch, "best": self.best,
-                     "generator": self.generator.get_state(), "rng": torch.get_rng_state(), **self.state()},
+                     "generator": self.generator.get_state(), "rng": rng_state(), **self.state()},
                     self.run_dir / CHECKPOINT)
 
     def _load(self, state: dict) -> None:
@@ -305,7 +300,7 @@ class NasiamRun(ABC):
             raise CheckpointError(f"{self.plan.run_dir / CHECKPOINT} does not match this model "
                                   f"({str(err).splitlines()[0]}); start a new --note") from None
         self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["rng"])
+        restore_rng_state(state["rng"])
         self.start_epoch, self.best = state["epoch"], state["best"]
 
     @abstractmethod
@@ -411,7 +406,7 @@ class SearchRun(_SelfSupervisedRun):
         c = self.config
         self._adjust_lr(epoch)
         per_step = c.framework != "simclr"
-        arch_batches = _cycle(self.arch_loader)  # a fresh pass every epoch, so a resumed epoch sees the same batches
+        arch_batches = cycle(self.arch_loader)  # a fresh pass every epoch, so a resumed epoch sees the same batches
         arch_losses = [] if per_step else [self.arch_step(next(arch_batches)[0])]
         losses = []
         steps = len(self.train_loader)
