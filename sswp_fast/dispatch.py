@@ -329,10 +329,13 @@ def _backward_by_hand(group: _SlotGroup, path: Selection, banks: GroupBanks, x: 
     d_own, d_second, *rest = torch.ops.sswp_fast.slot_sum_backward(dy, source, scale, skip is not None, sources)
     d_conv2, *d_bn2 = bn_backward(d_second, conv2, mean2, rstd2, affine2[0],
                                   need_param_grads=train and banks.bn2 is not None)
+    del d_second  # each gradient is let go once read, as autograd frees them: the group's transient peak
     d_first, second_grads = sampled_dwpw_grads(d_conv2, first, path.second, 1, group.sep_variants, *banks.second,
                                                weight_grads=train, grad_out=grads[1], idle_dx=d_own)
+    del d_conv2, d_own
     d_pre, *d_bn1 = bn_backward(d_first, pre, mean1, rstd1, affine1[0],
                                 need_param_grads=train and banks.bn1 is not None)
+    del d_first
     idle = rest.pop(0) if skip is not None else None
     reduce_grads = None
     if group.stride != 1:
