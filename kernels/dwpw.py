@@ -293,11 +293,12 @@ def _tile(height: int, width: int, most: int) -> tuple[int, int]:
     return _pow2(triton.next_power_of_2(height) * block_w, 16, most), block_w
 
 
-def _grid_tiles(height: int, width: int, block: int, block_w: int) -> int:
+def grid_tiles(height: int, width: int, block: int, block_w: int) -> int:
+    """Programs covering a ``height × width`` plane in tiles of ``block`` pixels, ``block_w`` of them per row."""
     return triton.cdiv(height, max(1, block // block_w)) * triton.cdiv(width, block_w)
 
 
-def _block_sizes(ho: int, wo: int, h: int, w: int, c: int, c_out: int, stride: int, interpreted: bool) -> _Blocks:
+def block_sizes(ho: int, wo: int, h: int, w: int, c: int, c_out: int, stride: int, interpreted: bool) -> _Blocks:
     """Tile sizes from the shapes. ``tl.dot`` needs every dimension ≥ 16.
 
     ``BLOCK_CO = next_pow2(C_out)`` (≥ 16) always: a program owns all output channels. Pixel tiles are
@@ -340,7 +341,8 @@ def _check(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int,
     return ho, wo
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s input precision for tensors of ``dtype``: exact fp32 products for fp32 and fp64."""
     return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
 
 
@@ -354,11 +356,11 @@ def dwpw_forward(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride
     y = torch.empty((n, c_out, ho, wo), device=x.device, dtype=x.dtype)
     if n == 0:
         return y
-    b = _block_sizes(ho, wo, h, w, c, c_out, stride, _common.INTERPRETED)
-    _dwpw_fwd_kernel[(_grid_tiles(ho, wo, b.p, b.pw), n)](
+    b = block_sizes(ho, wo, h, w, c, c_out, stride, _common.INTERPRETED)
+    _dwpw_fwd_kernel[(grid_tiles(ho, wo, b.p, b.pw), n)](
         x, w_dw, w_pw, y, c, c_out, h, w, ho, wo,
         STRIDE=stride, PAD=padding, DIL=dilation, K=k,
-        BLOCK_P=b.p, BLOCK_W=b.pw, BLOCK_C=b.c, BLOCK_CO=b.co, DOT_PRECISION=_dot_precision(x.dtype),
+        BLOCK_P=b.p, BLOCK_W=b.pw, BLOCK_C=b.c, BLOCK_CO=b.co, DOT_PRECISION=dot_precision(x.dtype),
         ROUND_BF16=x.dtype == torch.bfloat16, num_warps=b.num_warps,
     )
     return y
@@ -384,15 +386,15 @@ def dwpw_backward(dy: torch.Tensor, x: torch.Tensor, w_dw: torch.Tensor, w_pw: t
     g_wdw = torch.zeros((c, k * k), device=x.device, dtype=torch.float32)
     g_wpw = torch.zeros((c_out, c), device=x.device, dtype=torch.float32)
     if n > 0:
-        b = _block_sizes(ho, wo, h, w, c, c_out, stride, _common.INTERPRETED)
+        b = block_sizes(ho, wo, h, w, c, c_out, stride, _common.INTERPRETED)
         g = torch.empty((n, c, ho, wo), device=x.device, dtype=torch.float32)
-        _dwpw_bwd_act_kernel[(_grid_tiles(ho, wo, b.p, b.pw), n)](
+        _dwpw_bwd_act_kernel[(grid_tiles(ho, wo, b.p, b.pw), n)](
             x, w_dw, w_pw, dy, g, g_wdw, g_wpw, c, c_out, h, w, ho, wo,
             STRIDE=stride, PAD=padding, DIL=dilation, K=k,
-            BLOCK_P=b.p, BLOCK_W=b.pw, BLOCK_C=b.c, BLOCK_CO=b.co, DOT_PRECISION=_dot_precision(x.dtype),
+            BLOCK_P=b.p, BLOCK_W=b.pw, BLOCK_C=b.c, BLOCK_CO=b.co, DOT_PRECISION=dot_precision(x.dtype),
             num_warps=b.num_warps,
         )
-        _dwpw_bwd_dx_kernel[(_grid_tiles(h, w, b.q, b.qw), triton.cdiv(c, b.c), n)](
+        _dwpw_bwd_dx_kernel[(grid_tiles(h, w, b.q, b.qw), triton.cdiv(c, b.c), n)](
             x, w_dw, g, dx, c, h, w, ho, wo,
             STRIDE=stride, PAD=padding, DIL=dilation, K=k, BLOCK_Q=b.q, BLOCK_W=b.qw, BLOCK_C=b.c,
             ROUND_BF16=x.dtype == torch.bfloat16, num_warps=b.num_warps,

@@ -260,11 +260,11 @@ def sampled_dwpw_forward(x: torch.Tensor, variant: torch.Tensor, stride: int, va
     y = torch.empty((n, g * c, ho, wo), device=x.device, dtype=x.dtype)  # idle slots: zeros, by the kernel
     if n == 0:
         return y
-    b = dwpw._block_sizes(ho, wo, h, w, c, c, stride, _common.INTERPRETED)
-    _sampled_fwd_kernel[(dwpw._grid_tiles(ho, wo, b.p, b.pw), n, g)](
+    b = dwpw.block_sizes(ho, wo, h, w, c, c, stride, _common.INTERPRETED)
+    _sampled_fwd_kernel[(dwpw.grid_tiles(ho, wo, b.p, b.pw), n, g)](
         x, variant, variant if pool is None else pool, *_padded(list(banks), 2 * MAX_VARIANTS), y, g, c, h, w, ho,
         wo, STRIDE=stride, **_constants(variants),
-        BLOCK_P=b.p, BLOCK_W=b.pw, BLOCK_C=b.c, BLOCK_CO=b.co, DOT_PRECISION=dwpw._dot_precision(x.dtype),
+        BLOCK_P=b.p, BLOCK_W=b.pw, BLOCK_C=b.c, BLOCK_CO=b.co, DOT_PRECISION=dwpw.dot_precision(x.dtype),
         ROUND_BF16=x.dtype == torch.bfloat16, HAS_POOL=pool is not None, num_warps=b.num_warps,
     )
     return y
@@ -303,16 +303,16 @@ def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tens
         flat = torch.empty(0, device=x.device, dtype=torch.float32)
         grads = list(banks)
     if n > 0:
-        b = dwpw._block_sizes(ho, wo, h, w, c, c, stride, _common.INTERPRETED)
+        b = dwpw.block_sizes(ho, wo, h, w, c, c, stride, _common.INTERPRETED)
         constants = _constants(variants)
         tmp = torch.empty((n, g * c, ho, wo), device=x.device, dtype=torch.float32)
-        _sampled_bwd_act_kernel[(dwpw._grid_tiles(ho, wo, b.p, b.pw), n, g)](
+        _sampled_bwd_act_kernel[(dwpw.grid_tiles(ho, wo, b.p, b.pw), n, g)](
             x, variant, *_padded(list(banks), 2 * MAX_VARIANTS), dy, tmp, *_padded(grads, 2 * MAX_VARIANTS),
             g, c, h, w, ho, wo, STRIDE=stride, **constants,
-            BLOCK_P=b.p, BLOCK_W=b.pw, BLOCK_C=b.c, BLOCK_CO=b.co, DOT_PRECISION=dwpw._dot_precision(x.dtype),
+            BLOCK_P=b.p, BLOCK_W=b.pw, BLOCK_C=b.c, BLOCK_CO=b.co, DOT_PRECISION=dwpw.dot_precision(x.dtype),
             WEIGHT_GRADS=weight_grads, num_warps=b.num_warps,
         )
-        _sampled_bwd_dx_kernel[(dwpw._grid_tiles(h, w, b.q, b.qw), triton.cdiv(c, b.c), n * g)](
+        _sampled_bwd_dx_kernel[(dwpw.grid_tiles(h, w, b.q, b.qw), triton.cdiv(c, b.c), n * g)](
             x, variant, variant if pool is None else pool, *_padded(list(banks[0::2]), MAX_VARIANTS), tmp, dy,
             dx if idle_dx is None else idle_dx, dx, g, c, h, w, ho, wo, STRIDE=stride, **constants, BLOCK_Q=b.q,
             BLOCK_W=b.qw, BLOCK_C=b.c, ROUND_BF16=x.dtype == torch.bfloat16, HAS_POOL=pool is not None,

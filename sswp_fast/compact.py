@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
-from .export import Arch, _validate_arch
+from .export import Arch, validate_arch
 from .ops import CANDIDATES, Identity, build_op
-from .supernet import HEAD_DIM_SIMCLR, MULTIPLIER, NODE_EDGES, STEPS, _reduction_cells, build_preprocessing, build_stems
+from .supernet import HEAD_DIM_SIMCLR, MULTIPLIER, NODE_EDGES, STEPS, build_preprocessing, build_stems, reduction_cells
 
 HEADS = ("classifier", "projection")
 """``classifier``: ``Linear(C_prev, num_classes)``; ``projection``: the SimCLR pretraining head (spec §9.4)."""
@@ -136,7 +136,7 @@ class AuxiliaryHead(nn.Module):
 
 def _checked_arch(arch: Arch) -> Arch:
     try:
-        return _validate_arch(arch)
+        return validate_arch(arch)
     except ValueError as exc:
         raise ConfigError(f"invalid architecture: {exc}; pass cells of 8 (op_name, input) pairs as net.config "
                           "holds them, or a built-in name") from None
@@ -170,7 +170,7 @@ class CompactNetwork(nn.Module):
         self.aux_cell = 2 * self.layers // 3
         self.cells = nn.ModuleList()
         c_curr = c
-        reductions = _reduction_cells(self.layers)
+        reductions = reduction_cells(self.layers)
         aux_channels = c_prev
         for idx, arch_cell in enumerate(self.arch):
             reduction = idx in reductions

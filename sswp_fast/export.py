@@ -139,7 +139,7 @@ def derive_architecture(alpha: torch.Tensor, restrict: bool, skip_r_num: int = 2
 
 # ----------------------------------------------------------------------------------------------- net.config
 
-def _validate_arch(value: object) -> Arch:
+def validate_arch(value: object) -> Arch:
     """Return ``value`` as cells of 8 ``(op_name, index)`` tuples; raise ValueError saying why not."""
     if not isinstance(value, (list, tuple)) or not value:
         raise ValueError("expected a non-empty list of cells")
@@ -166,7 +166,7 @@ def format_arch(arch: Iterable[Iterable[tuple[str, int]]]) -> str:
     """The architecture as the reference writes it: Python's ``str()`` of a list of lists of tuples."""
     try:
         cells = [[(str(op), operator.index(index)) for op, index in cell] for cell in arch]
-        normalized = _validate_arch(cells)
+        normalized = validate_arch(cells)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"cannot format architecture: {exc}; pass cells of 8 (op_name, input) pairs"
                           ) from None
@@ -232,7 +232,7 @@ def read_net_config_entries(path: str | os.PathLike[str]) -> list[tuple[str, Arc
             raise ConfigError(f"{where} is not a literal architecture list; fix or delete that line"
                               ) from None
         try:
-            entries.append((name, _validate_arch(value)))
+            entries.append((name, validate_arch(value)))
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}; fix or delete that line") from None
     return entries

@@ -165,7 +165,8 @@ def build_stems(init_channels: int, imagenet: bool, stem_multiplier: int = 3
     return {"stem": stem}, c_stem, False
 
 
-def _reduction_cells(layers: int) -> tuple[int, int]:
+def reduction_cells(layers: int) -> tuple[int, int]:
+    """The indices of the two reduction cells of a ``layers``-cell network (at a third and two thirds)."""
     return layers // 3, 2 * layers // 3
 
 
@@ -195,7 +196,7 @@ class SearchNetwork(nn.Module):
         c_prev_prev = c_prev
         self.cells = nn.ModuleList()
         c_curr = c
-        reductions = _reduction_cells(layers)
+        reductions = reduction_cells(layers)
         for idx in range(layers):
             reduction = idx in reductions
             if reduction:

@@ -103,7 +103,7 @@ def test_bf16_output_rounding_is_round_to_nearest_even():
 def test_multiple_blocks_and_channel_loop(monkeypatch):
     """Small forced tiles: several pixel tiles across rows and columns, a 2-step channel loop, partial blocks."""
     blocks = dwpw._Blocks(p=16, pw=4, c=16, co=32, q=16, qw=8, num_warps=4)
-    monkeypatch.setattr(dwpw, "_block_sizes", lambda *a, **kw: blocks)
+    monkeypatch.setattr(dwpw, "block_sizes", lambda *a, **kw: blocks)
     conv = (2, 2, 2)  # dil_conv_3x3, stride 2: 5x5 outputs in 2x2 tiles of 4x4
     x, w_dw, w_pw = make_inputs(20, 18, 9, 10, 3)
     dy = torch.randn_like(dwpw_reference(x, w_dw, w_pw, *conv))
@@ -119,7 +119,7 @@ def test_block_sizes_are_valid_dot_tiles(interpreted):
     accumulator stays within 8192 fp32 elements (the no-GPU CI still checks the GPU choice)."""
     for ho, wo, c, c_out in [(7, 8, 5, 6), (32, 32, 36, 36), (16, 16, 144, 144), (1, 1, 1, 1), (64, 3, 72, 72)]:
         for stride in (1, 2):
-            b = dwpw._block_sizes(ho, wo, ho * stride, wo * stride, c, c_out, stride, interpreted)
+            b = dwpw.block_sizes(ho, wo, ho * stride, wo * stride, c, c_out, stride, interpreted)
             for size in (b.p, b.c, b.co, b.q):
                 assert size >= 16 and size & (size - 1) == 0
             assert b.co >= c_out and b.p % b.pw == 0 and b.q % b.qw == 0
@@ -179,7 +179,7 @@ shapes = [(36, 32, 3, 1, 1, 1), (144, 8, 5, 2, 4, 2)]  # the first CIFAR cell's 
 count = 0
 for c, size, k, stride, pad, dil in shapes:
     out = (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
-    b = dwpw._block_sizes(out, out, size, size, c, c, stride, False)
+    b = dwpw.block_sizes(out, out, size, size, c, c, stride, False)
     conv = {"STRIDE": stride, "PAD": pad, "DIL": dil, "K": k, "BLOCK_C": b.c}
     for dtype, precision in (("fp32", "ieee"), ("bf16", "tf32")):
         cases = [

@@ -172,7 +172,7 @@ def test_sampled_kernels_compile_for_sm90(tmp_path):
     and bf16 (what ``--amp bf16`` runs), by tests/test_kernels_dwpw.py."""
     c, size, stride = 144, 16, 2
     out = (size - 1) // stride + 1
-    b = dwpw._block_sizes(out, out, size, size, c, c, stride, False)
+    b = dwpw.block_sizes(out, out, size, size, c, c, stride, False)
     tile = {"BLOCK_P": b.p, "BLOCK_W": b.pw, "BLOCK_CO": b.co, "DOT_PRECISION": "ieee"}
     kernels = {"_sampled_fwd_kernel": {**tile, "HAS_POOL": True},
                "_sampled_bwd_act_kernel": {**tile, "WEIGHT_GRADS": False},  # an arch step's: no taps, no atomics
