@@ -294,6 +294,7 @@ def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tens
     dy = dy.contiguous()
     if idle_dx is not None and idle_dx.shape != x.shape:
         raise ValueError(f"idle_dx must have x's shape {tuple(x.shape)}, got {tuple(idle_dx.shape)}")
+    _common.check_device(idle_dx)
     idle_dx = None if idle_dx is None else idle_dx.contiguous()
     dx = torch.empty_like(x)
     if weight_grads:
