@@ -67,7 +67,8 @@ def extensions() -> tuple[list, dict]:
 
 ext_modules, cmdclass = extensions()
 setup(
-    packages=["sswp_fast", "sswp_fast.data", "sswp_fast.kernels", "sswp_fast.nasiam"],
+    packages=["sswp_fast", "sswp_fast.search", "sswp_fast.search.executors", "sswp_fast.stages", "sswp_fast.nasiam",
+              "sswp_fast.data", "sswp_fast.losses", "sswp_fast.runtime", "sswp_fast.kernels"],
     package_dir={"sswp_fast.kernels": "kernels"},  # the Triton kernels live at the top of the tree
     package_data={"sswp_fast.data": ["*.npz"], "sswp_fast": ["py.typed"],
                   "sswp_fast.nasiam": ["published/*/*.txt"]},

@@ -6,7 +6,7 @@
 ``eager`` is our default engine (host-planned path on CPU, ``--kernels auto``); ``compiled`` is the same engine
 with ``--compile MODE``, which runs the device-side dispatch executor under ``torch.compile``. The first weight
 step and the first arch step of ``compiled`` compile their graphs (or load them from the cache in
-``--compile_cache``, see ``sswp_fast.step_compiler``); their seconds are reported apart. Then both run
+``--compile_cache``, see ``sswp_fast.search.executors.compiled``); their seconds are reported apart. Then both run
 interleaved (one weight and one arch step of each in turn, round after round, in one process) and the medians
 give the ratio.
 """
@@ -25,7 +25,7 @@ sys.path.insert(0, str(BENCH_DIR))
 from bench_common import CPU_CONFIG, CUDA_CONFIG, STEPS, Stepper, config_info, machine_info, write_results  # noqa: E402
 from interleaved import time_interleaved  # noqa: E402
 
-from sswp_fast.step_compiler import cache_dir, compiled_graphs  # noqa: E402
+from sswp_fast.search.executors.compiled import cache_dir, compiled_graphs  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

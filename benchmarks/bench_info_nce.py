@@ -39,7 +39,7 @@ def _rss_mb() -> float:
 
 def loss_fn(impl: str):
     """The function under test: ``op`` = sswp_fast.info_nce (compiled), ``formula`` = the PyTorch formula."""
-    from sswp_fast.losses import info_nce, info_nce_formula
+    from sswp_fast.losses.objectives import info_nce, info_nce_formula
 
     return info_nce if impl == "op" else info_nce_formula
 

@@ -276,8 +276,8 @@ def sampled_work(stepper: Stepper, step: str, active: torch.Tensor, inactive: to
     """FLOPs and bytes of the PyTorch executor's ``step`` (its second, counted as in :func:`count_step`) along the
     path ``active`` / ``inactive`` at the stepper's size: it runs each sampled op once, so its FLOPs are the
     sampled path's own."""
-    from sswp_fast.backend import Executor
-    from sswp_fast.memory_model import FixedPathEngine
+    from sswp_fast.search.executors.choice import Executor
+    from sswp_fast.search.memory_model import FixedPathEngine
 
     config = dataclasses.replace(stepper.engine.config, kernels="torch", recompute="none")
     engine = FixedPathEngine(config, 10, Executor("torch", False, "the sampled path"), device=str(stepper.device),

@@ -43,9 +43,9 @@ def _views(batch: int, seed: int, device: torch.device) -> tuple[torch.Tensor, t
 
 
 def ours(batch: int, device: torch.device):
-    from sswp_fast.engine import pick_memory_format
     from sswp_fast.nasiam.models import SimSiam
     from sswp_fast.nasiam.training import arch_step, weight_step
+    from sswp_fast.runtime.devices import pick_memory_format
 
     torch.manual_seed(0)
     layout = pick_memory_format("auto", device)  # what `sswp-fast nasiam search` uses on this device

@@ -26,7 +26,7 @@ sys.path.insert(0, str(BENCH_DIR))
 
 from bench_common import machine_info, write_results  # noqa: E402
 
-from sswp_fast.downstream_config import STAGE_FOLDERS  # noqa: E402
+from sswp_fast.stages.config import STAGE_FOLDERS  # noqa: E402
 
 README = BENCH_DIR.parent / "README.md"
 STAGES = ("finetune", "train", "linear-eval")

@@ -6,7 +6,7 @@ its first arch step on real CIFAR-10, with the peak resident set of each.
 
 The command is read from README.md (``sswp-fast search --dataset cifar10 --data_path DATA --note c10``: the
 reference defaults, L=20, C=36, batch 96), ``DATA`` replaced by ``--data``. It is built exactly as the CLI builds
-it (:class:`sswp_fast.trainer.SearchRun`: executor and ``--recompute auto`` chosen by the plan, from the RAM
+it (:class:`sswp_fast.search.run.SearchRun`: executor and ``--recompute auto`` chosen by the plan, from the RAM
 available when it starts), in a temporary folder. Then one weight step, as epoch 0 (warm-up) takes it, and one
 arch step, as the search phase takes it, run on batches from the run's own loaders; the peak resident set
 (``VmHWM``) is reset before each. The ``--dry_run --device cuda`` plan of the same command is recorded too.
@@ -30,10 +30,10 @@ sys.path.insert(0, str(BENCH_DIR))
 from bench_common import machine_info, write_results  # noqa: E402
 
 from sswp_fast.cli import build_parser, config_from_args  # noqa: E402
-from sswp_fast.memory_budget import process_status_bytes, reset_peak_rss  # noqa: E402
-from sswp_fast.reporting import close_log  # noqa: E402
-from sswp_fast.run_plan import plan_search  # noqa: E402
-from sswp_fast.trainer import SearchRun  # noqa: E402
+from sswp_fast.runtime.reporting import close_log  # noqa: E402
+from sswp_fast.search.memory_budget import process_status_bytes, reset_peak_rss  # noqa: E402
+from sswp_fast.search.plan import plan_search  # noqa: E402
+from sswp_fast.search.run import SearchRun  # noqa: E402
 
 README = BENCH_DIR.parent / "README.md"
 GIB = 2**30

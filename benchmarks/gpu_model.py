@@ -111,8 +111,8 @@ def representative_path(layers: int, edges: int = 14, ops: int = 7) -> tuple[lis
 def meta_work(cfg: BenchConfig) -> dict[str, dict[str, int]]:
     """FLOPs and bytes of the PyTorch executor's weight and arch steps at ``cfg``'s size, on the meta device."""
     from sswp_fast import Batch, SearchConfig
-    from sswp_fast.backend import Executor
-    from sswp_fast.memory_model import FixedPathEngine
+    from sswp_fast.search.executors.choice import Executor
+    from sswp_fast.search.memory_model import FixedPathEngine
 
     config = SearchConfig(layers=cfg.layers, init_channels=cfg.C, batch_size=cfg.batch, dataset="cifar10",
                           kernels="torch").resolved()

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from bench_common import IMPLEMENTATIONS, STEPS, BenchConfig, Stepper, config_info, device_name  # noqa: E402
 
-from sswp_fast.memory_budget import process_status_bytes, reset_peak_rss  # noqa: E402
+from sswp_fast.search.memory_budget import process_status_bytes, reset_peak_rss  # noqa: E402
 
 MB = 2**20
 

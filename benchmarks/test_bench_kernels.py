@@ -15,7 +15,7 @@ import pytest
 import torch
 from bench_common import CUDA_CONFIG, Stepper, device_name
 
-from sswp_fast.ops import build_op, use_kernels
+from sswp_fast.search.space import build_op, use_kernels
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: Triton kernels need a GPU")
 

@@ -43,8 +43,8 @@ Contents (one concept, Liger-Kernel style):
   ``BatchNormFn`` (the ``torch.autograd.Function``, which saves only ``x``, the per-channel ``mean`` and
   ``rstd``, and ``weight``, a parameter that the backward needs, never a normalised copy of ``x``);
   ``batch_norm`` (drop-in for ``F.batch_norm``); ``bn_reference`` (the pure-PyTorch reference, ``F.batch_norm`` itself).
-* Banked running statistics (the device executor's, :mod:`sswp_fast.banks`): the buffers are ``[R, G, C/G]``
-  banks and a ``[G]`` index picks the row each slot of ``G`` channel blocks reads and updates; the finalize
+* Banked running statistics (the device executor's, :mod:`sswp_fast.search.executors.banks`): the buffers are ``[R, G,
+  C/G]`` banks and a ``[G]`` index picks the row each slot of ``G`` channel blocks reads and updates; the finalize
   kernel does the row update and the batch count (``_bank_offsets``). ``bn_banked_reference`` is its PyTorch
   reference (gather, ``F.batch_norm``, scatter).
 

@@ -414,8 +414,8 @@ def sampled_dwpw(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: 
     recomputes the depthwise activations).
 
     ``grad_out``: a zero fp32 tensor of the banks' total size, into which the (first) backward pass adds the bank
-    gradients, which are then views of it: one fill for many ops (a network's, :mod:`sswp_fast.dispatch`) instead
-    of one each.
+    gradients, which are then views of it: one fill for many ops (a network's,
+    :mod:`sswp_fast.search.executors.device`) instead of one each.
 
     ``pool`` ([G], :mod:`.sampled_pool`'s kinds): the slots whose variant is negative run their pool instead
     (none where that is negative too), in the same launches forward and backward, so the group's input has one
@@ -429,8 +429,8 @@ def sampled_dwpw_grads(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tensor,
                        grad_out: torch.Tensor | None = None, pool: torch.Tensor | None = None,
                        idle_dx: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """:func:`sampled_dwpw`'s backward pass through the op ``torch.ops.sswp_fast.sampled_dwpw_backward``, for
-    code that differentiates by hand (:mod:`sswp_fast.dispatch`): ``dx`` and the bank gradients in the banks'
-    dtypes (None without ``weight_grads``; with ``grad_out``, added into it and viewed from it); ``idle_dx`` as
+    code that differentiates by hand (:mod:`sswp_fast.search.executors.device`): ``dx`` and the bank gradients in the
+    banks' dtypes (None without ``weight_grads``; with ``grad_out``, added into it and viewed from it); ``idle_dx`` as
     :func:`sampled_dwpw_backward` takes it."""
     dx, flat = torch.ops.sswp_fast.sampled_dwpw_backward(dy, x, variant, stride, _flat(variants), list(banks),
                                                          weight_grads, grad_out if weight_grads else None, pool,

@@ -290,7 +290,7 @@ def sampled_reduce_grads(dy: torch.Tensor, x: torch.Tensor, reduce: torch.Tensor
                          w_odd: torch.Tensor, weight_grads: bool = True, grad_out: torch.Tensor | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]:
     """:func:`sampled_reduce`'s backward pass through the op ``torch.ops.sswp_fast.sampled_reduce_backward``, for
-    code that differentiates by hand (:mod:`sswp_fast.dispatch`): ``dx``, ``dbase`` and the two weights'
+    code that differentiates by hand (:mod:`sswp_fast.search.executors.device`): ``dx``, ``dbase`` and the two weights'
     gradients in their dtype and shape (None without ``weight_grads``; with ``grad_out``, added into it)."""
     dx, dbase, grads = torch.ops.sswp_fast.sampled_reduce_backward(dy, x, reduce, w_even, w_odd, weight_grads,
                                                                    grad_out if weight_grads else None)

@@ -1,7 +1,7 @@
 """A node's sum over its slots, each slot taking the output its sampled op produced: one launch, and one back.
 
-A slot group (:mod:`sswp_fast.dispatch`) evaluates every slot's op as stacked tensors ``[N, G*C, H, W]`` (slot
-``g`` in channels ``g*C:(g+1)*C``): ``first``, the first stage after its BatchNorm (pools, dilated convolutions,
+A slot group (:mod:`sswp_fast.search.executors.device`) evaluates every slot's op as stacked tensors ``[N, G*C, H, W]``
+(slot ``g`` in channels ``g*C:(g+1)*C``): ``first``, the first stage after its BatchNorm (pools, dilated convolutions,
 the stride-2 skip); ``second``, the ``sep_conv`` second half after its BatchNorm; ``skip``, the stride-1 skip (the
 group's input). Which of them slot ``g`` ran is ``source[g]`` (:data:`FIRST`, :data:`SECOND`, :data:`SKIP`, or
 :data:`NONE` for a dropped edge), a [G] integer tensor on the device. The node's part is

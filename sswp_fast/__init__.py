@@ -8,12 +8,12 @@ Public API:
   - :class:`SearchNetwork` — the super-network with the reference's ``state_dict`` keys.
 """
 
-from .config import SearchConfig
-from .engine import Batch, SearchEngine, StepResult
-from .errors import SSWPError
-from .losses import info_nce
-from .sampling import sample_paths
-from .supernet import ExecutionPlan, SearchNetwork
+from sswp_fast.errors import SSWPError
+from sswp_fast.losses.objectives import info_nce
+from sswp_fast.search.config import SearchConfig
+from sswp_fast.search.engine import Batch, SearchEngine, StepResult
+from sswp_fast.search.sampling import sample_paths
+from sswp_fast.search.supernet import ExecutionPlan, SearchNetwork
 
 __all__ = [
     "Batch", "ExecutionPlan", "SSWPError", "SearchConfig", "SearchEngine", "SearchNetwork", "StepResult",

@@ -1,9 +1,9 @@
 """The sswp-fast command line: the reference's flags for the search, the downstream stages and NASiam.
 
 ``sswp-fast search [flags]`` accepts every flag of the reference's ``search_cifar.py`` /
-``search_imagenet.py`` with the same names and defaults (:class:`~sswp_fast.config.SearchConfig`); ``train``,
+``search_imagenet.py`` with the same names and defaults (:class:`~sswp_fast.search.config.SearchConfig`); ``train``,
 ``finetune``, ``linear-eval`` and ``pretrain`` those of ``train_cifar.py``, ``finetune.py``, ``linear_eval.py`` and
-``simclr_weight_pretrain.py`` (:class:`~sswp_fast.downstream_config.DownstreamConfig`); ``sswp-fast knn`` scores any
+``simclr_weight_pretrain.py`` (:class:`~sswp_fast.stages.config.DownstreamConfig`); ``sswp-fast knn`` scores any
 checkpoint with a kNN monitor; ``sswp-fast plot RUN_DIR`` draws a finished run. Every run command takes
 ``--dry_run`` (print the resolved plan, run nothing). Any :class:`~sswp_fast.errors.SSWPError` is printed as one
 ``error:`` line (exit status 2). The parser has no logic of its own.
@@ -16,11 +16,11 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 
-from .config import DATASETS, SearchConfig
-from .downstream_config import STAGES, DownstreamConfig, applies, stage_defaults
-from .errors import SSWPError
-from .knn import KNN_K, KNN_TEMPERATURE
-from .precision import AMP_MODES
+from sswp_fast.errors import SSWPError
+from sswp_fast.runtime.precision import AMP_MODES
+from sswp_fast.search.config import DATASETS, SearchConfig
+from sswp_fast.stages.config import STAGES, DownstreamConfig, applies, stage_defaults
+from sswp_fast.stages.knn import KNN_K, KNN_TEMPERATURE
 
 _DEFAULTS = SearchConfig()
 DESCRIPTION = ("Self-supervised, weight-preserving neural architecture search (SSWP-NAS) and NASiam, with the "
@@ -227,7 +227,7 @@ def _add_nasiam(commands) -> None:
 def nasiam_config_from_args(args: argparse.Namespace):
     """The :class:`~sswp_fast.nasiam.config.NasiamConfig` of parsed ``nasiam`` arguments (unset flags take the
     framework's and command's reference defaults)."""
-    from .nasiam.config import nasiam_defaults
+    from sswp_fast.nasiam.config import nasiam_defaults
 
     values = {dest: getattr(args, dest) for _, dest, _, _ in NASIAM_FLAGS if getattr(args, dest) is not None}
     if args.data_root is not None:
@@ -301,8 +301,9 @@ def doctor_report() -> list[tuple[str, str]]:
     """(backend, state) lines: what this installation built and what a run here would use."""
     import torch
 
-    from . import __version__, compiled
-    from .backend import interpreter_on
+    from sswp_fast import __version__
+    from sswp_fast.losses import compiled_op as compiled
+    from sswp_fast.search.executors.choice import interpreter_on
 
     cuda = torch.cuda.is_available()
     try:
@@ -325,20 +326,20 @@ def doctor_report() -> list[tuple[str, str]]:
 
 
 def dry_run_plan(args: argparse.Namespace):
-    """The :class:`~sswp_fast.run_plan.Plan` of a parsed command line with ``--dry_run``."""
+    """The :class:`~sswp_fast.runtime.plan.Plan` of a parsed command line with ``--dry_run``."""
     if args.command == "search":
-        from .run_plan import plan_search
+        from sswp_fast.search.plan import plan_search
 
         return plan_search(config_from_args(args), run=False).plan()
     if args.command in STAGES:
-        from .downstream import plan_stage
+        from sswp_fast.stages.run import plan_stage
 
         return plan_stage(stage_config_from_args(args))
     if args.command == "nasiam":
-        from .nasiam.training import plan_nasiam
+        from sswp_fast.nasiam.training import plan_nasiam
 
         return plan_nasiam(nasiam_config_from_args(args), run=False).plan()
-    from .downstream import plan_knn
+    from sswp_fast.stages.run import plan_knn
 
     return plan_knn(args.path, args.arch_name, args.checkpoint, args.dataset, args.data_path, args.batch_size,
                     args.k, args.device)
@@ -348,27 +349,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "dry_run", None):
-            from .run_plan import show
+            from sswp_fast.runtime.plan import show
 
             print(show(dry_run_plan(args), args.dry_run))
         elif args.command == "search":
-            from .trainer import run_search
+            from sswp_fast.search.run import run_search
 
             run_search(config_from_args(args))
         elif args.command in STAGES:
-            from .distributed import world_from_env
-            from .downstream import run_stage
+            from sswp_fast.runtime.distributed import world_from_env
+            from sswp_fast.stages.run import run_stage
 
             run_dirs = run_stage(stage_config_from_args(args))
             if world_from_env().main:
                 for run_dir in run_dirs:
                     print(f"run folder: {run_dir}")
         elif args.command == "nasiam":
-            from .nasiam.training import run_nasiam
+            from sswp_fast.nasiam.training import run_nasiam
 
             print(f"run folder: {run_nasiam(nasiam_config_from_args(args))}")
         elif args.command == "knn":
-            from .downstream import knn_of_checkpoint
+            from sswp_fast.stages.run import knn_of_checkpoint
 
             accuracy = knn_of_checkpoint(args.path, args.arch_name, args.checkpoint, args.dataset, args.data_path,
                                          args.batch_size, args.k, args.temperature, args.device)
@@ -377,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, state in doctor_report():
                 print(f"{name:<22} {state}")
         elif args.command == "plot":
-            from .plot import plot_run
+            from sswp_fast.search.plot import plot_run
 
             for path in plot_run(args.run_dir, args.out, args.format):
                 print(path)

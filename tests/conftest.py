@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import pickle
-from pathlib import Path
 
-import numpy as np
 import torch
 
 if not torch.cuda.is_available():  # Triton kernels run on CPU tensors only under the interpreter; it must be on
@@ -14,56 +11,10 @@ if not torch.cuda.is_available():  # Triton kernels run on CPU tensors only unde
 
 import pytest  # noqa: E402
 
-from sswp_fast.config import SearchConfig
-
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
-
-
-def write_random_image_folder(root, classes=("n01", "n02"), train=6, val=2, size=64) -> None:
-    """An ImageNet-style folder of random-noise PNGs: ``root/{train,val}/<class>/<i>.png`` (needs Pillow)."""
-    import numpy as np
-    from PIL import Image
-
-    g = np.random.default_rng(0)
-    for split, count in (("train", train), ("val", val)):
-        for cls in classes:
-            folder = root / split / cls
-            folder.mkdir(parents=True)
-            for i in range(count):
-                Image.fromarray(g.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-
-
-def write_fake_cifar(root: Path, name: str = "cifar10", n_train: int = 20, n_test: int = 10) -> Path:
-    """A small CIFAR folder written with Python 3's own pickler (protocol 2, as torchvision's re-saves do)."""
-    rng = np.random.default_rng(0)
-    ncls, label_key = (10, b"labels") if name == "cifar10" else (100, b"fine_labels")
-    folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
-    folder.mkdir(parents=True)
-
-    def dump(fname: str, n: int) -> None:
-        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        labels = [int(v) for v in rng.integers(0, ncls, n)]
-        with open(folder / fname, "wb") as fh:
-            pickle.dump({b"data": data, label_key: labels, b"batch_label": b"x"}, fh, protocol=2)
-
-    if name == "cifar10":
-        for b in range(1, 6):
-            dump(f"data_batch_{b}", n_train // 5)
-        dump("test_batch", n_test)
-    else:
-        dump("train", n_train)
-        dump("test", n_test)
-    return folder
-
-
-def tiny_config(**overrides) -> SearchConfig:
-    """A 3-cell, C=4 search configuration (reductions at cells 1 and 2)."""
-    values = dict(layers=3, init_channels=4, batch_size=4, dataset="digits", min_warmup=0)
-    values.update(overrides)
-    return SearchConfig(**values).resolved()
 
 
 @pytest.fixture

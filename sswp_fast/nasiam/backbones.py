@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from sswp_fast.errors import ConfigError
 
 ARCHS: tuple[str, ...] = ("resnet18", "resnet50")
 """Names accepted by :func:`resnet`."""

@@ -8,11 +8,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..config import DATASETS
-from ..errors import ConfigError
-from ..run_folder import RunOptions
-from .backbones import ARCHS
-from .models import FRAMEWORKS
+from sswp_fast.errors import ConfigError
+from sswp_fast.nasiam.backbones import ARCHS
+from sswp_fast.nasiam.models import FRAMEWORKS
+from sswp_fast.runtime.run_folder import RunOptions
+from sswp_fast.search.config import DATASETS
 
 COMMANDS = ("search", "pretrain", "lincls")
 RESULT_NEUTRAL_FIELDS = frozenset({"resume", "force", "device", "workers", "print_freq", "progress"})

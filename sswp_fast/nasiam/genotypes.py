@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from ..checkpoint import atomic_write_text
-from ..errors import ConfigError
-from .search_space import OPS
+from sswp_fast.errors import ConfigError
+from sswp_fast.nasiam.search_space import OPS
+from sswp_fast.runtime.checkpoint import atomic_write_text
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable

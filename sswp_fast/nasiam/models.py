@@ -1,5 +1,5 @@
 """The three NASiam frameworks (spec §3, §6) as one interface: SimSiam, MoCo v2 and SimCLR with a searchable
-(:class:`~sswp_fast.nasiam.search_space.SearchCell`) or derived (:class:`~sswp_fast.nasiam.search_space.Cell`)
+(:class:`~sswp_fast.nasiam.search_space.HeadSearchCell`) or derived (:class:`~sswp_fast.nasiam.search_space.Cell`)
 MLP head on a ResNet backbone.
 
 Every model has ``loss(x1, x2, backbone_grad=True)`` (the framework's SSL loss on two views),
@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from ..losses import info_nce
-from .backbones import resnet
-from .genotypes import NasiamGenotype
-from .search_space import Cell, SearchCell
+from sswp_fast.errors import ConfigError
+from sswp_fast.losses.objectives import info_nce
+from sswp_fast.nasiam.backbones import resnet
+from sswp_fast.nasiam.genotypes import NasiamGenotype
+from sswp_fast.nasiam.search_space import Cell, HeadSearchCell
 
 FRAMEWORKS = ("simsiam", "moco", "simclr")
 SIMSIAM_ENCODER_LAYERS, SIMSIAM_PREDICTOR_LAYERS = 6, 4
@@ -38,7 +38,7 @@ def _head(genotype: NasiamGenotype | None, field: str, dim: int, layers: int, fr
           hidden_dim: int | None = None, out_dim: int | None = None, moco_bn_eps_bug: bool = False) -> nn.Module:
     """A search cell, or the cell the genotype's ``field`` derives."""
     if genotype is None:
-        return SearchCell(dim, layers, framework, hidden_dim=hidden_dim, out_dim=out_dim,
+        return HeadSearchCell(dim, layers, framework, hidden_dim=hidden_dim, out_dim=out_dim,
                           moco_bn_eps_bug=moco_bn_eps_bug)
     if genotype.framework != framework:
         raise ConfigError(f"a {genotype.framework} genotype cannot build a {framework} model; pass a {framework} one")
@@ -54,7 +54,7 @@ class _Model(nn.Module):
     framework = ""
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        return [m.alphas for m in self.modules() if isinstance(m, SearchCell) and m.alphas.requires_grad]
+        return [m.alphas for m in self.modules() if isinstance(m, HeadSearchCell) and m.alphas.requires_grad]
 
     def weight_parameters(self) -> list[nn.Parameter]:
         arch = {id(p) for p in self.arch_parameters()}

@@ -7,7 +7,7 @@ in ``_ops.{k}``, a cell its layers in ``_ops.{i}``. Departures from the referenc
 
 - MoCo's ``BatchNorm1d(in_dim, out_dim)`` (eps = out_dim, spec §8 quirk 6) is fixed to ``BatchNorm1d(out_dim)``
   unless ``moco_bn_eps_bug=True`` asks for the reference's eps;
-- :class:`SearchCell`'s ``alphas`` is an ``nn.Parameter`` (spec §8 quirk 1), so it is in the state dict;
+- :class:`HeadSearchCell`'s ``alphas`` is an ``nn.Parameter`` (spec §8 quirk 1), so it is in the state dict;
 - :meth:`MixedOp.forward` computes the same sum as the reference (:meth:`MixedOp.reference_forward`) in about
   half the operator calls: the Linears on the input side by side (one matrix multiply on CUDA), one batch norm
   call per stage, one weighted reduction.
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from sswp_fast.errors import ConfigError
 
 _POOLS = ("maxpool_3x3", "avgpool_3x3")
 _SIAM_LINEARS = ("linear_relu", "linear_silu", "linear_hardswish", "linear_elu")
@@ -125,11 +125,11 @@ def activate_and_mix(blocks: Sequence[torch.Tensor], activations: Sequence[str],
     (:mod:`sswp_fast.kernels.mixed_activation`); elsewhere, and as the reference the kernel is tested against:
     the activated blocks stacked to (N, K, D), then one weighted reduction over K. CPU tensors never take the
     kernel here, not even under the (very slow) Triton interpreter: its tests call it directly."""
-    from ..backend import triton_installed
+    from sswp_fast.search.executors.choice import triton_installed
 
     if blocks[0].is_cuda and triton_installed():
-        from ..kernels._common import runs_on_triton
-        from ..kernels.mixed_activation import mixed_activation
+        from sswp_fast.kernels._common import runs_on_triton
+        from sswp_fast.kernels.mixed_activation import mixed_activation
 
         if runs_on_triton(blocks[0]):
             return mixed_activation(torch.stack(list(blocks)), activations, weights)
@@ -282,7 +282,7 @@ def layer_dims(dim: int, num_layers: int, hidden_dim: int | None = None,
             for i in range(num_layers)]
 
 
-class SearchCell(nn.Module):
+class HeadSearchCell(nn.Module):
     """A searchable MLP head (spec §2.3): a chain of ``num_layers`` :class:`MixedOp` s (``_ops.{i}``) mixed by
     ``softmax(alphas, dim=1)[i]``. ``alphas`` (``[num_layers, 7]``, zeros) is an ``nn.Parameter``, so it is in the
     state dict, unlike the reference's plain tensor."""

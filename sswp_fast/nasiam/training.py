@@ -27,22 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import run_folder
-from ..checkpoint import atomic_save, load_checkpoint
-from ..data import EvalTransform, FolderDataset, ImageDataset, SimCLRAugment, SupervisedAugment, load_dataset
-from ..data.loader import FolderBatches, ResidentBatches
-from ..devices import describe as describe_device
-from ..devices import pick_device, require_present
-from ..engine import pick_memory_format
-from ..errors import CheckpointError, ConfigError, SSWPError
-from ..knn import knn_accuracy
-from ..losses import topk_accuracy
-from ..reporting import MetricsFile, Progress, close_log, open_log
-from ..run_plan import Plan
-from ..run_state import cycle, restore_rng_state, rng_state
-from .backbones import resnet
-from .config import NasiamConfig
-from .genotypes import (
+from sswp_fast.data import EvalTransform, FolderDataset, ImageDataset, SimCLRAugment, SupervisedAugment, load_dataset
+from sswp_fast.data.loader import FolderBatches, ResidentBatches
+from sswp_fast.errors import CheckpointError, ConfigError, SSWPError
+from sswp_fast.losses.objectives import topk_accuracy
+from sswp_fast.nasiam.backbones import resnet
+from sswp_fast.nasiam.config import NasiamConfig
+from sswp_fast.nasiam.genotypes import (
     NasiamGenotype,
     genotype_filename,
     published_genotype,
@@ -50,8 +41,16 @@ from .genotypes import (
     read_genotype,
     write_genotype,
 )
-from .models import MoCo, SimCLR, SimSiam
-from .search_space import SearchCell, derive_genes
+from sswp_fast.nasiam.models import MoCo, SimCLR, SimSiam
+from sswp_fast.nasiam.search_space import HeadSearchCell, derive_genes
+from sswp_fast.runtime import run_folder
+from sswp_fast.runtime.checkpoint import atomic_save, load_checkpoint
+from sswp_fast.runtime.devices import describe as describe_device
+from sswp_fast.runtime.devices import pick_device, pick_memory_format, require_present
+from sswp_fast.runtime.plan import Plan
+from sswp_fast.runtime.reporting import MetricsFile, Progress, close_log, open_log
+from sswp_fast.runtime.run_state import cycle, restore_rng_state, rng_state
+from sswp_fast.stages.knn import knn_accuracy
 
 CHECKPOINT = "last_checkpoint.pth.tar"
 FORMAT = "sswp-fast-nasiam/1"
@@ -381,7 +380,7 @@ class _SelfSupervisedRun(NasiamRun):
             self._cosine(self.optimizer, self.base_lr, epoch)
 
 
-class SearchRun(_SelfSupervisedRun):
+class HeadSearchRun(_SelfSupervisedRun):
     """First-order DARTS (spec §3): weights on the first ``train_portion`` of the training set in index order,
     alphas on the rest; SimSiam and MoCo take an arch step before every weight step, SimCLR one per epoch."""
 
@@ -427,7 +426,7 @@ class SearchRun(_SelfSupervisedRun):
 
     def genotype_found(self) -> NasiamGenotype:
         """The ``'sparse'`` parse of every head's alphas (spec §5.1)."""
-        cells = [m for m in self.model.modules() if isinstance(m, SearchCell) and m.alphas.requires_grad]
+        cells = [m for m in self.model.modules() if isinstance(m, HeadSearchCell) and m.alphas.requires_grad]
         genes = [derive_genes(cell.alphas.detach(), self.config.framework) for cell in cells]
         fields = {"simsiam": ("encoder", "predictor"), "moco": ("encoder",), "simclr": ("predictor",)}
         return NasiamGenotype(self.config.framework, **dict(zip(fields[self.config.framework], genes, strict=True)))
@@ -441,7 +440,7 @@ class SearchRun(_SelfSupervisedRun):
 
 class PretrainRun(_SelfSupervisedRun):
     """Pretraining with a genotype's heads (spec §6) on the whole training set; after every epoch the kNN monitor
-    (:mod:`sswp_fast.knn`) on the framework's features, and ``pretrained_model_best.pth.tar`` at its best."""
+    (:mod:`sswp_fast.stages.knn`) on the framework's features, and ``pretrained_model_best.pth.tar`` at its best."""
 
     def setup(self) -> None:
         self.genotype = load_genotype(self.config)
@@ -522,7 +521,7 @@ class LinclsRun(NasiamRun):
         return top1, top5
 
 
-RUNS = {"search": SearchRun, "pretrain": PretrainRun, "lincls": LinclsRun}
+RUNS = {"search": HeadSearchRun, "pretrain": PretrainRun, "lincls": LinclsRun}
 
 
 def run_nasiam(config: NasiamConfig, root: Path | str = ".") -> Path:

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: fake datasets, tiny configurations, alpha cases, subprocess entry points."""
