@@ -19,7 +19,7 @@ import argparse
 import math
 import time
 import warnings
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from torch import nn
 
 from sswp_fast.data import EvalTransform, FolderDataset, ImageDataset, SimCLRAugment, SupervisedAugment, load_dataset
 from sswp_fast.data.loader import FolderBatches, ResidentBatches
-from sswp_fast.errors import CheckpointError, ConfigError, SSWPError
+from sswp_fast.errors import ConfigError, SSWPError
 from sswp_fast.losses.objectives import topk_accuracy
 from sswp_fast.nasiam.backbones import resnet
 from sswp_fast.nasiam.config import NasiamConfig
@@ -47,9 +47,10 @@ from sswp_fast.runtime import run_folder
 from sswp_fast.runtime.checkpoint import atomic_save, load_checkpoint
 from sswp_fast.runtime.devices import describe as describe_device
 from sswp_fast.runtime.devices import pick_device, pick_memory_format, require_present
+from sswp_fast.runtime.epoch_run import EpochRun
+from sswp_fast.runtime.lr_schedule import cosine_lr, set_lr
 from sswp_fast.runtime.plan import Plan
-from sswp_fast.runtime.reporting import MetricsFile, Progress, close_log, open_log
-from sswp_fast.runtime.run_state import cycle, restore_rng_state, rng_state
+from sswp_fast.runtime.run_state import cycle
 from sswp_fast.stages.knn import knn_accuracy
 
 CHECKPOINT = "last_checkpoint.pth.tar"
@@ -203,8 +204,14 @@ def arch_step(model: nn.Module, arch_optimizer: torch.optim.Optimizer, x1: torch
     return loss.detach()
 
 
-class NasiamRun(ABC):
-    """What every NASiam command shares: folder, log, data, device, checkpoint, epoch loop."""
+class NasiamRun(EpochRun):
+    """What every NASiam command shares beyond the run scaffold (:class:`~sswp_fast.runtime.epoch_run.EpochRun`):
+    data, device, layout, the checkpoint's reference keys and the per-epoch report."""
+
+    resume_format = FORMAT
+    resume_file = CHECKPOINT
+    log_name = "sswp_fast.nasiam"
+    model_kind = "model"
 
     def __init__(self, config: NasiamConfig, root: Path | str = "."):
         """Every input is checked first (:func:`plan_nasiam`), and the model and a resume checkpoint loaded,
@@ -222,18 +229,16 @@ class NasiamRun(ABC):
         torch.manual_seed(c.seed)
         self.generator = torch.Generator(self.device).manual_seed(c.seed + 1)
         self.setup()
-        self.start_epoch = 0
         self.best = 0.0
         if plan.resume_state is not None:
-            self._load(plan.resume_state)
-        self.run_dir = run_folder.prepare_run_dir(plan.run_dir, c.resume, c.force, resume_file=CHECKPOINT)
-        self.log = open_log(self.run_dir, "sswp_fast.nasiam")
-        if c.resume:
-            self.log.info(f"resumed from {self.run_dir / CHECKPOINT} at epoch {self.start_epoch}")
-        else:
+            self.restore(plan.resume_state, plan.run_dir)
+        self.open_folder(plan.run_dir)
+        if not c.resume:
             self.log.info(repr(argparse.Namespace(**c.to_dict())))
-        self.metrics = MetricsFile(self.run_dir, self.start_epoch)
-        self.progress = Progress(c.progress, c.epochs, self.start_epoch)
+
+    @property
+    def total_epochs(self) -> int:
+        return self.config.epochs
 
     @abstractmethod
     def setup(self) -> None:
@@ -286,21 +291,13 @@ class NasiamRun(ABC):
         self.model.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
 
-    def _save(self, next_epoch: int) -> None:
-        atomic_save({"format": FORMAT, "config": self.config.to_dict(), "epoch": next_epoch, "best": self.best,
-                     "generator": self.generator.get_state(), "rng": rng_state(), **self.state()},
-                    self.run_dir / CHECKPOINT)
+    def resume_state(self) -> dict:
+        return {"best": self.best, "generator": self.generator.get_state(), **self.state()}
 
-    def _load(self, state: dict) -> None:
-        """Continue from the checkpoint (its format and configuration were checked by the plan)."""
-        try:
-            self.load_state(state)
-        except (KeyError, RuntimeError, ValueError) as err:
-            raise CheckpointError(f"{self.plan.run_dir / CHECKPOINT} does not match this model "
-                                  f"({str(err).splitlines()[0]}); start a new --note") from None
+    def load_resume_state(self, state: dict) -> None:
+        self.load_state(state)
         self.generator.set_state(state["generator"])
-        restore_rng_state(state["rng"])
-        self.start_epoch, self.best = state["epoch"], state["best"]
+        self.best = state["best"]
 
     @abstractmethod
     def train_epoch(self, epoch: int) -> dict:
@@ -310,30 +307,21 @@ class NasiamRun(ABC):
         """What the run writes after its last epoch (subclasses add their result files)."""
         self.log.info(f"finished {self.config.epochs} epochs; best {self.best:.4f}")
 
-    def run(self) -> Path:
-        try:
-            for epoch in range(self.start_epoch, self.config.epochs):
-                started = time.monotonic()
-                record = {"epoch": epoch, **self.train_epoch(epoch)}
-                if not math.isfinite(record["loss"]):
-                    raise SSWPError(f"loss became {record['loss']} at epoch {epoch}; lower --lr and resume with "
-                                    f"--resume from {self.run_dir / CHECKPOINT}")
-                record["seconds"] = time.monotonic() - started
-                self.log.info(" ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
-                                       for k, v in record.items()))
-                self.metrics.write(record)
-                self._save(epoch + 1)
-            self.finish()
-        finally:
-            self.progress.close()
-            close_log(self.log)
-        return self.run_dir
+    def run_epoch(self, epoch: int) -> None:
+        """One epoch, its report line and metrics, then the checkpoint; a non-finite loss stops the run."""
+        started = time.monotonic()
+        record = {"epoch": epoch, **self.train_epoch(epoch)}
+        if not math.isfinite(record["loss"]):
+            raise SSWPError(f"loss became {record['loss']} at epoch {epoch}; lower --lr and resume with "
+                            f"--resume from {self.run_dir / CHECKPOINT}")
+        record["seconds"] = time.monotonic() - started
+        self.log.info(" ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+        self.metrics.write(record)
+        self.save_resume(epoch + 1)
 
-    def _cosine(self, optimizer: torch.optim.Optimizer, base_lr: float, epoch: int) -> None:
-        """Per-epoch cosine ``base·½(1 + cos(π·e/epochs))``; groups marked ``fix_lr`` keep ``base``."""
-        lr = base_lr * 0.5 * (1 + math.cos(math.pi * epoch / self.config.epochs))
-        for group in optimizer.param_groups:
-            group["lr"] = base_lr if group.get("fix_lr") else lr
+    def _cosine(self, epoch: int) -> None:
+        """The per-epoch cosine from ``base_lr``; groups marked ``fix_lr`` keep ``base_lr``."""
+        set_lr(self.optimizer, cosine_lr(self.base_lr, epoch, self.config.epochs), fixed=self.base_lr)
 
 
 class _SelfSupervisedRun(NasiamRun):
@@ -377,7 +365,7 @@ class _SelfSupervisedRun(NasiamRun):
 
     def _adjust_lr(self, epoch: int) -> None:
         if self.config.framework != "simclr":  # the reference's SimCLR Adam has no schedule
-            self._cosine(self.optimizer, self.base_lr, epoch)
+            self._cosine(epoch)
 
 
 class HeadSearchRun(_SelfSupervisedRun):
@@ -492,7 +480,7 @@ class LinclsRun(NasiamRun):
 
     def train_epoch(self, epoch: int) -> dict:
         if self.config.framework != "simclr":
-            self._cosine(self.optimizer, self.base_lr, epoch)
+            self._cosine(epoch)
         self.model.eval()  # frozen BatchNorm: a true linear probe
         losses = []
         for images, labels in self.train_loader:

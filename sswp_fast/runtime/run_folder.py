@@ -68,13 +68,14 @@ def refuse_changed_config(differences: list[str], saved: dict, current: dict) ->
                           "rerun with the original flags or start a new --note")
 
 
-def prepare_run_dir_on_all_ranks(run_dir: Path, resume: bool, force: bool, world: distributed.World) -> Path:
+def prepare_run_dir_on_all_ranks(run_dir: Path, resume: bool, force: bool, world: distributed.World,
+                                 resume_file: str = RESUME_FILE) -> Path:
     """:func:`prepare_run_dir` in a run of ``world``: every rank checks, then rank 0 alone creates."""
     if not world.distributed:
-        return prepare_run_dir(run_dir, resume, force)
-    prepare_run_dir(run_dir, resume, force, create=False)
+        return prepare_run_dir(run_dir, resume, force, resume_file=resume_file)
+    prepare_run_dir(run_dir, resume, force, create=False, resume_file=resume_file)
     distributed.barrier(world)
     if world.main:
-        prepare_run_dir(run_dir, resume, force)
+        prepare_run_dir(run_dir, resume, force, resume_file=resume_file)
     distributed.barrier(world)
     return run_dir

@@ -18,22 +18,19 @@ from pathlib import Path
 import torch
 
 from sswp_fast.data import EvalTransform, SimCLRAugment, SupervisedAugment, build_search_loaders
-from sswp_fast.errors import CheckpointError, SSWPError
+from sswp_fast.errors import SSWPError
 from sswp_fast.runtime import distributed, run_folder
 from sswp_fast.runtime.checkpoint import atomic_save
 from sswp_fast.runtime.devices import GB
+from sswp_fast.runtime.epoch_run import EpochRun
+from sswp_fast.runtime.lr_schedule import cosine_lr
 from sswp_fast.runtime.reporting import (
     AlphaHistory,
-    MetricsFile,
-    Progress,
     Silent,
     TensorBoard,
-    close_log,
     format_seconds,
-    open_log,
-    quiet_log,
 )
-from sswp_fast.runtime.run_state import cycle, restore_rng_state, rng_state
+from sswp_fast.runtime.run_state import cycle
 from sswp_fast.search.config import SearchConfig
 from sswp_fast.search.engine import Batch, SearchEngine, StepResult
 from sswp_fast.search.executors.compiled import cache_dir, compiled_graphs
@@ -119,8 +116,11 @@ def _namespace_line(config: SearchConfig, run_dir: Path, schedule: Schedule, num
     return repr(argparse.Namespace(**fields))
 
 
-class SearchRun:
+class SearchRun(EpochRun):
     """State of one run; :meth:`run` executes the remaining epochs."""
+
+    resume_format = RESUME_FORMAT
+    log_name = "sswp_fast.run"
 
     def __init__(self, config: SearchConfig, root: Path | str = ".", world: distributed.World | None = None):
         """``world``: this process's place in a multi-process run; by default read from ``torchrun``'s
@@ -131,7 +131,6 @@ class SearchRun:
         self.config = config = plan.config
         self.world = world = plan.world
         self.device = plan.device
-        self.main = world.main
         self.dataset = plan.dataset
         self.schedule = plan.schedule
         distributed.init(world, self.device)
@@ -147,17 +146,13 @@ class SearchRun:
             self.dataset, config.train_ratio, config.batch_size, self.device, self.data_generator,
             debug=config.debug, max_batches=config.steps_per_epoch, num_workers=config.num_workers)
         self.views = Views(config, self.dataset, self.data_generator, world)
-        self.start_epoch = 0
         self.best_acc = -math.inf
         self.best_loss = math.inf
         self.weight_steps_done = 0
         if plan.resume_state is not None:
-            self._load_resume(plan.resume_state)
-        self.run_dir = run_folder.prepare_run_dir_on_all_ranks(plan.run_dir, config.resume, config.force, world)
-        self.log = open_log(self.run_dir) if self.main else quiet_log()
-        if config.resume:
-            self.log.info(f"resumed from {self.run_dir / RESUME_FILE} at epoch {self.start_epoch}")
-        else:
+            self.restore(plan.resume_state, plan.run_dir)
+        self.open_folder(plan.run_dir)
+        if not config.resume:
             self.log.info(_namespace_line(config, self.run_dir, self.schedule, self.dataset.num_classes))
             self.log.info("train lines: step, " + TRAIN_COLUMNS[config.data_mode] + "; means since the epoch began")
         self.log.info(f"executor: {plan.executor.describe()}")
@@ -170,12 +165,10 @@ class SearchRun:
         self.memory_held = self.memory_meter.held()
         """Bytes held before the first step (on CPU the process itself: torch, the dataset)."""
         if self.main:
-            self.metrics = MetricsFile(self.run_dir, self.start_epoch)
             self.alpha_history = AlphaHistory(self.run_dir, self.start_epoch)
             self.tensorboard = TensorBoard(self.run_dir)
-            self.progress = Progress(config.progress, config.epochs, self.start_epoch)
         else:
-            self.metrics = self.alpha_history = self.tensorboard = self.progress = Silent()
+            self.alpha_history = self.tensorboard = Silent()
         self.progress.message(f"executor: {plan.executor.describe()}; recompute {self.recompute_mode}; cuda graphs "
                               f"{'on' if plan.graphs.enabled else 'off'}\n")
 
@@ -186,31 +179,17 @@ class SearchRun:
 
     # ---- persistence -----------------------------------------------------------------------------------
 
-    def _save_resume(self, next_epoch: int) -> None:
-        if not self.main:
-            return
-        atomic_save({
-            "format": RESUME_FORMAT,
-            "config": self.config.to_dict(),
-            "epoch": next_epoch,
-            "weight_steps": self.weight_steps_done,
-            "best_acc": self.best_acc,
-            "best_loss": self.best_loss,
-            "engine": self.engine.state_dict(),
-            "data_generator": self.data_generator.get_state(),
-            "rng": rng_state(),
-        }, self.run_dir / RESUME_FILE)
+    @property
+    def total_epochs(self) -> int:
+        return self.config.epochs
 
-    def _load_resume(self, state: dict) -> None:
-        """Continue from a resume checkpoint (its format and configuration were checked by the plan)."""
-        try:
-            self.engine.load_state_dict(state["engine"])
-        except (KeyError, RuntimeError, ValueError) as err:
-            raise CheckpointError(f"{self.plan.run_dir / RESUME_FILE} does not match this network "
-                                  f"({str(err).splitlines()[0]}); start a new --note") from None
+    def resume_state(self) -> dict:
+        return {"weight_steps": self.weight_steps_done, "best_acc": self.best_acc, "best_loss": self.best_loss,
+                "engine": self.engine.state_dict(), "data_generator": self.data_generator.get_state()}
+
+    def load_resume_state(self, state: dict) -> None:
+        self.engine.load_state_dict(state["engine"])
         self.data_generator.set_state(state["data_generator"])
-        restore_rng_state(state["rng"])
-        self.start_epoch = state["epoch"]
         self.weight_steps_done = state["weight_steps"]
         self.best_acc, self.best_loss = state["best_acc"], state["best_loss"]
 
@@ -299,17 +278,12 @@ class SearchRun:
         loss, top1, _ = meter.means()
         return top1, loss
 
-    def run(self) -> Path:
-        cfg = self.config
-        try:
-            for epoch in range(self.start_epoch, cfg.epochs):
-                self.run_epoch(epoch)
-            self.log.info("search finished; run folder: %s", self.run_dir)
-        finally:
-            self.progress.close()
-            self.tensorboard.close()
-            close_log(self.log)
-        return self.run_dir
+    def finish(self) -> None:
+        self.log.info("search finished; run folder: %s", self.run_dir)
+
+    def close(self) -> None:
+        self.tensorboard.close()
+        super().close()
 
     def run_epoch(self, epoch: int) -> None:
         cfg = self.config
@@ -318,7 +292,7 @@ class SearchRun:
         self.log.info("epoch %d", epoch)
         if plan.freeze_cells:
             self.engine.freeze(plan.freeze_cells)
-        lr = cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
+        lr = cosine_lr(cfg.lr, epoch, cfg.epochs)
         self.engine.set_lr(lr)
         skip, pool = (0.0, 0.0) if plan.zero_weight_drop else (cfg.weight_skip_drop_prob, cfg.weight_pool_drop_prob)
         self.memory_meter.reset()
@@ -357,7 +331,7 @@ class SearchRun:
             record["compiled_graphs"] = compiled_graphs()
         self.metrics.write(record)
         self.alpha_history.append(epoch, self.engine.net.arch_alpha.detach().cpu().numpy())
-        self._save_resume(epoch + 1)
+        self.save_resume(epoch + 1)
         self.progress.message("")
         if self.main:
             print(f"Time per epoch: {format_seconds(seconds)}, "

@@ -37,17 +37,17 @@ import torch.nn.functional as F
 from sswp_fast.data import EvalTransform, FolderDataset, ImageDataset, SimCLRAugment, SupervisedAugment, load_dataset
 from sswp_fast.data.loader import DEBUG_SUBSET, FolderBatches, ResidentBatches
 from sswp_fast.data.split import class_balanced_split
-from sswp_fast.errors import CheckpointError, ConfigError, SSWPError
+from sswp_fast.errors import ConfigError, SSWPError
 from sswp_fast.losses.objectives import info_nce, info_nce_topk, topk_accuracy
 from sswp_fast.runtime import distributed, run_folder
 from sswp_fast.runtime.checkpoint import atomic_save, load_checkpoint
 from sswp_fast.runtime.devices import describe as describe_device
 from sswp_fast.runtime.devices import pick_device, require_present
+from sswp_fast.runtime.epoch_run import EpochRun
 from sswp_fast.runtime.lr_schedule import set_lr, warmup_cosine_lr
 from sswp_fast.runtime.plan import Plan, process_count
 from sswp_fast.runtime.precision import amp_dtype, autocast, precision_text
-from sswp_fast.runtime.reporting import MetricsFile, Progress, Silent, close_log, format_seconds, open_log, quiet_log
-from sswp_fast.runtime.run_state import restore_rng_state, rng_state
+from sswp_fast.runtime.reporting import format_seconds
 from sswp_fast.search.export import Arch, append_net_config, load_architectures
 from sswp_fast.stages.compact import CompactNetwork, load_search_weights
 from sswp_fast.stages.config import DownstreamConfig
@@ -206,8 +206,11 @@ def plan_stage(config: DownstreamConfig, root: Path | str = ".") -> Plan:
     return Plan(f"sswp-fast {c.stage}", items, notes)
 
 
-class StageRun:
+class StageRun(EpochRun):
     """One stage on one architecture; :meth:`run` executes the remaining epochs."""
+
+    resume_format = FORMAT
+    log_name = "sswp_fast.stage"
 
     def __init__(self, config: DownstreamConfig, arch_name: str, arch: Arch, root: Path | str = ".",
                  world: distributed.World | None = None):
@@ -217,7 +220,6 @@ class StageRun:
         self.config = config
         self.arch_name, self.arch = arch_name, arch
         self.world = world = plan.world
-        self.main = world.main
         self.device = plan.device
         distributed.init(world, self.device)
         self.dataset = plan.dataset
@@ -239,15 +241,11 @@ class StageRun:
         self.augment = self._augmentation()
         self.plain = EvalTransform(self.dataset.mean, self.dataset.std)
         self.steps = len(self.train_loader)
-        self.start_epoch = 0
         self.best = {"top1": 0.0, "top5": 0.0, "epoch": None}
         if plan.resume_state is not None:
-            self._load_resume(plan.resume_state)
-        self.run_dir = run_folder.prepare_run_dir_on_all_ranks(plan.run_dir, config.resume, config.force, world)
-        self.log = open_log(self.run_dir, "sswp_fast.stage") if self.main else quiet_log()
-        if config.resume:
-            self.log.info(f"resumed from {self.run_dir / run_folder.RESUME_FILE} at epoch {self.start_epoch}")
-        else:
+            self.restore(plan.resume_state, plan.run_dir)
+        self.open_folder(plan.run_dir)
+        if not config.resume:
             self.log.info(repr(argparse.Namespace(**config.logged(), arch=arch_name, save_path=str(self.run_dir),
                                                   num_classes=self.dataset.num_classes)))
             if plan.start:
@@ -257,11 +255,10 @@ class StageRun:
                           "epoch began")
             if self.main:
                 append_net_config(self.run_dir / "net.config", "pretrained" if self.contrastive else "model", arch)
-        if self.main:
-            self.metrics = MetricsFile(self.run_dir, self.start_epoch)
-            self.progress = Progress(config.progress, config.total_epochs, self.start_epoch)
-        else:
-            self.metrics = self.progress = Silent()
+
+    @property
+    def total_epochs(self) -> int:
+        return self.config.total_epochs
 
     # ---- set-up ------------------------------------------------------------------------------------------
 
@@ -305,27 +302,17 @@ class StageRun:
 
     # ---- persistence -------------------------------------------------------------------------------------
 
-    def _save_resume(self, next_epoch: int) -> None:
-        if not self.main:
-            return
-        atomic_save({"format": FORMAT, "config": self.config.to_dict(), "arch_name": self.arch_name,
-                     "epoch": next_epoch, "best": self.best, "model": self.model.state_dict(),
-                     "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                     "generator": self.generator.get_state(), "rng": rng_state()},
-                    self.run_dir / run_folder.RESUME_FILE)
+    def resume_state(self) -> dict:
+        return {"arch_name": self.arch_name, "best": self.best, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "generator": self.generator.get_state()}
 
-    def _load_resume(self, state: dict) -> None:
-        """Continue from a resume checkpoint (format and configuration checked by the plan)."""
-        try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (KeyError, RuntimeError, ValueError) as err:
-            raise CheckpointError(f"{self.config.stage} resume checkpoint does not match this network "
-                                  f"({str(err).splitlines()[0]}); start a new --note") from None
+    def load_resume_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
-        restore_rng_state(state["rng"])
-        self.start_epoch, self.best = state["epoch"], state["best"]
+        self.best = state["best"]
 
     def _save_weights(self, name: str) -> None:
         if self.main:
@@ -449,7 +436,7 @@ class StageRun:
         record["seconds"] = time.monotonic() - started
         self.metrics.write(record)
         self.log.info(f"Time per epoch: {format_seconds(record['seconds'])}")
-        self._save_resume(epoch + 1)
+        self.save_resume(epoch + 1)
 
     def _report_validation(self, record: dict) -> None:
         """Log the epoch's test scores beside the best so far (this epoch included), whose weights are kept."""
@@ -463,20 +450,13 @@ class StageRun:
             self.log.info(f"valid_top1 {top1:f}, best_top1 {self.best['top1']:f}, valid_top5 {top5:f}, "
                           f"best_top5 {self.best['top5']:f}, valid_loss {loss:e}")
 
-    def run(self) -> Path:
-        try:
-            for epoch in range(self.start_epoch, self.config.total_epochs):
-                self.run_epoch(epoch)
-            if self.contrastive:
-                self._save_weights("last_pretrain")
-                self.log.info(f"best_acc {self.best['top1']:f} (epoch {self.best.get('epoch')})")
-            else:
-                self.log.info(f"best_top1 {self.best['top1']:f}, best_top5 {self.best['top5']:f} "
-                              f"(both of epoch {self.best.get('epoch')})")
-        finally:
-            self.progress.close()
-            close_log(self.log)
-        return self.run_dir
+    def finish(self) -> None:
+        if self.contrastive:
+            self._save_weights("last_pretrain")
+            self.log.info(f"best_acc {self.best['top1']:f} (epoch {self.best.get('epoch')})")
+        else:
+            self.log.info(f"best_top1 {self.best['top1']:f}, best_top5 {self.best['top5']:f} "
+                          f"(both of epoch {self.best.get('epoch')})")
 
 
 def run_stage(config: DownstreamConfig, root: Path | str = ".") -> list[Path]:

@@ -91,7 +91,7 @@ def test_search_checkpoint_holds_alphas_and_resume_continues_exactly(tmp_path):
     whole.run()
     broken = HeadSearchRun(_search_config(tmp_path, note="broken"), tmp_path)
     broken.train_epoch(0)
-    broken._save(1)  # the process dies after epoch 0's checkpoint
+    broken.save_resume(1)  # the process dies after epoch 0's checkpoint
     resumed = HeadSearchRun(_search_config(tmp_path, note="broken", resume=True), tmp_path)
     assert resumed.start_epoch == 1
     resumed.run()
