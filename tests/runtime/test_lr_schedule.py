@@ -1,4 +1,5 @@
-"""The closed-form warm-up + cosine schedule against the reference's two stepped PyTorch schedulers."""
+"""The learning-rate schedules: the closed-form warm-up + cosine against the reference's two stepped PyTorch
+schedulers, the per-epoch cosine of the search and NASiam, and ``set_lr`` with NASiam's fixed groups."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import pytest
 import torch
 
-from sswp_fast.runtime.lr_schedule import warmup_cosine_lr
+from sswp_fast.runtime.lr_schedule import cosine_lr, set_lr, warmup_cosine_lr
 
 
 def _reference_sequence(lr: float, lr_min: float, warmup_epochs: int, train_epochs: int, iters: int) -> list[float]:
@@ -42,3 +43,22 @@ def test_without_warmup_the_cosine_starts_at_the_peak_and_ends_at_the_floor():
     assert values[n] == pytest.approx(0.001)
     assert all(a > b for a, b in zip(values, values[1:], strict=False))
     assert values[n // 2] == pytest.approx(0.001 + 0.099 * (1 + math.cos(math.pi / 2)) / 2)
+
+
+@pytest.mark.parametrize("base,epochs", [(0.025, 300), (0.05 * 512 / 256, 800), (30.0, 100), (0.1, 7)])
+def test_the_epoch_cosine_is_bit_for_bit_both_drivers_former_formula(base, epochs):
+    """The search wrote ``lr·(1 + cos)/2`` and NASiam ``lr·0.5·(1 + cos)``: the same floats (halving is exact)."""
+    for epoch in range(epochs + 1):
+        c = math.cos(math.pi * epoch / epochs)
+        assert cosine_lr(base, epoch, epochs) == base * (1 + c) / 2 == base * 0.5 * (1 + c)
+    assert cosine_lr(base, 0, epochs) == base and cosine_lr(base, epochs, epochs) == 0.0
+
+
+def test_set_lr_keeps_the_fixed_groups_at_their_fixed_rate():
+    encoder, predictor = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([{"params": [encoder], "fix_lr": False}, {"params": [predictor], "fix_lr": True}],
+                                lr=1.0)
+    set_lr(optimizer, 0.25, fixed=1.0)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.25, 1.0]
+    set_lr(optimizer, 0.5)  # no fixed rate given: every group
+    assert [g["lr"] for g in optimizer.param_groups] == [0.5, 0.5]
