@@ -2,8 +2,9 @@
 
 Configures with Ninja into a temporary directory against this interpreter's torch, builds with 2 jobs and runs
 ``ctest --output-on-failure`` (tests/cpp/test_info_nce.cpp). The CPU library only: the CUDA source is compiled
-(and its library checked, ``tests/test_info_nce_op.py``) by the install's ``setup.py`` build, and compiling it a
-second time here cost CI a minute and a half. About half a minute on the 2-core CI machine.
+(and its library checked, ``tests/losses/test_info_nce_op.py``) by the install's ``setup.py`` build, and compiling
+it a second time here cost CI a minute and a half. About half a minute on the 2-core CI machine. That both builds
+compile what ``csrc/build.cmake`` describes, CUDA included, is checked by ``test_build_description.py``.
 """
 
 from __future__ import annotations
