@@ -25,6 +25,7 @@ updated in place, which is what a replayed graph needs.
 from __future__ import annotations
 
 import copy
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -48,7 +49,7 @@ from sswp_fast.runtime.precision import amp_dtype, autocast
 from sswp_fast.search.arch_update import ArchAdam, ArchAdamConfig, alpha_grad_full, alpha_grad_two, rescale_pair
 from sswp_fast.search.config import SearchConfig
 from sswp_fast.search.executors.choice import Executor, GraphChoice, choose_executor, choose_graphs
-from sswp_fast.search.executors.compiled import compile_step
+from sswp_fast.search.executors.compiled import DEFAULT_BACKEND, CompiledStep, compile_step
 from sswp_fast.search.export import derive_cell, edge_ops
 from sswp_fast.search.recompute import resolve_recompute
 from sswp_fast.search.sampling import one_hot, sample_paths
@@ -96,14 +97,16 @@ class SearchEngine:
     """The super-network, both optimizers and the architecture state of one search."""
 
     def __init__(self, config: SearchConfig, num_classes: int, device: torch.device | str = "cpu",
-                 world: World = SINGLE, executor: Executor | None = None, graphs: GraphChoice | None = None):
+                 world: World = SINGLE, executor: Executor | None = None, graphs: GraphChoice | None = None,
+                 compile_backend: str = DEFAULT_BACKEND):
         """``world``: this process's place in a multi-process run (:mod:`sswp_fast.runtime.distributed`); batches given
         to the steps are then this rank's slice of every view. ``executor``: the executor to run, by default the
         one :func:`~sswp_fast.search.executors.choice.choose_executor` picks for ``config`` on ``device``; ``graphs``:
         whether the steps are captured as CUDA graphs, by default
-        :func:`~sswp_fast.search.executors.choice.choose_graphs`'s answer. ``--recompute auto`` is the executor's
-        default here (``none``, or ``edge`` on the device executor); the search command resolves it by memory first
-        (:mod:`sswp_fast.search.memory_model`)."""
+        :func:`~sswp_fast.search.executors.choice.choose_graphs`'s answer; ``compile_backend``: the ``torch.compile``
+        backend of ``--compile`` (tests pass ``aot_eager``). ``--recompute auto`` is the
+        executor's default here (``none``, or ``edge`` on the device executor); the search command resolves it by
+        memory first (:mod:`sswp_fast.search.memory_model`)."""
         self.config = config
         self.device = torch.device(device)
         self.world = world
@@ -185,14 +188,17 @@ class SearchEngine:
         self.frozen_ops = torch.zeros(config.layers, EDGES_PER_CELL, dtype=torch.long, device=self.device)
         """``[cells, 14]``: the op every edge of a frozen cell runs (see :meth:`freeze`)."""
         self._step_loss = self._loss
-        """The objective of the training steps: :meth:`_loss`, compiled with ``--compile``."""
+        """The objective of the training steps: :meth:`_loss`, compiled with ``--compile`` (then called, and
+        differentiated, inside :meth:`_compile_settings`)."""
+        self._compiled: CompiledStep | None = None
         self._compiled_kinds: set[tuple] | None = None
         if config.compile != "off":
             from sswp_fast.search.executors.device import slot_groups
 
             for cell in self.net.cells:
                 slot_groups(cell, NODE_EDGES)
-            self._step_loss = compile_step(self._loss, config.compile, config.compile_cache)
+            self._compiled = compile_step(self._loss, config.compile, config.compile_cache, compile_backend)
+            self._step_loss = self._compiled.fn
             self._compiled_kinds = set()
 
     # ---- architecture state --------------------------------------------------------------------------
@@ -234,6 +240,11 @@ class SearchEngine:
             return False
         self._compiled_kinds.add(key)
         return True
+
+    def _compile_settings(self) -> AbstractContextManager[None]:
+        """Where the compiled objective runs, forward and backward (either may compile: see
+        :mod:`sswp_fast.search.executors.compiled`): its scoped settings under ``--compile``, nothing otherwise."""
+        return self._compiled.settings() if self._compiled is not None else nullcontext()
 
     def set_lr(self, lr: float) -> None:
         for group in self.weight_optimizer.param_groups:
@@ -365,12 +376,13 @@ class SearchEngine:
         active, inactive = self.sample(skip_drop_prob=skip_drop_prob, pool_drop_prob=pool_drop_prob,
                                        warmup=warmup)
         plan = self._plan(active, inactive, probe=self.quirks)
-        result = self._step_loss(batch, plan)
-        if self.masked_update is not None:
-            self.masked_update.zero_grad()
-        else:
-            self.weight_optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(result.loss).backward()
+        with self._compile_settings():
+            result = self._step_loss(batch, plan)
+            if self.masked_update is not None:
+                self.masked_update.zero_grad()
+            else:
+                self.weight_optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(result.loss).backward()
         average_gradients(self.clip_params + ([plan.gates] if plan.gates is not None else []), self.world)
         update, path = (self.weight_optimizer, ()) if self.masked_update is None else (self.masked_update, (active,))
         self.scaler.unscale_(update)  # (fp16) the banks' gradients too: an overflow anywhere skips the whole step
@@ -421,12 +433,13 @@ class SearchEngine:
         ``G`` ``[cells, 14, 7]`` of this process's rows (spec §5.5); ``G`` is None when an fp16 backward
         overflowed at the loss scale of the weight steps."""
         plan = self._plan(active, inactive, probe=True, arch=True)
-        result = self._step_loss(batch, plan)
-        if not self.scaler.is_enabled():
-            (gate_grad,) = torch.autograd.grad(result.loss, [plan.gates])
-            return result, gate_grad
-        scale = self.scaler.get_scale()
-        (gate_grad,) = torch.autograd.grad(result.loss * scale, [plan.gates])
+        with self._compile_settings():
+            result = self._step_loss(batch, plan)
+            if not self.scaler.is_enabled():
+                (gate_grad,) = torch.autograd.grad(result.loss, [plan.gates])
+                return result, gate_grad
+            scale = self.scaler.get_scale()
+            (gate_grad,) = torch.autograd.grad(result.loss * scale, [plan.gates])
         gate_grad = gate_grad / scale
         return result, gate_grad if bool(torch.isfinite(gate_grad).all()) else None
 

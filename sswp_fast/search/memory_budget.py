@@ -9,8 +9,11 @@ generator) is restored afterwards, so the search itself is unchanged. The traine
 every epoch, the measured peak beside the prediction.
 
 Peaks are ``torch.cuda.max_memory_allocated`` on CUDA and the process's peak resident set on CPU (``VmHWM``,
-reset through ``/proc/self/clear_refs`` after the C heap's free pages are given back, so that one probe's
-leftover heap does not hide the next one's peak).
+reset through ``/proc/self/clear_refs``). On CPU a probe's peak would hide behind the free heap pages an earlier,
+larger probe left resident, so before each probe the C heap's free pages are given back to the system (glibc
+``malloc_trim``). That acts on the whole process, so it is never done unless asked for: :func:`choose_recompute`
+takes it as an argument, which the search command passes when ``--max_memory`` asks it to measure; a
+:class:`PeakMeter` and :func:`reset_peak_rss` trim only when told to.
 """
 
 from __future__ import annotations
@@ -43,9 +46,10 @@ def _release_free_heap() -> None:
         pass
 
 
-def reset_peak_rss(release_free_heap: bool = True) -> bool:
-    """Reset this process's peak resident set (``VmHWM``) to the resident set now (Linux), first releasing the
-    free heap unless told not to; False where not possible."""
+def reset_peak_rss(release_free_heap: bool = False) -> bool:
+    """Reset this process's peak resident set (``VmHWM``) to the resident set now (Linux), first giving the C heap's
+    free pages back to the system when told to (``release_free_heap``: it acts on the whole process, for a caller
+    that owns it); False where not possible."""
     if release_free_heap:
         _release_free_heap()
     try:
@@ -71,11 +75,14 @@ def process_status_bytes(field: str) -> float:
 class PeakMeter:
     """Peak memory of the device since the last :meth:`reset`, in bytes: ``torch.cuda.max_memory_allocated`` on
     CUDA, the process's peak resident set on CPU (since the process started where Linux does not let it be reset:
-    ``resettable`` is then False)."""
+    ``resettable`` is then False). On CPU the resident set counts the C heap's free pages still resident, so a peak
+    is at least what the process held at the reset, unless ``release_free_heap`` gives those pages back to the
+    system at every reset (glibc ``malloc_trim``, which acts on the whole process: for a caller that owns it)."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, release_free_heap: bool = False):
         self.device = device
-        self.resettable = device.type == "cuda" or reset_peak_rss()
+        self.release_free_heap = release_free_heap
+        self.resettable = device.type == "cuda" or reset_peak_rss(release_free_heap)
 
     def held(self) -> float:
         """Bytes held now: allocated tensors on CUDA, the resident set on CPU."""
@@ -88,7 +95,7 @@ class PeakMeter:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            reset_peak_rss()
+            reset_peak_rss(self.release_free_heap)
 
     def peak(self) -> float:
         if self.device.type == "cuda":
@@ -130,10 +137,13 @@ def step_peak(engine: SearchEngine, meter: PeakMeter, batch_size: int, image_siz
     return max(weight, meter.peak())
 
 
-def choose_recompute(engine: SearchEngine, batch_size: int, image_size: int, budget_gb: float) -> RecomputeChoice:
+def choose_recompute(engine: SearchEngine, batch_size: int, image_size: int, budget_gb: float, *,
+                     release_free_heap: bool) -> RecomputeChoice:
     """Measure, predict, pick (see the module docstring) and set the mode on ``engine``; a one-line
-    :class:`ConfigError` when not even ``cell`` fits."""
-    meter = PeakMeter(engine.device)
+    :class:`ConfigError` when not even ``cell`` fits. ``release_free_heap``: give the C heap's free pages back to
+    the system before each probe (:class:`PeakMeter`); on CPU the probes' peaks are only measured apart with it,
+    and it acts on the whole process, so the caller says (the search command does under ``--max_memory``)."""
+    meter = PeakMeter(engine.device, release_free_heap)
     if not meter.resettable:
         raise ConfigError("--max_memory measures the peak resident set through /proc/self/clear_refs, which this "
                           "system does not allow; run without --max_memory (--recompute auto predicts it instead)")

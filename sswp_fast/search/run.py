@@ -33,7 +33,7 @@ from sswp_fast.runtime.reporting import (
 from sswp_fast.runtime.run_state import cycle
 from sswp_fast.search.config import SearchConfig
 from sswp_fast.search.engine import Batch, SearchEngine, StepResult
-from sswp_fast.search.executors.compiled import cache_dir, compiled_graphs
+from sswp_fast.search.executors.compiled import DEFAULT_BACKEND, cache_dir, compiled_graphs
 from sswp_fast.search.export import append_net_config, derive_architecture
 from sswp_fast.search.memory_budget import PeakMeter, RecomputeChoice, choose_recompute
 from sswp_fast.search.plan import RESUME_FORMAT, plan_search
@@ -122,11 +122,13 @@ class SearchRun(EpochRun):
     resume_format = RESUME_FORMAT
     log_name = "sswp_fast.run"
 
-    def __init__(self, config: SearchConfig, root: Path | str = ".", world: distributed.World | None = None):
+    def __init__(self, config: SearchConfig, root: Path | str = ".", world: distributed.World | None = None,
+                 compile_backend: str = DEFAULT_BACKEND):
         """``world``: this process's place in a multi-process run; by default read from ``torchrun``'s
         environment (:func:`sswp_fast.runtime.distributed.world_from_env`). Only rank 0 writes files and logs. Every
         input is checked before the run folder is made (:func:`~sswp_fast.search.plan.plan_search`, then the engine and
-        a resume checkpoint), so a refused run creates and changes no file."""
+        a resume checkpoint), so a refused run creates and changes no file. ``compile_backend``: the ``torch.compile``
+        backend of ``--compile`` (:class:`~sswp_fast.search.engine.SearchEngine`)."""
         self.plan = plan = plan_search(config, root, world)
         self.config = config = plan.config
         self.world = world = plan.world
@@ -136,11 +138,11 @@ class SearchRun(EpochRun):
         distributed.init(world, self.device)
         torch.manual_seed(config.seed)
         self.engine = SearchEngine(plan.engine_config, self.dataset.num_classes, self.device, world, plan.executor,
-                                   plan.graphs)
+                                   plan.graphs, compile_backend)
         self.memory_choice: RecomputeChoice | None = None
         if config.max_memory is not None:
             self.memory_choice = choose_recompute(self.engine, config.batch_size // world.size,
-                                                  self.dataset.image_size, config.max_memory)
+                                                  self.dataset.image_size, config.max_memory, release_free_heap=True)
         self.data_generator = torch.Generator(self.device).manual_seed(config.seed + 1)
         self.train_loader, self.valid_loader, self.test_loader = build_search_loaders(
             self.dataset, config.train_ratio, config.batch_size, self.device, self.data_generator,

@@ -52,7 +52,7 @@ def test_recompute_modes_give_the_same_gradients_and_statistics(kind: str, probe
     tensors it keeps and recomputes."""
     from sswp_fast.search.executors import device as dispatch
 
-    monkeypatch.setitem(dispatch.runs_on_triton.__globals__, "INTERPRETED", False)
+    monkeypatch.setitem(dispatch.runs_on_triton.__globals__, "interpreter_on", lambda: False)
     dtype, atol = torch.float64, 1e-13
     torch.manual_seed(0)
     base = SearchNetwork(4, 10, 3, affine=True).to(dtype)
@@ -162,7 +162,7 @@ def test_amp_steps_follow_the_float32_steps(amp: str, executor: str, one_torch_t
         from sswp_fast.search.executors import device as dispatch
         from sswp_fast.search.executors.choice import Executor
 
-        monkeypatch.setitem(dispatch.runs_on_triton.__globals__, "INTERPRETED", False)
+        monkeypatch.setitem(dispatch.runs_on_triton.__globals__, "interpreter_on", lambda: False)
         kind = {"executor": Executor("triton", True, "test: the device executor")}
     fp32 = SearchEngine(tiny_config(batch_size=8, temperature=0.5), 10)
     low = SearchEngine(tiny_config(batch_size=8, temperature=0.5, amp=amp), 10, **kind)
@@ -211,7 +211,7 @@ def test_fp16_overflow_in_a_bank_gradient_skips_the_whole_device_executor_step(o
     from sswp_fast.search.executors import device as dispatch
     from sswp_fast.search.executors.choice import Executor
 
-    monkeypatch.setitem(dispatch.runs_on_triton.__globals__, "INTERPRETED", False)
+    monkeypatch.setitem(dispatch.runs_on_triton.__globals__, "interpreter_on", lambda: False)
     engine = SearchEngine(tiny_config(batch_size=8, temperature=0.5, amp="fp16"), 10,
                           executor=Executor("triton", True, "test: the device executor"))
     weights = lambda: torch.cat([p.detach().flatten() for p in engine.net.weight_parameters()])  # noqa: E731
@@ -292,22 +292,26 @@ def test_max_memory_takes_the_fastest_mode_predicted_to_fit(monkeypatch) -> None
     # a fake measurement: 1 GB fixed plus, per sample, 0.3 / 0.1 / 0.05 GB for none / edge / cell
     per_sample = {"none": 0.3, "edge": 0.1, "cell": 0.05}
     measured = []
+    trimming = []
 
     def fake_peak(engine, meter, batch_size, image_size):
         measured.append((engine.net.recompute, batch_size))
+        trimming.append(meter.release_free_heap)
         return (1.0 + per_sample[engine.net.recompute] * batch_size) * memory_budget.GB
 
     monkeypatch.setattr(memory_budget, "step_peak", fake_peak)
     engine = SearchEngine(tiny_config(), 10)
     for budget, mode in ((40.0, "none"), (20.0, "edge"), (7.5, "cell")):  # 25% margin: 29.8 / 10.6 / 5.8 GB
         measured.clear()
-        choice = memory_budget.choose_recompute(engine, 96, 8, budget)
+        choice = memory_budget.choose_recompute(engine, 96, 8, budget, release_free_heap=mode == "edge")
         assert choice.mode == mode and engine.net.recompute == mode
+        assert set(trimming) == {mode == "edge"}
+        trimming.clear()
         assert choice.predicted_gb["none"] == pytest.approx(1.0 + 0.3 * 96)
         assert measured[-2:] == [(mode, 4), (mode, 8)]
         assert f"--recompute {mode}" in choice.describe(budget)
     with pytest.raises(ConfigError, match="even --recompute cell needs about 5.8 GB.*lower --batch_size"):
-        memory_budget.choose_recompute(engine, 96, 8, 6.5)  # fits, but not with the margin
+        memory_budget.choose_recompute(engine, 96, 8, 6.5, release_free_heap=False)  # fits, but not with the margin
 
 
 def test_max_memory_measurement_leaves_the_search_state_as_it_was(one_torch_thread) -> None:
@@ -316,10 +320,46 @@ def test_max_memory_measurement_leaves_the_search_state_as_it_was(one_torch_thre
     engine = SearchEngine(tiny_config(), 10)
     engine.weight_step(_batch(0), warmup=False)
     before = copy.deepcopy(engine.state_dict())
-    choice = memory_budget.choose_recompute(engine, 4, 8, 1000.0)
+    choice = memory_budget.choose_recompute(engine, 4, 8, 1000.0, release_free_heap=True)
     assert choice.mode == "none" and choice.predicted_gb["none"] > 0.1  # a process holds torch: >100 MB
     after = engine.state_dict()
     torch.testing.assert_close(after["net"], before["net"], rtol=0, atol=0)
     torch.testing.assert_close(after["weight_optimizer"], before["weight_optimizer"], rtol=0, atol=0)
     torch.testing.assert_close(after["arch_optimizer"], before["arch_optimizer"], rtol=0, atol=0)
     assert torch.equal(after["generator"], before["generator"])
+
+
+def test_peak_meters_give_the_free_heap_back_only_when_told(monkeypatch) -> None:
+    """``malloc_trim`` acts on the whole process: :func:`reset_peak_rss` and :class:`PeakMeter` call it only when
+    their caller asks."""
+    from sswp_fast.search import memory_budget
+
+    trims = []
+    monkeypatch.setattr(memory_budget, "_release_free_heap", lambda: trims.append(1))
+    memory_budget.reset_peak_rss()
+    meter = memory_budget.PeakMeter(torch.device("cpu"))
+    meter.reset()
+    assert trims == []
+    memory_budget.reset_peak_rss(release_free_heap=True)
+    assert len(trims) == 1
+    meter = memory_budget.PeakMeter(torch.device("cpu"), release_free_heap=True)
+    meter.reset()
+    assert len(trims) == 3
+
+
+@pytest.mark.parametrize("extra, trimmed", [((), False), (("--max_memory", "1000"), True)])
+def test_a_search_gives_the_free_heap_back_only_to_measure_max_memory(tmp_path, monkeypatch, one_torch_thread,
+                                                                      extra: tuple[str, ...], trimmed: bool) -> None:
+    from sswp_fast.cli import build_parser, config_from_args
+    from sswp_fast.search import memory_budget
+    from sswp_fast.search.run import SearchRun
+
+    trims = []
+    monkeypatch.setattr(memory_budget, "_release_free_heap", lambda: trims.append(1))
+    args = ["search", "--dataset", "digits", "--epochs", "2", "--epoch_ratios", "0.5,0.5,0.0,0.0", "--min_warmup",
+            "0", "--layers", "3", "--init_channels", "4", "--batch_size", "8", "--steps_per_epoch", "2",
+            "--progress", "off", "--device", "cpu", "--kernels", "torch", *extra]
+    run = SearchRun(config_from_args(build_parser().parse_args(args)), tmp_path)
+    probes = len(trims)
+    run.run()
+    assert (probes > 0) == trimmed and len(trims) == probes

@@ -10,23 +10,37 @@ The forward pass and loss are compiled; autograd compiles their backward pass wi
 
 Compiled code is cached on disk, so a configuration is compiled once per machine: in ``--compile_cache``,
 else ``$TORCHINDUCTOR_CACHE_DIR``, else ``~/.cache/sswp-fast/inductor`` (``$XDG_CACHE_HOME`` respected).
+
+Nothing here changes the process's settings for good. Inductor has no option for its cache folder: it reads
+``$TORCHINDUCTOR_CACHE_DIR`` whenever it needs the folder (in the many modules that import its reader by name, in its
+compile workers, and already in ``torch.compile``), so that variable is set for a while and restored after, as
+inductor's own ``torch._inductor.utils.fresh_cache`` does. ``torch.compile`` compiles lazily: a graph at the first
+call that needs it, its backward pass at the first backward through it. So a :class:`CompiledStep` is run, forward
+and backward, inside :meth:`CompiledStep.settings`, which sets the cache folder and dynamo's recompile limit for that
+while only.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import torch
 
 COMPILE_MODES = ("off", "default", "max-autotune")
-BACKEND = "inductor"
-"""The ``torch.compile`` backend of compiled steps (tests swap in ``aot_eager``, which compiles in seconds)."""
+DEFAULT_BACKEND = "inductor"
+"""The ``torch.compile`` backend of compiled steps (tests pass ``aot_eager``: no code generation, faster)."""
 
 _USER_CACHE_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-"""The variable as the user set it (inductor writes its own default into it once it has run)."""
+"""The variable as the user set it (torch writes its own default into it wherever it finds it unset: importing
+``torch._dynamo``, any ``torch.compile`` outside :func:`compile_step`)."""
+
+_CACHE_VARIABLES = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+"""What a compilation inside :meth:`CompiledStep.settings` may set in the environment: inductor's folder, and
+Triton's, which inductor sets below it at its first Triton kernel unless the user did."""
 
 RECOMPILE_LIMIT = 64
 """Graphs per compiled function before dynamo gives up compiling it: above ``layers + 2`` for any search."""
@@ -44,17 +58,54 @@ def cache_dir(choice: str | None = None) -> Path:
     return base / "sswp-fast" / "inductor"
 
 
-def compile_step(fn: F, mode: str, cache: str | None = None) -> F:
-    """``fn`` compiled with ``mode`` (``default`` or ``max-autotune``), its code cached in :func:`cache_dir`."""
+@contextmanager
+def _cache_environment(cache: Path) -> Iterator[None]:
+    """``$TORCHINDUCTOR_CACHE_DIR`` set to ``cache`` for the ``with`` block; :data:`_CACHE_VARIABLES` as they were
+    before it afterwards."""
+    saved = {name: os.environ.get(name) for name in _CACHE_VARIABLES}
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+class CompiledStep(Generic[F]):
+    """A step function under ``torch.compile`` (:attr:`fn`), to be called and differentiated inside
+    :meth:`settings`."""
+
+    def __init__(self, fn: F, cache: Path):
+        self.fn = fn
+        self.cache = cache
+        """The folder of its compiled code (:func:`cache_dir`)."""
+
+    @contextmanager
+    def settings(self) -> Iterator[None]:
+        """The settings :attr:`fn` compiles under, for this ``with`` block only: dynamo's recompile limit raised to
+        :data:`RECOMPILE_LIMIT`, ``$TORCHINDUCTOR_CACHE_DIR`` set to :attr:`cache`."""
+        limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        with _cache_environment(self.cache), torch._dynamo.config.patch(recompile_limit=limit):
+            yield
+
+
+def compile_step(fn: F, mode: str, cache: str | None = None, backend: str = DEFAULT_BACKEND) -> CompiledStep[F]:
+    """``fn`` compiled by ``backend`` with ``mode`` (``default`` or ``max-autotune``; backends other than inductor
+    have no modes), its code cached in :func:`cache_dir` (made here). ``torch.compile`` itself already reads the
+    cache folder, so it too runs under the folder's variable."""
     if mode not in COMPILE_MODES[1:]:
         raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES[1:])}, got {mode!r}")
     path = cache_dir(cache)
     path.mkdir(parents=True, exist_ok=True)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-    if BACKEND == "inductor":
-        return torch.compile(fn, mode=None if mode == "default" else mode, dynamic=False)
-    return torch.compile(fn, backend=BACKEND, dynamic=False)
+    with _cache_environment(path):
+        if backend == "inductor":
+            compiled = torch.compile(fn, mode=None if mode == "default" else mode, dynamic=False)
+        else:
+            compiled = torch.compile(fn, backend=backend, dynamic=False)
+    return CompiledStep(compiled, path)
 
 
 def compiled_graphs() -> int:
