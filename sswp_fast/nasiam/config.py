@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sswp_fast.errors import ConfigError
 from sswp_fast.nasiam.backbones import ARCHS
 from sswp_fast.nasiam.models import FRAMEWORKS
+from sswp_fast.runtime.flags import PROGRESS_MODES, flag
 from sswp_fast.runtime.run_folder import RunOptions
 from sswp_fast.search.config import DATASETS
 
@@ -25,42 +26,43 @@ class NasiamConfig(RunOptions):
     NEUTRAL = RESULT_NEUTRAL_FIELDS
 
     command: str = "search"
-    framework: str = "simsiam"
-    data: str | None = None
-    dataset: str = "cifar10"
-    arch: str = "resnet50"
-    genotype: str | None = None
-    pretrained: str | None = None
-    workers: int = 5
-    epochs: int = 100
-    batch_size: int = 512
-    lr: float = 0.05
-    search_lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    search_wd: float = 1e-3
-    print_freq: int = 10
-    train_portion: float = 0.5
-    seed: int = 0
-    dim: int = 2048
-    pred_dim: int = 512
-    fix_pred_lr: bool = False
-    moco_dim: int = 128
-    moco_k: int = 4096
-    moco_m: float = 0.999
-    moco_t: float = 0.1
-    feature_dim: int = 128
-    temperature: float = 0.5
-    k: int = 200
+    framework: str = flag("simsiam", "", choices=FRAMEWORKS, listed=True, required=True)
+    data: str | None = flag(None, "dataset root (the reference's positional data argument)")
+    dataset: str = flag("cifar10", f"one of {', '.join(DATASETS)}", choices=DATASETS)
+    arch: str = flag("resnet50", "backbone: resnet18 or resnet50", names=("-a", "--arch"), choices=ARCHS)
+    genotype: str | None = flag(None, "pretrain: a genotype file, or a published name (e.g. cifar10_resnet18)",
+                                names=("-g", "--genotype"))
+    pretrained: str | None = flag(None, "lincls: the pretrain checkpoint")
+    workers: int = flag(5, "decoding threads for image folders", names=("-j", "--workers"))
+    epochs: int = flag(100, "epochs")
+    batch_size: int = flag(512, "batch size", names=("-b", "--batch-size", "--batch_size"))
+    lr: float = flag(0.05, "base learning rate (SimSiam: scaled by batch/256)", names=("--lr", "--learning-rate"))
+    search_lr: float = flag(1e-3, "learning rate of the alphas")
+    momentum: float = flag(0.9, "SGD momentum")
+    weight_decay: float = flag(1e-4, "weight decay", names=("--wd", "--weight-decay"))
+    search_wd: float = flag(1e-3, "weight decay of the alphas")
+    print_freq: int = flag(10, "log stride in steps", names=("-p", "--print-freq"))
+    train_portion: float = flag(0.5, "search: fraction (index order) for weight steps")
+    seed: int = flag(0, "random seed")
+    dim: int = flag(2048, "SimSiam projector output dim")
+    pred_dim: int = flag(512, "SimSiam predictor hidden dim", names=("--pred-dim",))
+    fix_pred_lr: bool = flag(False, "SimSiam: the predictor keeps the base learning rate", names=("--fix-pred-lr",))
+    moco_dim: int = flag(128, "MoCo output dim", names=("--moco-dim",))
+    moco_k: int = flag(4096, "MoCo queue size (a multiple of twice the batch)", names=("--moco-k",))
+    moco_m: float = flag(0.999, "MoCo key-encoder EMA momentum", names=("--moco-m",))
+    moco_t: float = flag(0.1, "MoCo temperature", names=("--moco-t",))
+    feature_dim: int = flag(128, "SimCLR projector output dim")
+    temperature: float = flag(0.5, "SimCLR NT-Xent temperature")
+    k: int = flag(200, "neighbours of the kNN monitor")
     # ours
-    note: str = "exp"
-    exp_group: str = "exp"
-    moco_bn_eps_bug: bool = False
-    resume: bool = False
-    force: bool = False
-    steps_per_epoch: int | None = None
-    device: str = "auto"
-    progress: str = "auto"
+    note: str = flag("exp", "run name: exps/{exp_group}/nasiam-{framework}-{command}-{note}")
+    exp_group: str = flag("exp", "output group folder under exps/")
+    moco_bn_eps_bug: bool = flag(False, "reproduce MoCo's BatchNorm1d(in, out) eps bug (spec 8.6)")
+    resume: bool = flag(False, "continue the run in the existing folder from its last checkpoint")
+    force: bool = flag(False, "overwrite an existing run folder")
+    steps_per_epoch: int | None = flag(None, "cap the steps per epoch (smoke tests)")
+    device: str = flag("auto", "auto (CUDA if available), cpu, cuda, ...")
+    progress: str = flag("auto", "progress bar: auto, on, off", choices=PROGRESS_MODES)
 
     @property
     def cifar(self) -> bool:
@@ -68,15 +70,13 @@ class NasiamConfig(RunOptions):
         return self.dataset != "imagenet"
 
     def validate(self) -> None:
+        """Raise :class:`ConfigError` with a one-line fix for any invalid value or refused combination."""
         def need(cond: bool, message: str) -> None:
             if not cond:
                 raise ConfigError(message)
 
         need(self.command in COMMANDS, f"unknown nasiam command {self.command!r}; use one of {', '.join(COMMANDS)}")
-        need(self.framework in FRAMEWORKS,
-             f"unknown --framework {self.framework!r}; use one of {', '.join(FRAMEWORKS)}")
-        need(self.dataset in DATASETS, f"unknown --dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
-        need(self.arch in ARCHS, f"unknown --arch {self.arch!r}; use one of {', '.join(ARCHS)}")
+        self.check_flags()
         need(self.epochs >= 1 and self.batch_size >= 2, "--epochs must be at least 1 and --batch-size at least 2")
         need(0 < self.train_portion < 1, f"--train_portion must be strictly between 0 and 1, got {self.train_portion}")
         need(self.lr > 0 and self.search_lr >= 0, "--lr must be positive and --search_lr non-negative")
@@ -84,8 +84,6 @@ class NasiamConfig(RunOptions):
              "--k, --temperature and --moco-t must be positive")
         need(0 <= self.moco_m < 1, f"--moco-m must be in [0, 1), got {self.moco_m}")
         need(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "--steps_per_epoch must be at least 1")
-        need(not (self.resume and self.force), "--resume and --force exclude each other; pick one")
-        need(self.progress in ("auto", "on", "off"), f"--progress must be auto, on or off, got {self.progress}")
         if self.command == "pretrain":
             need(self.genotype is not None, "pretrain builds the heads of a genotype: pass -g NAME (a published "
                  "genotype such as cifar10_resnet18) or -g PATH (a search's .txt file)")

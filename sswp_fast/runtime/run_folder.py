@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from sswp_fast.errors import CheckpointError, ConfigError
 from sswp_fast.runtime import distributed
+from sswp_fast.runtime.flags import Combination, check_choices, check_combinations
 
 RESUME_FILE = "resume.pth.tar"
 
@@ -46,11 +47,24 @@ def differing_fields(current: dict, saved: dict, neutral: frozenset[str]) -> lis
     return sorted(k for k in current if k not in neutral and saved.get(k, current[k]) != current[k])
 
 
+RESUME_OR_FORCE = Combination("`--resume` with `--force`", "error: pick one", lambda c: c.resume and c.force,
+                              "--resume and --force exclude each other; pick one")
+"""``--resume`` and ``--force``, which every command that writes a run folder takes, exclude each other."""
+
+
 class RunOptions:
-    """Mixin of the dataclass configurations of the commands: ``to_dict`` for checkpoints, and ``differences``
-    from a saved configuration over every field but the ``NEUTRAL`` ones (those a resumed run may change)."""
+    """Mixin of the dataclass configurations of the commands: ``to_dict`` for checkpoints, ``differences`` from a
+    saved configuration over every field but the ``NEUTRAL`` ones (those a resumed run may change), and
+    ``check_flags`` over the flag fields (:mod:`sswp_fast.runtime.flags`) and the ``COMBINATIONS`` table."""
 
     NEUTRAL: ClassVar[frozenset[str]] = frozenset()
+    COMBINATIONS: ClassVar[tuple[Combination, ...]] = (RESUME_OR_FORCE,)
+    """The flag combinations this command refuses (and, for the search, those its planning decides)."""
+
+    def check_flags(self) -> None:
+        """A one-line :class:`ConfigError` for a flag value outside its choices or a refused combination."""
+        check_choices(self)
+        check_combinations(self, self.COMBINATIONS)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from sswp_fast.errors import ConfigError
+from sswp_fast.runtime.flags import PROGRESS_MODES, flag
 from sswp_fast.runtime.precision import AMP_MODES
 from sswp_fast.runtime.run_folder import RunOptions
 from sswp_fast.search.config import DATASETS
@@ -48,50 +49,51 @@ class DownstreamConfig(RunOptions):
 
     stage: str = "train"
     # reference flags (spec §11.4-§11.8)
-    note: str = "exp"
-    exp_group: str = "exp"
-    path: str | None = None
-    arch_name: str = "highest_acc"
-    warmup_epochs: int = 5
-    train_epochs: int = 595
-    epochs: int = 100
-    data_mode: str = "supervised"
-    dataset: str = "cifar10"
-    data_path: str | None = None
-    train_ratio: float = 1.0
-    batch_size: int = 128
-    num_workers: int = 16
-    cutout: bool = True
-    cutout_length: int = 16
-    label_smooth: float = 0.0
-    init_channels: int = 36
-    drop_path_prob: float = 0.3
-    auxiliary: bool = True
-    auxiliary_weight: float = 0.4
-    affine: bool = True
-    fix: bool = False
-    preserve_weight: bool = False
-    optm: str = "sgd"
-    lr: float = 0.025
-    lr_min: float = 0.0
-    weight_decay: float = 3e-4
-    momentum: float = 0.9
-    grad_clip: float = 5.0
-    debug: bool = False
-    seed: int = 2
-    report_freq: int = 40
-    valid_freq: int = 5
-    local_rank: int = -1
-    ddp: bool = False
-    sync_bn: bool = False
-    amp: str = "off"
+    note: str = flag("exp", "run name: exps/{exp_group}/{stage}-{note}_{arch_name}")
+    exp_group: str = flag("exp", "output group folder under exps/")
+    path: str | None = flag(None, "search (or pretrain) folder holding net.config and {arch_name}.pth.tar")
+    arch_name: str = flag("highest_acc", "comma list of net.config names (or darts / pdarts without --path)")
+    warmup_epochs: int = flag(5, "linear LR warm-up epochs")
+    train_epochs: int = flag(595, "cosine epochs after the warm-up")
+    epochs: int = flag(100, "pretraining epochs (cosine LR, no warm-up)")
+    data_mode: str = flag("supervised", "supervised (train stages) or SimCLR (pretrain); accepted for compatibility")
+    dataset: str = flag("cifar10", f"one of {', '.join(DATASETS)}", choices=DATASETS)
+    data_path: str | None = flag(None, "dataset root")
+    train_ratio: float = flag(1.0, "labelled fraction: the class-balanced subset of the seed-0 split (spec 2.3)")
+    batch_size: int = flag(128, "global batch size")
+    num_workers: int = flag(16, "decoding threads for image-folder datasets")
+    cutout: bool = flag(True, "cutout augmentation (--no-cutout turns it off)", negatable=True)
+    cutout_length: int = flag(16, "cutout square size")
+    label_smooth: float = flag(0.0, "label smoothing of the training loss")
+    init_channels: int = flag(36, "initial channels C (must equal the search's when starting from its weights)")
+    drop_path_prob: float = flag(0.3, "drop-path probability reached at the last epoch (linearly from 0)")
+    auxiliary: bool = flag(True, "auxiliary head (--no-auxiliary turns it off)", negatable=True)
+    auxiliary_weight: float = flag(0.4, "weight of the auxiliary loss")
+    affine: bool = flag(True, "affine BatchNorm in the ops (--no-affine turns it off)", negatable=True)
+    fix: bool = flag(False, "finetune: train only the heads during the warm-up epochs")
+    preserve_weight: bool = flag(False, "start from the search weights (projection head included)")
+    optm: str = flag("sgd", "optimizer: sgd or adam", choices=("sgd", "adam"))
+    lr: float = flag(0.025, "peak learning rate")
+    lr_min: float = flag(0.0, "cosine floor of the learning rate")
+    weight_decay: float = flag(3e-4, "weight decay")
+    momentum: float = flag(0.9, "SGD momentum")
+    grad_clip: float = flag(5.0, "gradient-norm clip")
+    debug: bool = flag(False, "use 200-image subsets")
+    seed: int = flag(2, "random seed")
+    report_freq: int = flag(40, "log a train line every k steps (and on the last)")
+    valid_freq: int = flag(5, "validate every k epochs (and every epoch from 500 on, and the last)")
+    local_rank: int = flag(-1, "accepted for compatibility; torchrun sets the rank")
+    ddp: bool = flag(False, "accepted for compatibility; start several processes with torchrun")
+    sync_bn: bool = flag(False, "BatchNorm over the global batch in multi-process runs")
+    amp: str = flag("off", "mixed precision: bare --amp is fp16 on CUDA and bf16 on CPU", choices=AMP_MODES,
+                    listed=True, bare="auto")
     # ours
-    temperature: float = 0.07
-    resume: bool = False
-    force: bool = False
-    steps_per_epoch: int | None = None
-    device: str = "auto"
-    progress: str = "auto"
+    temperature: float = flag(0.07, "InfoNCE temperature")
+    resume: bool = flag(False, "continue the run in the existing folder from its last checkpoint")
+    force: bool = flag(False, "overwrite an existing run folder")
+    steps_per_epoch: int | None = flag(None, "cap the steps per epoch (smoke tests)")
+    device: str = flag("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    progress: str = flag("auto", "progress bar: auto (on terminals), on, off", choices=PROGRESS_MODES)
 
     def logged(self) -> dict:
         """The options of this stage (:func:`applies`) as the log's ``Namespace`` line shows them."""
@@ -107,18 +109,16 @@ class DownstreamConfig(RunOptions):
         return STAGE_FOLDERS[self.stage]
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` with a one-line fix for any invalid value."""
+        """Raise :class:`ConfigError` with a one-line fix for any invalid value or refused combination."""
         def need(cond: bool, message: str) -> None:
             if not cond:
                 raise ConfigError(message)
 
         need(self.stage in STAGES, f"unknown stage {self.stage!r}; use one of {', '.join(STAGES)}")
-        need(self.dataset in DATASETS, f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
+        self.check_flags()
         mode = "SimCLR" if self.stage == "pretrain" else "supervised"
         need(self.data_mode == mode, f"{self.stage} trains with --data_mode {mode}, got {self.data_mode!r}; "
              f"drop the flag")
-        need(self.optm in ("sgd", "adam"), f"unknown --optm {self.optm!r}; use sgd or adam")
-        need(self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         need(self.warmup_epochs >= 0 and self.train_epochs >= 1 and self.epochs >= 1,
              "--warmup_epochs must be >= 0 and --train_epochs / --epochs at least 1")
         need(0 < self.train_ratio <= 1, f"--train_ratio must be in (0, 1], got {self.train_ratio}")
@@ -135,8 +135,6 @@ class DownstreamConfig(RunOptions):
         need(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
         need(self.steps_per_epoch is None or self.steps_per_epoch >= 1,
              f"--steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
-        need(not (self.resume and self.force), "--resume and --force exclude each other; pick one")
-        need(self.progress in ("auto", "on", "off"), f"--progress must be auto, on or off, got {self.progress}")
         if self.stage in ("finetune", "linear-eval") or (self.stage == "pretrain" and self.preserve_weight):
             need(self.path is not None, f"{self.stage} starts from search weights: pass --path, the search folder "
                  "holding net.config and {arch_name}.pth.tar")

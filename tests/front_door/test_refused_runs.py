@@ -51,7 +51,7 @@ CASES = [
     (["--data_path", "BROKEN", "--note", "typo"], "data_batch_3"),
     (["--data_path", "DATA", "--epoch_ratios", "0.5,0.6,0.2,0", "--note", "typo"], "--epoch_ratios"),
     (["--data_path", "DATA", "--batch_size", "1", "--note", "typo"], "--batch_size of at least 2"),
-    (["--data_path", "DATA", "--dataset", "mnist", "--note", "typo"], "unknown dataset 'mnist'"),
+    (["--data_path", "DATA", "--dataset", "mnist", "--note", "typo"], "got 'mnist'"),
     (["--data_path", "DATA", "--layers", "2", "--note", "typo"], "--layers must be at least 3"),
     (["--data_path", "DATA", "--init_channels", "7", "--note", "typo"], "--init_channels must be an even number"),
     (["--data_path", "DATA", "--train_ratio", "1.0", "--note", "typo"], "--train_ratio"),
