@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sswp_fast.errors import ConfigError
 from sswp_fast.losses.objectives import byol_loss, info_nce_with_topk, topk_accuracy
 from sswp_fast.runtime.devices import pick_memory_format
 from sswp_fast.runtime.distributed import (
@@ -122,9 +121,6 @@ class SearchEngine:
         self.dispatch = self.executor.dispatch
         """Device-side dispatch (:mod:`sswp_fast.search.executors.device`): the sampled path is never read on the host.
         It runs the Triton kernels, and the compiled steps (with the PyTorch ops where Triton does not run)."""
-        if config.compile != "off" and config.recompute != "auto":
-            raise ConfigError(f"--recompute {config.recompute} does not combine with --compile (the compiler decides "
-                              f"what to recompute); drop one")
         self.net.recompute = resolve_recompute(config.recompute, self.dispatch)
         self.amp_dtype = amp_dtype(config.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)

@@ -267,19 +267,12 @@ def test_fp16_state_round_trips_its_loss_scale() -> None:
 
 
 @pytest.mark.parametrize(("overrides", "words"), [
-    (dict(recompute="cell", compile="default"), "--compile"),
-])
-def test_engine_refuses_combinations_it_cannot_run(overrides: dict, words: str) -> None:
-    with pytest.raises(ConfigError, match=words):
-        SearchEngine(tiny_config(**overrides), 10)
-
-
-@pytest.mark.parametrize(("overrides", "words"), [
     (dict(recompute="layer"), "--recompute must be one of"),
     (dict(amp="fp8"), "--amp must be one of"),
     (dict(amp="bf16", reference_quirks=True), "drop --amp"),
     (dict(max_memory=-1.0), "--max_memory"),
     (dict(max_memory=4.0, recompute="edge"), "drop --recompute edge"),
+    (dict(recompute="cell", compile="default"), "--compile"),
 ])
 def test_config_refuses_bad_memory_options(overrides: dict, words: str) -> None:
     with pytest.raises(ConfigError, match=words):

@@ -82,8 +82,8 @@ def _requested_kernels(choice: str) -> tuple[str, str]:
     source = "--kernels"
     if choice == "auto" and os.environ.get(KERNELS_ENV):
         choice, source = os.environ[KERNELS_ENV], f"${KERNELS_ENV}"
-    if choice not in KERNEL_CHOICES:
-        raise ConfigError(f"{source} must be one of {', '.join(KERNEL_CHOICES)}, got {choice!r}")
+        if choice not in KERNEL_CHOICES:  # the flag itself is checked with the configuration
+            raise ConfigError(f"{source} must be one of {', '.join(KERNEL_CHOICES)}, got {choice!r}")
     return choice, source
 
 

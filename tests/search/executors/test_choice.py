@@ -66,6 +66,14 @@ def test_an_explicit_flag_beats_the_environment(monkeypatch) -> None:
     assert choose_executor(_config(), "cuda").kernels == "torch"
 
 
+def test_the_flag_is_checked_with_the_configuration_and_the_variable_here(monkeypatch) -> None:
+    with pytest.raises(ConfigError, match="--kernels must be"):
+        _config(kernels="cuda")
+    monkeypatch.setenv(KERNELS_ENV, "cuda")
+    with pytest.raises(ConfigError, match=rf"^\${KERNELS_ENV} must be one of auto, triton, torch, got 'cuda'$"):
+        choose_executor(_config(), "cuda")
+
+
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch) -> None:
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ConfigError, match="TRITON_INTERPRET=1"):
