@@ -15,41 +15,42 @@ grid is ``(C, SPLITS)``: each program walks its chunk in ``BLOCK``-wide steps. `
 ``C * SPLITS`` is about 4 programs per SM on a GPU (the DARTS BNs have small C and large N*H*W, so one program
 per channel would leave most SMs idle) and about 32 programs under the interpreter (which costs ~1.3 ms per
 program). Every program writes its partial result to its own slot of an fp32 ``[C, SPLITS]`` buffer and a
-second, tiny pass combines the slots: no atomics, so results are deterministic (bit-reproducible run to run).
+second pass combines the slots: no atomics, so results are deterministic (bit-reproducible run to run).
 
 * Statistics are numerically sound for fp32: each lane of a program runs Welford's update over its elements,
   shifted by the channel's first element ``x[0, c, 0]`` (so the running means stay near zero even when
   ``|mean| >> std``), the lanes are merged with Chan's exact parallel formula
-  (``M2 = sum M2_l + sum n_l (mean_l - mean)^2``), and the finalize kernel merges the chunks the same way and
-  adds the shift back. No ``E[x^2] - E[x]^2`` cancellation: with mean 1e4 and std 0.5 the rstd is within
+  (``M2 = sum M2_l + sum n_l (mean_l - mean)^2``), and the finalize-apply kernel merges the chunks the same way
+  and adds the shift back. No ``E[x^2] - E[x]^2`` cancellation: with mean 1e4 and std 0.5 the rstd is within
   1.2e-7 (relative) of fp64.
 * The backward sums (``sum dout`` and ``sum dout * xhat``) are plain fp32 sums, one lane accumulator each.
 
 Contents (one concept, Liger-Kernel style):
 
 * ``_bn_stats_partial_kernel`` (grid ``(C, SPLITS)``): per-chunk mean and M2.
-* ``_bn_stats_finalize_kernel`` (grid ``cdiv(C, BLOCK_C)``): merges the chunks into mean, rstd and the unbiased
-  variance, and updates the running buffers in place when given (fused: one launch fewer per BN).
-* ``_bn_running_update_kernel``: the running-buffer update on its own (``update_running_stats``).
-* ``_bn_apply_kernel`` (grid ``(C, SPLITS)``): ``y = (x - mean) * rstd * weight + bias``.
-* ``_bn_finalize_apply_kernel`` (grid ``(C, SPLITS)``): the two above in one launch, each program merging its
-  channel's chunks itself (the first chunk's program stores the statistics and updates the running buffers):
-  the training forward of ``BatchNormFn`` is two launches.
+* ``_bn_finalize_apply_kernel`` (grid ``(C, SPLITS)``): each program merges its channel's chunks into mean, rstd
+  and the unbiased variance (``_finalize``; the first chunk's program stores the statistics and updates the
+  running buffers in place when given), then ``y = (x - mean) * rstd * weight + bias`` on its chunk: the
+  training forward is two launches.
+* ``_bn_apply_kernel`` (grid ``(C, SPLITS)``): ``y = (x - mean) * rstd * weight + bias`` with given statistics.
 * ``_bn_bwd_reduce_kernel`` (grid ``(C, SPLITS)``): per-chunk ``sum dout`` and ``sum dout * xhat``.
 * ``_bn_bwd_dx_kernel`` (grid ``(C, SPLITS)``): training ``dx = w*rstd * (dout - mean(dout) - xhat *
   mean(dout*xhat))``, each program summing its channel's chunk sums itself (no launch in between); eval
   ``dx = w*rstd_running * dout`` (the running stats are constants).
-* Launchers ``bn_stats``, ``update_running_stats``, ``bn_forward``, ``bn_train_forward``, ``bn_backward``;
-  ``BatchNormFn`` (the ``torch.autograd.Function``, which saves only ``x``, the per-channel ``mean`` and
-  ``rstd``, and ``weight``, a parameter that the backward needs, never a normalised copy of ``x``);
-  ``batch_norm`` (drop-in for ``F.batch_norm``); ``bn_reference`` (the pure-PyTorch reference, ``F.batch_norm`` itself).
+* The custom ops ``sswp_fast::batch_norm_train`` (the training forward; mutates the running buffers and the
+  count bank), ``sswp_fast::batch_norm_apply`` and ``sswp_fast::batch_norm_backward``, each with its fake kernel,
+  and their entry points ``bn_train_forward``, ``bn_forward``, ``bn_backward`` (which the device executor's
+  hand-written backward calls); ``BatchNormFn`` (the ``torch.autograd.Function`` over them, which saves only
+  ``x``, the per-channel ``mean`` and ``rstd``, and ``weight``, a parameter that the backward needs, never a
+  normalised copy of ``x``); ``batch_norm`` (drop-in for ``F.batch_norm``); ``bn_reference`` (the pure-PyTorch
+  reference, ``F.batch_norm`` itself).
 * Banked running statistics (the device executor's, :mod:`sswp_fast.search.executors.banks`): the buffers are ``[R, G,
-  C/G]`` banks and a ``[G]`` index picks the row each slot of ``G`` channel blocks reads and updates; the finalize
-  kernel does the row update and the batch count (``_bank_offsets``). ``bn_banked_reference`` is its PyTorch
-  reference (gather, ``F.batch_norm``, scatter).
+  C/G]`` banks and a ``[G]`` index picks the row each slot of ``G`` channel blocks reads and updates; the
+  finalize-apply kernel does the row update and the batch count (``_bank_offsets``). ``bn_banked_reference`` is
+  its PyTorch reference (gather, ``F.batch_norm``, scatter).
 
-On CPU tensors the kernels run only under the Triton interpreter (``TRITON_INTERPRET=1`` set before this module
-is imported); otherwise the launchers raise a one-line ``RuntimeError``. Offsets are int32: inputs must have
+On CPU tensors the kernels run only under the Triton interpreter (``TRITON_INTERPRET=1`` at the launch, see
+:mod:`.common`); otherwise the launchers raise a one-line ``RuntimeError``. Offsets are int32: inputs must have
 fewer than 2**31 elements.
 """
 
@@ -63,8 +64,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from . import _common
-from ._common import cast_out, check_device
+from .common import cast_out, check_device, interpreted, jit, launcher
 
 __all__ = [
     "BatchNormFn",
@@ -73,8 +73,7 @@ __all__ = [
     "bn_banked_reference",
     "bn_forward",
     "bn_reference",
-    "bn_stats",
-    "update_running_stats",
+    "bn_train_forward",
 ]
 
 
@@ -83,14 +82,14 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------
 
 
-@triton.jit
+@jit
 def _channel_offsets(idx, c, C, HW):
     """Memory offsets of the flat per-channel indices ``idx`` (``n*HW + hw``) of channel ``c`` in [N, C, HW]."""
     n = idx // HW
     return n * (C * HW) + c * HW + (idx - n * HW)
 
 
-@triton.jit
+@jit
 def _running_update(rm_ptr, rv_ptr, offs, mask, mean, var_unbiased, momentum, RTNE_BF16: tl.constexpr):
     """running = (1 - momentum) * running + momentum * batch, in fp32, stored in the buffers' dtype."""
     rm = tl.load(rm_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -101,7 +100,7 @@ def _running_update(rm_ptr, rv_ptr, offs, mask, mean, var_unbiased, momentum, RT
     tl.store(rv_ptr + offs, cast_out(rv, rv_ptr, RTNE_BF16), mask=mask)
 
 
-@triton.jit
+@jit
 def _bn_stats_partial_kernel(x_ptr, pmean_ptr, pm2_ptr, C, HW, M, SPLITS, ITERS, BLOCK: tl.constexpr):
     """Grid (C, SPLITS): mean (of x - x[0, c, 0]) and M2 of one chunk of one channel, by lane Welford."""
     c = tl.program_id(0)
@@ -130,7 +129,7 @@ def _bn_stats_partial_kernel(x_ptr, pmean_ptr, pm2_ptr, C, HW, M, SPLITS, ITERS,
     tl.store(pm2_ptr + c * SPLITS + s, m2_all)
 
 
-@triton.jit
+@jit
 def _bank_offsets(offs_c, mask_c, rows_ptr, count_ptr, SLOT_C, SLOTS, ROWS):
     """Offsets of channels ``offs_c`` in ``[ROWS, SLOTS, SLOT_C]`` banks, where channel ``k`` is channel
     ``k % SLOT_C`` of slot ``k // SLOT_C`` and a slot's row is ``rows[slot]`` (negative: counted from the end, as
@@ -144,23 +143,7 @@ def _bank_offsets(offs_c, mask_c, rows_ptr, count_ptr, SLOT_C, SLOTS, ROWS):
     return (row * SLOTS + slot) * SLOT_C + (offs_c - slot * SLOT_C)
 
 
-@triton.jit
-def _bn_stats_finalize_kernel(
-    x_ptr, pmean_ptr, pm2_ptr, mean_ptr, rstd_ptr, varu_ptr, rm_ptr, rv_ptr, rows_ptr, count_ptr,
-    C, HW, M, SPLITS, CHUNK, inv_m, inv_m1, eps, momentum, SLOT_C, SLOTS, ROWS,
-    HAS_RUNNING: tl.constexpr, BANKED: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK_C: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-):
-    """Grid (cdiv(C, BLOCK_C),): merge the SPLITS chunks of BLOCK_C channels; update the running buffers
-    (``BANKED``: the bank rows that ``rows`` selects, see :func:`_bank_offsets`)."""
-    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
-    _finalize(x_ptr, pmean_ptr, pm2_ptr, mean_ptr, rstd_ptr, varu_ptr, rm_ptr, rv_ptr, rows_ptr, count_ptr, offs_c,
-              mask_c, mask_c, HW, M, SPLITS, CHUNK, inv_m, inv_m1, eps, momentum, SLOT_C, SLOTS, ROWS, HAS_RUNNING,
-              BANKED, RTNE_BF16, BLOCK_S)
-
-
-@triton.jit
+@jit
 def _finalize(
     x_ptr, pmean_ptr, pm2_ptr, mean_ptr, rstd_ptr, varu_ptr, rm_ptr, rv_ptr, rows_ptr, count_ptr, offs_c, mask_c,
     store_c, HW, M, SPLITS, CHUNK, inv_m, inv_m1, eps, momentum, SLOT_C, SLOTS, ROWS,
@@ -192,19 +175,7 @@ def _finalize(
     return mean, rstd
 
 
-@triton.jit
-def _bn_running_update_kernel(
-    rm_ptr, rv_ptr, mean_ptr, varu_ptr, C, momentum, RTNE_BF16: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    """Grid (cdiv(C, BLOCK_C),): the running-buffer update alone."""
-    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
-    mean = tl.load(mean_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
-    var_unbiased = tl.load(varu_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
-    _running_update(rm_ptr, rv_ptr, offs_c, mask_c, mean, var_unbiased, momentum, RTNE_BF16)
-
-
-@triton.jit
+@jit
 def _bn_apply_kernel(
     x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, C, HW, M, ITERS,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK: tl.constexpr,
@@ -215,7 +186,7 @@ def _bn_apply_kernel(
                  tl.load(rstd_ptr + c).to(tl.float32), C, HW, M, ITERS, HAS_WEIGHT, HAS_BIAS, RTNE_BF16, BLOCK)
 
 
-@triton.jit
+@jit
 def _apply_chunk(x_ptr, y_ptr, w_ptr, b_ptr, c, s, mean, rstd, C, HW, M, ITERS, HAS_WEIGHT: tl.constexpr,
                  HAS_BIAS: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK: tl.constexpr):
     """Chunk ``s`` of channel ``c``: y = (x - mean) * (rstd * weight) + bias."""
@@ -236,16 +207,16 @@ def _apply_chunk(x_ptr, y_ptr, w_ptr, b_ptr, c, s, mean, rstd, C, HW, M, ITERS, 
         tl.store(y_ptr + offs, cast_out(y, y_ptr, RTNE_BF16), mask=mask)
 
 
-@triton.jit
+@jit
 def _bn_finalize_apply_kernel(
     x_ptr, y_ptr, pmean_ptr, pm2_ptr, mean_ptr, rstd_ptr, varu_ptr, rm_ptr, rv_ptr, rows_ptr, count_ptr, w_ptr, b_ptr,
     C, HW, M, SPLITS, ITERS, CHUNK, inv_m, inv_m1, eps, momentum, SLOT_C, SLOTS, ROWS,
     HAS_RUNNING: tl.constexpr, BANKED: tl.constexpr, RTNE_BF16_RUNNING: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
-    """Grid (C, SPLITS): ``_bn_stats_finalize_kernel`` for one channel, done by every chunk's program for
-    itself (the first chunk's stores the statistics and updates the running buffers), then ``_bn_apply_kernel``
-    on the chunk: a training forward in two launches, not three."""
+    """Grid (C, SPLITS): :func:`_finalize` for one channel, done by every chunk's program for itself (the first
+    chunk's stores the statistics and updates the running buffers), then :func:`_apply_chunk` on the chunk: a
+    training forward in two launches."""
     c = tl.program_id(0)
     s = tl.program_id(1)
     offs_c = c + tl.arange(0, 1)
@@ -257,7 +228,7 @@ def _bn_finalize_apply_kernel(
                  HAS_WEIGHT, HAS_BIAS, RTNE_BF16, BLOCK)
 
 
-@triton.jit
+@jit
 def _bn_bwd_reduce_kernel(
     dy_ptr, x_ptr, mean_ptr, rstd_ptr, part_ptr, C, HW, M, SPLITS, ITERS, BLOCK: tl.constexpr,
 ):
@@ -282,7 +253,7 @@ def _bn_bwd_reduce_kernel(
     tl.store(part_ptr + (C + c) * SPLITS + s, tl.sum(acc_dyxc, axis=0) * rstd)
 
 
-@triton.jit
+@jit
 def _bn_bwd_dx_kernel(
     dy_ptr, x_ptr, dx_ptr, mean_ptr, rstd_ptr, w_ptr, part_ptr, C, HW, M, SPLITS, ITERS, inv_m,
     HAS_WEIGHT: tl.constexpr, TRAINING: tl.constexpr, RTNE_BF16: tl.constexpr, BLOCK: tl.constexpr,
@@ -345,8 +316,7 @@ def _plan(m: int, c: int, device: torch.device) -> tuple[int, int, int, int]:
 
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_MAX_SPLITS = 1024  # chunks per channel; the finalize kernel holds all of a channel's chunks in one tile
-_FINALIZE_TILE = 4096  # elements of the finalize kernel's [BLOCK_C, BLOCK_S] tile
+_MAX_SPLITS = 1024  # chunks per channel; the finalize-apply kernel holds all of a channel's chunks in one tile
 _INTERP_MAX_BLOCK = 4096  # interpreter plan (the tests shrink both to exercise multi-chunk, multi-block paths)
 _INTERP_PROGRAMS = 32
 
@@ -364,65 +334,26 @@ def _shape(x: torch.Tensor) -> tuple[int, int, int]:
 
 
 def _rtne_bf16(*outputs: torch.Tensor) -> bool:
-    """Whether the kernels must round bf16 outputs themselves (only under the interpreter, see ``_cast_out``)."""
-    return _common.INTERPRETED and any(t.dtype == torch.bfloat16 for t in outputs)
-
-
-def _bump_versions(*tensors: torch.Tensor) -> None:
-    """Tell autograd that the kernels wrote these tensors in place (one tensor per call: torch 2.11 compatible)."""
-    for t in tensors:
-        torch.autograd.graph.increment_version(t)
-
-
-def _finalize_blocks(c: int, splits: int) -> tuple[int, int]:
-    block_s = triton.next_power_of_2(splits)
-    block_c = min(triton.next_power_of_2(c), max(1, _FINALIZE_TILE // block_s))
-    return block_c, block_s
+    """Whether the kernels must round bf16 outputs themselves (only the interpreter's, see ``common.cast_out``)."""
+    return any(t.dtype == torch.bfloat16 and interpreted(t) for t in outputs)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Launchers
+# Launchers: the kernels of the custom ops
 # ----------------------------------------------------------------------------------------------------------
-
-
-def bn_stats(
-    x: torch.Tensor,
-    eps: float = 1e-5,
-    running_mean: torch.Tensor | None = None,
-    running_var: torch.Tensor | None = None,
-    momentum: float = 0.1,
-    rows: torch.Tensor | None = None,
-    count: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-channel batch statistics of an [N, C, *] input: fp32 ``(mean, rstd, var_unbiased)``, each [C].
-
-    ``rstd = 1 / sqrt(biased_var + eps)``; ``var_unbiased = M2 / (M - 1)`` (NaN when M = N*H*W = 1). When both
-    running buffers are given they are updated in place, fused into the finalize kernel:
-    ``running = (1 - momentum) * running + momentum * batch`` (batch variance unbiased).
-
-    Banked buffers: with ``rows`` (integer ``[G]``) the running buffers are banks ``[R, G, C/G]`` and ``count``
-    ``[R, G]`` (``num_batches_tracked`` per row); channel block ``g`` of ``x`` updates row ``rows[g]`` of slot
-    ``g`` (negative rows count from the end) and adds one to its count, in the same launch.
-    """
-    stats = _ChunkStats(x, running_mean, running_var, rows, count)
-    block_c, block_s = _finalize_blocks(stats.c, stats.splits)
-    _bn_stats_finalize_kernel[(triton.cdiv(stats.c, block_c),)](
-        **stats.finalize_args(eps, momentum), **stats.finalize_flags(), BLOCK_C=block_c, BLOCK_S=block_s)
-    stats.bump_versions()
-    return stats.mean, stats.rstd, stats.var_unbiased
 
 
 class _ChunkStats:
     """A training forward's first launch (per-chunk statistics of ``x``, checked against the running buffers and
-    banks of :func:`bn_stats`), and what a finalizing launch needs: its arguments, flags and outputs."""
+    banks of :func:`bn_train_forward`), and what the finalizing launch needs: its arguments, flags and outputs."""
 
     def __init__(self, x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
                  rows: torch.Tensor | None, count: torch.Tensor | None):
         check_device(x, running_mean, running_var, rows, count)
         if (running_mean is None) != (running_var is None):
-            raise ValueError("bn_stats needs both running_mean and running_var, or neither")
+            raise ValueError("bn_train_forward needs both running_mean and running_var, or neither")
         if running_mean is not None and not (running_mean.is_contiguous() and running_var.is_contiguous()):
-            raise ValueError("bn_stats needs contiguous running buffers (they are updated in place)")
+            raise ValueError("bn_train_forward needs contiguous running buffers (they are updated in place)")
         self.x = x = x.contiguous()
         _, self.c, self.hw = _shape(x)
         self.banked = rows is not None
@@ -431,19 +362,20 @@ class _ChunkStats:
             rows = rows.contiguous()  # the kernel reads it flat (a path's column of probed ops is strided)
         self.m = x.numel() // self.c
         if self.m == 0:
-            raise ValueError("bn_stats got an empty input")
+            raise ValueError("bn_train_forward got an empty input")
         self.running, self.rows, self.count = (running_mean, running_var), rows, count
         self.block, self.iters, self.splits, self.num_warps = _plan(self.m, self.c, x.device)
         self.pmean = torch.empty((self.c, self.splits), device=x.device, dtype=torch.float32)
         self.pm2 = torch.empty_like(self.pmean)
-        _bn_stats_partial_kernel[(self.c, self.splits)](x, self.pmean, self.pm2, self.c, self.hw, self.m, self.splits,
-                                                        self.iters, BLOCK=self.block, num_warps=self.num_warps)
+        launcher(_bn_stats_partial_kernel, x)[(self.c, self.splits)](
+            x, self.pmean, self.pm2, self.c, self.hw, self.m, self.splits, self.iters, BLOCK=self.block,
+            num_warps=self.num_warps)
         self.mean = torch.empty(self.c, device=x.device, dtype=torch.float32)
         self.rstd = torch.empty_like(self.mean)
         self.var_unbiased = torch.empty_like(self.mean)
 
     def finalize_args(self, eps: float, momentum: float) -> dict:
-        """The finalize kernel's arguments by name (a fused kernel adds its own)."""
+        """The finalize-apply kernel's statistics arguments by name."""
         mean, (rm, rv), banked, m = self.mean, self.running, self.banked, self.m
         return {"x_ptr": self.x, "pmean_ptr": self.pmean, "pm2_ptr": self.pm2, "mean_ptr": mean, "rstd_ptr": self.rstd,
                 "varu_ptr": self.var_unbiased, "rm_ptr": mean if rm is None else rm,
@@ -454,39 +386,24 @@ class _ChunkStats:
                 "SLOT_C": self.c // self.rows.numel() if banked else 1, "SLOTS": self.rows.numel() if banked else 1,
                 "ROWS": rm.shape[0] if banked else 1}
 
-    def finalize_flags(self, rtne: str = "RTNE_BF16") -> dict:
+    def finalize_flags(self) -> dict:
         has_running = self.running[0] is not None
         return {"HAS_RUNNING": has_running, "BANKED": self.banked,
-                rtne: has_running and _rtne_bf16(*self.running)}
-
-    def bump_versions(self) -> None:
-        """After an in-place update of the running buffers (and counts), as in-place torch updates would."""
-        if self.running[0] is not None:
-            _bump_versions(*self.running, *((self.count,) if self.banked else ()))
+                "RTNE_BF16_RUNNING": has_running and _rtne_bf16(*self.running)}
 
 
-def bn_train_forward(
-    x: torch.Tensor,
-    weight: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    eps: float = 1e-5,
-    running_mean: torch.Tensor | None = None,
-    running_var: torch.Tensor | None = None,
-    momentum: float = 0.1,
-    rows: torch.Tensor | None = None,
-    count: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A training-mode forward, ``(y, mean, rstd)``: :func:`bn_stats` (running buffers and banks as there) and
-    :func:`bn_forward` with its statistics, in two launches (the finalize fused into the apply)."""
+def _train_forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+                   running_mean: torch.Tensor | None, running_var: torch.Tensor | None, momentum: float,
+                   rows: torch.Tensor | None, count: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                  torch.Tensor]:
+    """:func:`bn_train_forward`'s two launches."""
     stats = _ChunkStats(x, running_mean, running_var, rows, count)
     y = torch.empty_like(stats.x)
-    _bn_finalize_apply_kernel[(stats.c, stats.splits)](
+    launcher(_bn_finalize_apply_kernel, stats.x)[(stats.c, stats.splits)](
         **stats.finalize_args(eps, momentum), y_ptr=y, w_ptr=weight.contiguous() if weight is not None else stats.mean,
-        b_ptr=bias.contiguous() if bias is not None else stats.mean, ITERS=stats.iters,
-        **stats.finalize_flags("RTNE_BF16_RUNNING"), HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        RTNE_BF16=_rtne_bf16(y), BLOCK=stats.block, BLOCK_S=triton.next_power_of_2(stats.splits),
-        num_warps=stats.num_warps)
-    stats.bump_versions()
+        b_ptr=bias.contiguous() if bias is not None else stats.mean, ITERS=stats.iters, **stats.finalize_flags(),
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, RTNE_BF16=_rtne_bf16(y), BLOCK=stats.block,
+        BLOCK_S=triton.next_power_of_2(stats.splits), num_warps=stats.num_warps)
     return y, stats.mean, stats.rstd
 
 
@@ -504,25 +421,126 @@ def _check_banks(c: int, running_mean: torch.Tensor | None, running_var: torch.T
         raise ValueError(f"banked BatchNorm: the count bank must be a contiguous {shape[:2]}, got {tuple(count.shape)}")
 
 
-def update_running_stats(
-    running_mean: torch.Tensor,
-    running_var: torch.Tensor,
-    mean: torch.Tensor,
-    var_unbiased: torch.Tensor,
-    momentum: float = 0.1,
-) -> None:
-    """In place: ``running_mean = (1 - momentum) * running_mean + momentum * mean``, same for the variance
-    (pass the unbiased batch variance, as ``bn_stats`` returns it). Buffers must be contiguous [C]."""
-    check_device(running_mean, running_var, mean, var_unbiased)
-    if not (running_mean.is_contiguous() and running_var.is_contiguous()):
-        raise ValueError("update_running_stats needs contiguous running buffers (they are updated in place)")
-    c = running_mean.numel()
-    block_c = min(1024, triton.next_power_of_2(c))
-    _bn_running_update_kernel[(triton.cdiv(c, block_c),)](
-        running_mean, running_var, mean.contiguous(), var_unbiased.contiguous(), c, float(momentum),
-        RTNE_BF16=_rtne_bf16(running_mean, running_var), BLOCK_C=block_c,
+def _apply(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor | None,
+           bias: torch.Tensor | None) -> torch.Tensor:
+    """:func:`bn_forward`'s launch."""
+    check_device(x, mean, rstd, weight, bias)
+    x = x.contiguous()
+    _, c, hw = _shape(x)
+    y = torch.empty_like(x)
+    if x.numel() == 0:
+        return y
+    m = x.numel() // c
+    block, iters, splits, num_warps = _plan(m, c, x.device)
+    launcher(_bn_apply_kernel, x)[(c, splits)](
+        x, y, mean.contiguous(), rstd.contiguous(),
+        weight.contiguous() if weight is not None else mean, bias.contiguous() if bias is not None else mean,
+        c, hw, m, iters,
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, RTNE_BF16=_rtne_bf16(y),
+        BLOCK=block, num_warps=num_warps,
     )
-    _bump_versions(running_mean, running_var)
+    return y
+
+
+def _backward(dout: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+              weight: torch.Tensor | None, training: bool, need_dx: bool,
+              need_param_grads: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`bn_backward`'s launches: ``dx`` (empty unless ``need_dx``) and the fp32 ``[2, C]`` sums ``(sum dout,
+    sum dout * xhat)`` (empty unless ``need_param_grads``)."""
+    check_device(dout, x, mean, rstd, weight)
+    x = x.contiguous()
+    dout = dout.contiguous()
+    _, c, hw = _shape(x)
+    m = x.numel() // c
+    block, iters, splits, num_warps = _plan(m, c, x.device)
+    mean = mean.contiguous()
+    rstd = rstd.contiguous()
+    part = None
+    if training or need_param_grads:
+        part = torch.empty((2, c, splits), device=x.device, dtype=torch.float32)
+        launcher(_bn_bwd_reduce_kernel, x)[(c, splits)](
+            dout, x, mean, rstd, part, c, hw, m, splits, iters, BLOCK=block, num_warps=num_warps
+        )
+    dx = x.new_empty(0)
+    if need_dx:
+        dx = torch.empty_like(x)
+        launcher(_bn_bwd_dx_kernel, x)[(c, splits)](
+            dout, x, dx, mean, rstd, weight.contiguous() if weight is not None else rstd,
+            part if part is not None else rstd, c, hw, m, splits, iters, 1.0 / m,
+            HAS_WEIGHT=weight is not None, TRAINING=bool(training), RTNE_BF16=_rtne_bf16(dx),
+            BLOCK=block, BLOCK_S=triton.next_power_of_2(splits), num_warps=num_warps,
+        )
+    # a fixed-order, deterministic reduction of the chunks
+    sums = part.sum(dim=2) if need_param_grads else torch.empty(0, device=x.device, dtype=torch.float32)
+    return dx, sums
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Custom ops, autograd and functional entry points
+# ----------------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("sswp_fast::batch_norm_train", mutates_args=("running_mean", "running_var", "count"))
+def _batch_norm_train_op(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+                         running_mean: torch.Tensor | None, running_var: torch.Tensor | None, momentum: float,
+                         rows: torch.Tensor | None,
+                         count: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _train_forward(x, weight, bias, eps, running_mean, running_var, momentum, rows, count)
+
+
+@torch.library.custom_op("sswp_fast::batch_norm_apply", mutates_args=())
+def _batch_norm_apply_op(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor | None,
+                         bias: torch.Tensor | None) -> torch.Tensor:
+    return _apply(x, mean, rstd, weight, bias)
+
+
+@torch.library.custom_op("sswp_fast::batch_norm_backward", mutates_args=())
+def _batch_norm_backward_op(dout: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+                            weight: torch.Tensor | None, training: bool, need_dx: bool,
+                            need_param_grads: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return _backward(dout, x, mean, rstd, weight, training, need_dx, need_param_grads)
+
+
+@_batch_norm_train_op.register_fake
+def _(x, weight, bias, eps, running_mean, running_var, momentum, rows, count):
+    mean = x.new_empty(x.shape[1], dtype=torch.float32)
+    return x.new_empty(x.shape), mean, torch.empty_like(mean)
+
+
+@_batch_norm_apply_op.register_fake
+def _(x, mean, rstd, weight, bias):
+    return x.new_empty(x.shape)
+
+
+@_batch_norm_backward_op.register_fake
+def _(dout, x, mean, rstd, weight, training, need_dx, need_param_grads):
+    sums = (2, x.shape[1]) if need_param_grads else (0,)
+    return x.new_empty(x.shape if need_dx else (0,)), x.new_empty(sums, dtype=torch.float32)
+
+
+def bn_train_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    running_mean: torch.Tensor | None = None,
+    running_var: torch.Tensor | None = None,
+    momentum: float = 0.1,
+    rows: torch.Tensor | None = None,
+    count: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A training-mode forward, ``(y, mean, rstd)`` (fp32 ``[C]`` batch statistics, ``rstd = 1 / sqrt(biased_var +
+    eps)``), in two launches (chunk statistics, then their merge fused into the apply), as the custom op
+    ``torch.ops.sswp_fast.batch_norm_train``. When both running buffers are given they are updated in place in the
+    second launch: ``running = (1 - momentum) * running + momentum * batch`` (batch variance unbiased).
+
+    Banked buffers: with ``rows`` (integer ``[G]``) the running buffers are banks ``[R, G, C/G]`` and ``count``
+    ``[R, G]`` (``num_batches_tracked`` per row); channel block ``g`` of ``x`` updates row ``rows[g]`` of slot
+    ``g`` (negative rows count from the end) and adds one to its count, in the same launch.
+    """
+    y, mean, rstd = torch.ops.sswp_fast.batch_norm_train(x, weight, bias, float(eps), running_mean, running_var,
+                                                         float(momentum), rows, count)
+    return y, mean, rstd
 
 
 def bn_forward(
@@ -532,23 +550,9 @@ def bn_forward(
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``(x - mean) * rstd * weight + bias`` per channel (weight/bias optional), in the input dtype."""
-    check_device(x, mean, rstd, weight, bias)
-    x = x.contiguous()
-    _, c, hw = _shape(x)
-    y = torch.empty_like(x)
-    if x.numel() == 0:
-        return y
-    m = x.numel() // c
-    block, iters, splits, num_warps = _plan(m, c, x.device)
-    _bn_apply_kernel[(c, splits)](
-        x, y, mean.contiguous(), rstd.contiguous(),
-        weight.contiguous() if weight is not None else mean, bias.contiguous() if bias is not None else mean,
-        c, hw, m, iters,
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, RTNE_BF16=_rtne_bf16(y),
-        BLOCK=block, num_warps=num_warps,
-    )
-    return y
+    """``(x - mean) * rstd * weight + bias`` per channel (weight/bias optional), in the input dtype: one launch, the
+    custom op ``torch.ops.sswp_fast.batch_norm_apply``."""
+    return torch.ops.sswp_fast.batch_norm_apply(x, mean, rstd, weight, bias)
 
 
 def bn_backward(
@@ -561,7 +565,8 @@ def bn_backward(
     need_dx: bool = True,
     need_param_grads: bool | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Gradients of ``bn_forward(x, mean, rstd, weight, bias)``: ``(dx, dweight, dbias)``.
+    """Gradients of ``bn_forward(x, mean, rstd, weight, bias)``: ``(dx, dweight, dbias)``, by the custom op
+    ``torch.ops.sswp_fast.batch_norm_backward``.
 
     ``training=True``: mean/rstd are the batch statistics of ``x`` and the gradient flows through them,
     ``dx = weight*rstd * (dout - mean(dout) - xhat * mean(dout * xhat))``. ``training=False``: mean/rstd are
@@ -569,50 +574,27 @@ def bn_backward(
     ``dbias = sum(dout)`` per channel, fp32, returned when ``need_param_grads`` (default: ``weight is not None``);
     otherwise None. ``dx`` has the dtype of ``x`` (None unless ``need_dx``).
     """
-    check_device(dout, x, mean, rstd, weight)
     if need_param_grads is None:
         need_param_grads = weight is not None
-    x = x.contiguous()
-    dout = dout.contiguous()
-    _, c, hw = _shape(x)
-    m = x.numel() // c
-    block, iters, splits, num_warps = _plan(m, c, x.device)
-    mean = mean.contiguous()
-    rstd = rstd.contiguous()
-    part = None
-    if training or need_param_grads:
-        part = torch.empty((2, c, splits), device=x.device, dtype=torch.float32)
-        _bn_bwd_reduce_kernel[(c, splits)](
-            dout, x, mean, rstd, part, c, hw, m, splits, iters, BLOCK=block, num_warps=num_warps
-        )
-    dx = None
-    if need_dx:
-        dx = torch.empty_like(x)
-        _bn_bwd_dx_kernel[(c, splits)](
-            dout, x, dx, mean, rstd, weight.contiguous() if weight is not None else rstd,
-            part if part is not None else rstd, c, hw, m, splits, iters, 1.0 / m,
-            HAS_WEIGHT=weight is not None, TRAINING=bool(training), RTNE_BF16=_rtne_bf16(dx),
-            BLOCK=block, BLOCK_S=triton.next_power_of_2(splits), num_warps=num_warps,
-        )
+    dx, sums = torch.ops.sswp_fast.batch_norm_backward(dout, x, mean, rstd, weight, bool(training), bool(need_dx),
+                                                       bool(need_param_grads))
+    dx = dx if need_dx else None
     if not need_param_grads:
         return dx, None, None
-    sums = part.sum(dim=2)  # [2, C]: sum dout, sum dout * xhat (a fixed-order, deterministic reduction)
     return dx, sums[1], sums[0]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# autograd.Function and functional entry points
-# ----------------------------------------------------------------------------------------------------------
-
-
 class BatchNormFn(torch.autograd.Function):
-    """BatchNorm with Triton forward and backward; saves only ``x``, per-channel ``mean``/``rstd`` and ``weight``.
+    """BatchNorm on the custom ops; saves only ``x``, per-channel ``mean``/``rstd`` and ``weight``.
 
-    The backward is once-differentiable (double backward raises; ``F.batch_norm`` supports it).
+    A ``torch.autograd.Function`` rather than ``register_autograd``: a training forward updates the running
+    statistics in the launch that normalises, so its op mutates its inputs, and ``torch.library`` registers an
+    autograd formula for functional ops only. The backward is once-differentiable (double backward raises;
+    ``F.batch_norm`` supports it).
 
     ``apply(x, weight, bias, running_mean, running_var, training, momentum, eps, rows, count, batch_mean,
     batch_rstd)``; in training mode the running buffers (if given) are updated in place, in eval mode they provide
-    mean and rstd. With ``rows`` they are banks, as :func:`bn_stats` takes them. Given ``batch_mean`` and
+    mean and rstd. With ``rows`` they are banks, as :func:`bn_train_forward` takes them. Given ``batch_mean`` and
     ``batch_rstd`` (training mode, no running buffers), those are ``x``'s batch statistics, as an earlier training
     forward of the same ``x`` returned them: the forward is the apply launch alone, the backward the training one.
     """
@@ -682,7 +664,7 @@ def batch_norm(
     ``num_batches_tracked`` is the module's business, as with ``F.batch_norm``. One difference: the output is
     always contiguous (NCHW), where PyTorch keeps a channels_last input's memory format.
 
-    Banked statistics: with ``rows`` and ``count`` the running buffers are banks (:func:`bn_stats`), and the
+    Banked statistics: with ``rows`` and ``count`` the running buffers are banks (:func:`bn_train_forward`), and the
     result is :func:`bn_banked_reference`'s, with its row gathers, scatters and count fused into the statistics
     launch.
 

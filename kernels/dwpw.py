@@ -20,15 +20,16 @@ Contents (one concept, Liger-Kernel style). Each kernel is a thin wrapper that p
 * ``_dwpw_bwd_dx_kernel``: backward part 2, ``dx = relu'(x) * conv_transpose_dw(g)``. Input pixel ``i``
   receives from output pixel ``o`` through tap ``t`` when ``i = o*s - p + t*d``, i.e. ``o = (i + p - t*d) / s``
   when that is a non-negative integer below ``Ho`` (checked per tap, so stride 2 and dilation 2 are exact).
-* ``dwpw_forward`` / ``dwpw_backward``: launchers; ``ReluDwPw``: the ``torch.autograd.Function``, which saves
-  only ``x`` and the two weights (recompute-in-backward: no intermediate activation is stored);
-  ``relu_dw_pw``: the functional entry point; ``dwpw_reference``: the pure-PyTorch reference.
+* ``dwpw_forward`` / ``dwpw_backward``: launchers; the custom ops ``sswp_fast::relu_dw_pw`` (with fake and
+  autograd kernels; autograd saves only ``x`` and the two weights: recompute-in-backward, no intermediate
+  activation is stored) and ``sswp_fast::relu_dw_pw_backward``; ``relu_dw_pw``: the entry point;
+  ``dwpw_reference``: the pure-PyTorch reference.
 
 All arithmetic is fp32: fp16/bf16 inputs are upcast on load (fp64 ones are computed in fp32 too); the output
 has the input dtype and the weight gradients their weights' dtype. ``tl.dot`` runs on fp32 operands: exact
 ``"ieee"`` products for fp32 inputs, TF32 tensor cores for fp16/bf16 inputs (whose own precision is no better).
 fp32 operands also sidestep the interpreter's wrong bf16 ``tl.dot``. On CPU tensors the kernels run only under
-the Triton interpreter (``TRITON_INTERPRET=1`` set before this module is imported).
+the Triton interpreter (``TRITON_INTERPRET=1`` at the launch, see :mod:`.common`).
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from . import _common
-from ._common import cast_out
+from .common import cast_out, check_device, interpreted, jit, launcher
 
-__all__ = ["ReluDwPw", "dwpw_backward", "dwpw_forward", "dwpw_reference", "relu_dw_pw"]
+__all__ = ["block_sizes", "bwd_act_tile", "bwd_dx_tile", "copy_tile", "dot_precision", "dwpw_backward", "dwpw_forward",
+           "dwpw_reference", "fwd_tile", "grid_tiles", "pixel_tile", "relu_dw_pw", "zero_tile"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -51,7 +52,7 @@ __all__ = ["ReluDwPw", "dwpw_backward", "dwpw_forward", "dwpw_reference", "relu_
 # ----------------------------------------------------------------------------------------------------------
 
 
-@triton.jit
+@jit
 def pixel_tile(pid, HEIGHT, WIDTH, BLOCK: tl.constexpr, BLOCK_W: tl.constexpr):
     """Program ``pid``'s BLOCK pixels: a (BLOCK // BLOCK_W) × BLOCK_W rectangle of an HEIGHT × WIDTH image.
 
@@ -64,14 +65,14 @@ def pixel_tile(pid, HEIGHT, WIDTH, BLOCK: tl.constexpr, BLOCK_W: tl.constexpr):
     return row, col, row * WIDTH + col, (row < HEIGHT) & (col < WIDTH)
 
 
-@triton.jit
+@jit
 def _output_tile(pid, HO, WO, STRIDE: tl.constexpr, PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr):
     """Program ``pid``'s output pixels (flat offset, mask) and the input row / column of their first tap."""
     oh, ow, offs_p, mask_p = pixel_tile(pid, HO, WO, BLOCK_P, BLOCK_W)
     return offs_p, mask_p, oh * STRIDE - PAD, ow * STRIDE - PAD
 
 
-@triton.jit
+@jit
 def _tap(x_img, offs_c, mask_c, ih0, iw0, mask_p, H, W, kh: tl.constexpr, kw: tl.constexpr, DIL: tl.constexpr):
     """relu(x[n, c, ih0 + kh*DIL, iw0 + kw*DIL]) as a [BLOCK_P, BLOCK_C] fp32 tile, zero outside the image."""
     ih = ih0 + kh * DIL
@@ -82,7 +83,7 @@ def _tap(x_img, offs_c, mask_c, ih0, iw0, mask_p, H, W, kh: tl.constexpr, kw: tl
     return tl.maximum(xv, 0.0)
 
 
-@triton.jit
+@jit
 def zero_tile(out_img, pid, pid_c, C, HO, WO, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr,
               BLOCK_C: tl.constexpr):
     """Zeros into the tile that :func:`fwd_tile` (``pid_c`` 0, ``BLOCK_C`` its ``BLOCK_CO``) or
@@ -95,7 +96,7 @@ def zero_tile(out_img, pid, pid_c, C, HO, WO, BLOCK_P: tl.constexpr, BLOCK_W: tl
              mask=mask_p[:, None] & (offs_c < C)[None, :])
 
 
-@triton.jit
+@jit
 def copy_tile(src_img, out_img, pid, pid_c, C, HO, WO, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr,
               BLOCK_C: tl.constexpr, ROUND_BF16: tl.constexpr):
     """:func:`zero_tile`'s tile of ``src_img`` (same layout) into ``out_img``, in its dtype: what a slot that runs
@@ -108,7 +109,7 @@ def copy_tile(src_img, out_img, pid, pid_c, C, HO, WO, BLOCK_P: tl.constexpr, BL
     tl.store(out_img + offs, cast_out(value, out_img, ROUND_BF16), mask=mask)
 
 
-@triton.jit
+@jit
 def fwd_tile(
     x_img, wdw_ptr, wpw_ptr, y_img, pid_p,
     C, C_OUT, H, W, HO, WO,
@@ -144,7 +145,7 @@ def fwd_tile(
     tl.store(y_ptrs, cast_out(acc, y_img, ROUND_BF16), mask=mask_p[:, None] & mask_co[None, :])
 
 
-@triton.jit
+@jit
 def _dwpw_fwd_kernel(
     x_ptr, wdw_ptr, wpw_ptr, y_ptr,
     C, C_OUT, H, W, HO, WO,
@@ -160,7 +161,7 @@ def _dwpw_fwd_kernel(
              DOT_PRECISION, ROUND_BF16)
 
 
-@triton.jit
+@jit
 def bwd_act_tile(
     x_img, wdw_ptr, wpw_ptr, dy_img, g_img, gwdw_ptr, gwpw_ptr, pid_p,
     C, C_OUT, H, W, HO, WO,
@@ -200,7 +201,7 @@ def bwd_act_tile(
             tl.atomic_add(gwpw_ptr + offs_co[:, None] * C + offs_c[None, :], gwpw, mask=mask_pw)
 
 
-@triton.jit
+@jit
 def _dwpw_bwd_act_kernel(
     x_ptr, wdw_ptr, wpw_ptr, dy_ptr, g_ptr, gwdw_ptr, gwpw_ptr,
     C, C_OUT, H, W, HO, WO,
@@ -216,7 +217,7 @@ def _dwpw_bwd_act_kernel(
                  BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION, True)
 
 
-@triton.jit
+@jit
 def bwd_dx_tile(
     x_img, wdw_ptr, g_img, dx_img, pid_q, pid_c,
     C, H, W, HO, WO,
@@ -254,7 +255,7 @@ def bwd_dx_tile(
     tl.store(dx_img + offs, cast_out(dx, dx_img, ROUND_BF16), mask=mask)
 
 
-@triton.jit
+@jit
 def _dwpw_bwd_dx_kernel(
     x_ptr, wdw_ptr, g_ptr, dx_ptr,
     C, H, W, HO, WO,
@@ -319,10 +320,14 @@ def block_sizes(ho: int, wo: int, h: int, w: int, c: int, c_out: int, stride: in
     return _Blocks(p=p, pw=pw, c=16, co=co, q=q, qw=qw, num_warps=8)
 
 
+def _output_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
 def _check(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int, padding: int,
            dilation: int) -> tuple[int, int]:
     """Validate the arguments; return the output size (Ho, Wo)."""
-    _common.check_device(x)
+    check_device(x)
     if x.dim() != 4:
         raise ValueError(f"x must be [N, C, H, W], got shape {tuple(x.shape)}")
     n, c, h, w = x.shape
@@ -333,8 +338,7 @@ def _check(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int,
     if stride < 1 or padding < 0 or dilation < 1:
         raise ValueError(f"need stride >= 1, padding >= 0, dilation >= 1; got {stride}, {padding}, {dilation}")
     k = w_dw.shape[2]
-    ho = (h + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-    wo = (w + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    ho, wo = _output_size(h, k, stride, padding, dilation), _output_size(w, k, stride, padding, dilation)
     if ho < 1 or wo < 1:
         raise ValueError(f"empty output: input {h}x{w} with k={k}, stride={stride}, padding={padding}, "
                          f"dilation={dilation}")
@@ -356,8 +360,8 @@ def dwpw_forward(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride
     y = torch.empty((n, c_out, ho, wo), device=x.device, dtype=x.dtype)
     if n == 0:
         return y
-    b = block_sizes(ho, wo, h, w, c, c_out, stride, _common.INTERPRETED)
-    _dwpw_fwd_kernel[(grid_tiles(ho, wo, b.p, b.pw), n)](
+    b = block_sizes(ho, wo, h, w, c, c_out, stride, interpreted(x))
+    launcher(_dwpw_fwd_kernel, x)[(grid_tiles(ho, wo, b.p, b.pw), n)](
         x, w_dw, w_pw, y, c, c_out, h, w, ho, wo,
         STRIDE=stride, PAD=padding, DIL=dilation, K=k,
         BLOCK_P=b.p, BLOCK_W=b.pw, BLOCK_C=b.c, BLOCK_CO=b.co, DOT_PRECISION=dot_precision(x.dtype),
@@ -386,15 +390,15 @@ def dwpw_backward(dy: torch.Tensor, x: torch.Tensor, w_dw: torch.Tensor, w_pw: t
     g_wdw = torch.zeros((c, k * k), device=x.device, dtype=torch.float32)
     g_wpw = torch.zeros((c_out, c), device=x.device, dtype=torch.float32)
     if n > 0:
-        b = block_sizes(ho, wo, h, w, c, c_out, stride, _common.INTERPRETED)
+        b = block_sizes(ho, wo, h, w, c, c_out, stride, interpreted(x))
         g = torch.empty((n, c, ho, wo), device=x.device, dtype=torch.float32)
-        _dwpw_bwd_act_kernel[(grid_tiles(ho, wo, b.p, b.pw), n)](
+        launcher(_dwpw_bwd_act_kernel, x)[(grid_tiles(ho, wo, b.p, b.pw), n)](
             x, w_dw, w_pw, dy, g, g_wdw, g_wpw, c, c_out, h, w, ho, wo,
             STRIDE=stride, PAD=padding, DIL=dilation, K=k,
             BLOCK_P=b.p, BLOCK_W=b.pw, BLOCK_C=b.c, BLOCK_CO=b.co, DOT_PRECISION=dot_precision(x.dtype),
             num_warps=b.num_warps,
         )
-        _dwpw_bwd_dx_kernel[(grid_tiles(h, w, b.q, b.qw), triton.cdiv(c, b.c), n)](
+        launcher(_dwpw_bwd_dx_kernel, x)[(grid_tiles(h, w, b.q, b.qw), triton.cdiv(c, b.c), n)](
             x, w_dw, g, dx, c, h, w, ho, wo,
             STRIDE=stride, PAD=padding, DIL=dilation, K=k, BLOCK_Q=b.q, BLOCK_W=b.qw, BLOCK_C=b.c,
             ROUND_BF16=x.dtype == torch.bfloat16, num_warps=b.num_warps,
@@ -407,29 +411,52 @@ def dwpw_backward(dy: torch.Tensor, x: torch.Tensor, w_dw: torch.Tensor, w_pw: t
 # ----------------------------------------------------------------------------------------------------------
 
 
-class ReluDwPw(torch.autograd.Function):
-    """Autograd wrapper: saves only ``x``, ``w_dw`` and ``w_pw``; backward recomputes the depthwise activation."""
+@torch.library.custom_op("sswp_fast::relu_dw_pw", mutates_args=())
+def _relu_dw_pw_op(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int, padding: int,
+                   dilation: int) -> torch.Tensor:
+    return dwpw_forward(x, w_dw, w_pw, stride, padding, dilation)
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int, padding: int,
-                dilation: int) -> torch.Tensor:
-        ctx.save_for_backward(x, w_dw, w_pw)
-        ctx.conv = (stride, padding, dilation)
-        return dwpw_forward(x, w_dw, w_pw, stride, padding, dilation)
 
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        x, w_dw, w_pw = ctx.saved_tensors
-        dx, g_wdw, g_wpw = dwpw_backward(dy, x, w_dw, w_pw, *ctx.conv)
-        need = ctx.needs_input_grad
-        return (dx if need[0] else None, g_wdw if need[1] else None, g_wpw if need[2] else None,
-                None, None, None)
+@torch.library.custom_op("sswp_fast::relu_dw_pw_backward", mutates_args=())
+def _relu_dw_pw_backward_op(dy: torch.Tensor, x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int,
+                            padding: int, dilation: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return dwpw_backward(dy, x, w_dw, w_pw, stride, padding, dilation)
+
+
+@_relu_dw_pw_op.register_fake
+def _(x, w_dw, w_pw, stride, padding, dilation):
+    n, _, h, w = x.shape
+    k = w_dw.shape[2]
+    return x.new_empty((n, w_pw.shape[0], _output_size(h, k, stride, padding, dilation),
+                        _output_size(w, k, stride, padding, dilation)))
+
+
+@_relu_dw_pw_backward_op.register_fake
+def _(dy, x, w_dw, w_pw, stride, padding, dilation):
+    return x.new_empty(x.shape), w_dw.new_empty(w_dw.shape), w_pw.new_empty(w_pw.shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, w_dw, w_pw, stride, padding, dilation = inputs
+    ctx.save_for_backward(x, w_dw, w_pw)
+    ctx.conv = (stride, padding, dilation)
+
+
+def _backward(ctx, dy: torch.Tensor):
+    x, w_dw, w_pw = ctx.saved_tensors
+    dx, g_wdw, g_wpw = torch.ops.sswp_fast.relu_dw_pw_backward(dy, x, w_dw, w_pw, *ctx.conv)
+    need = ctx.needs_input_grad
+    return dx if need[0] else None, g_wdw if need[1] else None, g_wpw if need[2] else None, None, None, None
+
+
+_relu_dw_pw_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def relu_dw_pw(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int, padding: int,
                dilation: int) -> torch.Tensor:
-    """Differentiable fused ``conv1x1(conv_dw(relu(x)))`` (see :class:`ReluDwPw`)."""
-    return ReluDwPw.apply(x, w_dw, w_pw, stride, padding, dilation)
+    """Differentiable fused ``conv1x1(conv_dw(relu(x)))`` as the custom op ``torch.ops.sswp_fast.relu_dw_pw``:
+    autograd saves only ``x``, ``w_dw`` and ``w_pw``, and the backward op recomputes the depthwise activation."""
+    return torch.ops.sswp_fast.relu_dw_pw(x, w_dw, w_pw, stride, padding, dilation)
 
 
 def dwpw_reference(x: torch.Tensor, w_dw: torch.Tensor, w_pw: torch.Tensor, stride: int, padding: int,

@@ -29,8 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common
-from ._common import cast_out
+from . import common
+from .common import cast_out, jit, launcher
 
 __all__ = ["ACTIVATION_CODES", "mixed_activation", "mixed_activation_backward", "mixed_activation_forward"]
 
@@ -50,7 +50,7 @@ _INTERPRETER_BLOCK = 4096  # the interpreter's cost is per program and operation
 # ----------------------------------------------------------------------------------------------------------
 
 
-@triton.jit
+@jit
 def _activation(x, CODE: tl.constexpr):
     """``act(x)`` for activation ``CODE`` (see ``ACTIVATION_CODES``), in ``x``'s (fp32 or fp64) type."""
     if CODE == 1:
@@ -66,7 +66,7 @@ def _activation(x, CODE: tl.constexpr):
     return y
 
 
-@triton.jit
+@jit
 def _activation_and_slope(x, CODE: tl.constexpr):
     """``(act(x), act'(x))`` for activation ``CODE``, with PyTorch's derivative conventions at the kinks."""
     if CODE == 1:
@@ -91,7 +91,7 @@ def _activation_and_slope(x, CODE: tl.constexpr):
     return y, slope
 
 
-@triton.jit
+@jit
 def _forward_kernel(x_ptr, w_ptr, y_ptr, numel, K: tl.constexpr, CODES: tl.constexpr, ACC: tl.constexpr,
                     BLOCK: tl.constexpr, ROUND_BF16: tl.constexpr):
     """Grid (cdiv(N*D, BLOCK),): ``y = Σ_k w_k act_k(x_k)`` over one BLOCK of the flattened [N, D] elements."""
@@ -107,7 +107,7 @@ def _forward_kernel(x_ptr, w_ptr, y_ptr, numel, K: tl.constexpr, CODES: tl.const
     tl.store(y_ptr + offs, cast_out(acc, y_ptr, ROUND_BF16), mask=mask)
 
 
-@triton.jit
+@jit
 def _backward_kernel(x_ptr, w_ptr, dy_ptr, dx_ptr, partial_ptr, numel, K: tl.constexpr, CODES: tl.constexpr,
                      ACC: tl.constexpr, BLOCK: tl.constexpr, ROUND_BF16: tl.constexpr):
     """Grid (cdiv(N*D, BLOCK),): ``dx_k = w_k act_k'(x_k) dy`` over one BLOCK, and this program's partial sums
@@ -164,10 +164,10 @@ def _packed(codes: Sequence[int]) -> int:
     return sum(c << (_CODE_BITS * k) for k, c in enumerate(codes))
 
 
-def _block_size(numel: int, block: int | None) -> int:
+def _block_size(numel: int, block: int | None, like: torch.Tensor) -> int:
     if block is not None:
         return block
-    return min(_INTERPRETER_BLOCK, triton.next_power_of_2(numel)) if _common.INTERPRETED else _GPU_BLOCK
+    return min(_INTERPRETER_BLOCK, triton.next_power_of_2(numel)) if common.interpreted(like) else _GPU_BLOCK
 
 
 def mixed_activation_forward(blocks: torch.Tensor, codes: Sequence[int], weights: torch.Tensor,
@@ -175,15 +175,15 @@ def mixed_activation_forward(blocks: torch.Tensor, codes: Sequence[int], weights
     """``Σ_k weights[k] · act_{codes[k]}(blocks[k])`` ([N, D]) in one Triton launch; ``block`` (a power of two)
     overrides the elements per program."""
     _check(blocks, codes, weights)
-    _common.check_device(blocks)
+    common.check_device(blocks)
     k, n, d = blocks.shape
     out_dtype = _out_dtype(blocks, weights)
     y = torch.empty((n, d), device=blocks.device, dtype=out_dtype)
     numel = n * d
     if numel == 0:
         return y
-    size = _block_size(numel, block)
-    _forward_kernel[(triton.cdiv(numel, size),)](
+    size = _block_size(numel, block, blocks)
+    launcher(_forward_kernel, blocks)[(triton.cdiv(numel, size),)](
         blocks.contiguous(), weights.contiguous(), y, numel, K=k, CODES=_packed(codes), ACC=_acc(out_dtype),
         BLOCK=size, ROUND_BF16=out_dtype == torch.bfloat16)
     return y
@@ -194,7 +194,7 @@ def mixed_activation_backward(grad: torch.Tensor, blocks: torch.Tensor, codes: S
     """``(grad_blocks, grad_weights)`` of :func:`mixed_activation_forward` for the output gradient ``grad``: one
     Triton launch, then a PyTorch sum of its [programs, K] partial sums over the programs."""
     _check(blocks, codes, weights)
-    _common.check_device(blocks)
+    common.check_device(blocks)
     k, n, d = blocks.shape
     if grad.shape != (n, d):
         raise ValueError(f"grad must be {(n, d)}, got shape {tuple(grad.shape)}")
@@ -203,10 +203,10 @@ def mixed_activation_backward(grad: torch.Tensor, blocks: torch.Tensor, codes: S
     grad_blocks = torch.empty((k, n, d), device=blocks.device, dtype=blocks.dtype)
     if numel == 0:
         return grad_blocks, torch.zeros_like(weights)
-    size = _block_size(numel, block)
+    size = _block_size(numel, block, blocks)
     programs = triton.cdiv(numel, size)
     partial = torch.empty((programs, k), device=blocks.device, dtype=acc_dtype)
-    _backward_kernel[(programs,)](
+    launcher(_backward_kernel, blocks)[(programs,)](
         blocks.contiguous(), weights.contiguous(), grad.contiguous(), grad_blocks, partial, numel, K=k,
         CODES=_packed(codes), ACC=_acc(acc_dtype), BLOCK=size,
         ROUND_BF16=blocks.dtype == torch.bfloat16 and acc_dtype == torch.float32)
@@ -259,7 +259,7 @@ def _torch_backward(grad: torch.Tensor, blocks: torch.Tensor, codes: Sequence[in
 
 @torch.library.custom_op("sswp_fast::activate_and_mix", mutates_args=())
 def _activate_and_mix_op(blocks: torch.Tensor, codes: list[int], weights: torch.Tensor) -> torch.Tensor:
-    if _common.runs_on_triton(blocks):
+    if common.runs_on_triton(blocks):
         return mixed_activation_forward(blocks, codes, weights)
     _check(blocks, codes, weights)
     return _torch_forward(blocks, codes, weights)
@@ -268,7 +268,7 @@ def _activate_and_mix_op(blocks: torch.Tensor, codes: list[int], weights: torch.
 @torch.library.custom_op("sswp_fast::activate_and_mix_backward", mutates_args=())
 def _activate_and_mix_backward_op(grad: torch.Tensor, blocks: torch.Tensor, codes: list[int], weights: torch.Tensor
                                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    if _common.runs_on_triton(blocks):
+    if common.runs_on_triton(blocks):
         return mixed_activation_backward(grad, blocks, codes, weights)
     _check(blocks, codes, weights)
     return _torch_backward(grad, blocks, codes, weights)

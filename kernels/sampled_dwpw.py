@@ -34,7 +34,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from . import _common, dwpw
+from . import common, dwpw
+from .common import jit, launcher
 from .dwpw import bwd_act_tile, bwd_dx_tile, copy_tile, dwpw_reference, fwd_tile, zero_tile
 from .sampled_pool import pool_bwd_tile, pool_fwd_tile, pool_output_size, pool_reference, pool_reference_backward
 
@@ -57,7 +58,7 @@ class Variant(NamedTuple):
 # ----------------------------------------------------------------------------------------------------------
 
 
-@triton.jit
+@jit
 def _sampled_fwd_kernel(
     x_ptr, var_ptr, pool_ptr, wdw0, wpw0, wdw1, wpw1, wdw2, wpw2, wdw3, wpw3, y_ptr,
     G, C, H, W, HO, WO,
@@ -97,7 +98,7 @@ def _sampled_fwd_kernel(
             zero_tile(y_img, pid_p, 0, C, HO, WO, BLOCK_P, BLOCK_W, BLOCK_CO)
 
 
-@triton.jit
+@jit
 def _sampled_bwd_act_kernel(
     x_ptr, var_ptr, wdw0, wpw0, wdw1, wpw1, wdw2, wpw2, wdw3, wpw3, dy_ptr, g_ptr,
     gwdw0, gwpw0, gwdw1, gwpw1, gwdw2, gwpw2, gwdw3, gwpw3,
@@ -136,7 +137,7 @@ def _sampled_bwd_act_kernel(
                      BLOCK_P, BLOCK_W, BLOCK_C, BLOCK_CO, DOT_PRECISION, WEIGHT_GRADS)
 
 
-@triton.jit
+@jit
 def _sampled_bwd_dx_kernel(
     x_ptr, var_ptr, pool_ptr, wdw0, wdw1, wdw2, wdw3, g_ptr, dy_ptr, idle_ptr, dx_ptr,
     G, C, H, W, HO, WO,
@@ -199,7 +200,7 @@ def _check(x: torch.Tensor, variant: torch.Tensor, stride: int, variants: tuple[
            pool: torch.Tensor | None = None) -> tuple[int, int, int, int]:
     """Validate the arguments (``device``: also that Triton can run on ``x``'s device); return (G, C, Ho, Wo)."""
     if device:
-        _common.check_device(x)
+        common.check_device(x)
     if not 1 <= len(variants) <= MAX_VARIANTS:
         raise ValueError(f"need 1 to {MAX_VARIANTS} variants, got {len(variants)}")
     if len(banks) != 2 * len(variants):
@@ -260,8 +261,8 @@ def sampled_dwpw_forward(x: torch.Tensor, variant: torch.Tensor, stride: int, va
     y = torch.empty((n, g * c, ho, wo), device=x.device, dtype=x.dtype)  # idle slots: zeros, by the kernel
     if n == 0:
         return y
-    b = dwpw.block_sizes(ho, wo, h, w, c, c, stride, _common.INTERPRETED)
-    _sampled_fwd_kernel[(dwpw.grid_tiles(ho, wo, b.p, b.pw), n, g)](
+    b = dwpw.block_sizes(ho, wo, h, w, c, c, stride, common.interpreted(x))
+    launcher(_sampled_fwd_kernel, x)[(dwpw.grid_tiles(ho, wo, b.p, b.pw), n, g)](
         x, variant, variant if pool is None else pool, *_padded(list(banks), 2 * MAX_VARIANTS), y, g, c, h, w, ho,
         wo, STRIDE=stride, **_constants(variants),
         BLOCK_P=b.p, BLOCK_W=b.pw, BLOCK_C=b.c, BLOCK_CO=b.co, DOT_PRECISION=dwpw.dot_precision(x.dtype),
@@ -294,26 +295,26 @@ def sampled_dwpw_backward(dy: torch.Tensor, x: torch.Tensor, variant: torch.Tens
     dy = dy.contiguous()
     if idle_dx is not None and idle_dx.shape != x.shape:
         raise ValueError(f"idle_dx must have x's shape {tuple(x.shape)}, got {tuple(idle_dx.shape)}")
-    _common.check_device(idle_dx)
+    common.check_device(idle_dx)
     idle_dx = None if idle_dx is None else idle_dx.contiguous()
     dx = torch.empty_like(x)
     if weight_grads:
-        flat = _common.weight_gradient_buffer(grad_out, sum(bank.numel() for bank in banks), x.device)
+        flat = common.weight_gradient_buffer(grad_out, sum(bank.numel() for bank in banks), x.device)
         grads = split_grads(flat, banks)
     else:  # an empty result and no fill; the kernel's gradient pointers are placeholders, never written
         flat = torch.empty(0, device=x.device, dtype=torch.float32)
         grads = list(banks)
     if n > 0:
-        b = dwpw.block_sizes(ho, wo, h, w, c, c, stride, _common.INTERPRETED)
+        b = dwpw.block_sizes(ho, wo, h, w, c, c, stride, common.interpreted(x))
         constants = _constants(variants)
         tmp = torch.empty((n, g * c, ho, wo), device=x.device, dtype=torch.float32)
-        _sampled_bwd_act_kernel[(dwpw.grid_tiles(ho, wo, b.p, b.pw), n, g)](
+        launcher(_sampled_bwd_act_kernel, x)[(dwpw.grid_tiles(ho, wo, b.p, b.pw), n, g)](
             x, variant, *_padded(list(banks), 2 * MAX_VARIANTS), dy, tmp, *_padded(grads, 2 * MAX_VARIANTS),
             g, c, h, w, ho, wo, STRIDE=stride, **constants,
             BLOCK_P=b.p, BLOCK_W=b.pw, BLOCK_C=b.c, BLOCK_CO=b.co, DOT_PRECISION=dwpw.dot_precision(x.dtype),
             WEIGHT_GRADS=weight_grads, num_warps=b.num_warps,
         )
-        _sampled_bwd_dx_kernel[(dwpw.grid_tiles(h, w, b.q, b.qw), triton.cdiv(c, b.c), n * g)](
+        launcher(_sampled_bwd_dx_kernel, x)[(dwpw.grid_tiles(h, w, b.q, b.qw), triton.cdiv(c, b.c), n * g)](
             x, variant, variant if pool is None else pool, *_padded(list(banks[0::2]), MAX_VARIANTS), tmp, dy,
             dx if idle_dx is None else idle_dx, dx, g, c, h, w, ho, wo, STRIDE=stride, **constants, BLOCK_Q=b.q,
             BLOCK_W=b.qw, BLOCK_C=b.c, ROUND_BF16=x.dtype == torch.bfloat16, HAS_POOL=pool is not None,
@@ -345,7 +346,7 @@ def _sampled_dwpw_op(x: torch.Tensor, variant: torch.Tensor, stride: int, varian
                      banks: list[torch.Tensor], grad_out: torch.Tensor | None,
                      pool: torch.Tensor | None) -> torch.Tensor:
     """``grad_out`` is not read here: the backward pass adds the bank gradients into it (see :func:`sampled_dwpw`)."""
-    if _common.runs_on_triton(x):
+    if common.runs_on_triton(x):
         return sampled_dwpw_forward(x, variant, stride, _unflat(variants), *banks, pool=pool)
     _check(x, variant, stride, _unflat(variants), tuple(banks), device=False, pool=pool)
     return sampled_dwpw_reference(x, variant, stride, _unflat(variants), *banks, pool=pool).contiguous()
@@ -360,7 +361,7 @@ def _sampled_dwpw_backward_op(
     """``dx`` and every bank's gradient in one flat tensor of the banks' dtype (an op's outputs may not alias,
     so not as views of one buffer); without ``weight_grads`` that tensor is empty, and so it is with
     ``grad_out``, into which the gradients are added."""
-    if _common.runs_on_triton(x):
+    if common.runs_on_triton(x):
         dx, flat = sampled_dwpw_backward(dy, x, variant, stride, _unflat(variants), *banks, weight_grads=weight_grads,
                                          grad_out=grad_out, pool=pool, idle_dx=idle_dx)
         return dx, flat.to(banks[0].dtype) if grad_out is None else banks[0].new_empty(0)

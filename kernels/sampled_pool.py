@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import triton
 import triton.language as tl
 
-from ._common import cast_out
+from .common import cast_out, jit
 from .dwpw import pixel_tile
 
 __all__ = ["AVG", "MAX", "pool_bwd_tile", "pool_fwd_tile", "pool_output_size", "pool_reference",
@@ -38,7 +37,7 @@ MAX, AVG = 0, 1
 """``pool`` values: max pooling, average pooling (any negative value: neither)."""
 
 
-@triton.jit
+@jit
 def _window(x_plane, oh, ow, H, W, valid_out, STRIDE: tl.constexpr, IS_MAX: tl.constexpr):
     """Over the 3×3 windows at ``(oh, ow)`` (padding 1; ``x_plane`` channel pointers and ``oh``, ``ow`` broadcast
     to ``valid_out``'s shape), in fp32: ``(max, flat index of its first maximum in row-major order)`` with
@@ -66,7 +65,7 @@ def _window(x_plane, oh, ow, H, W, valid_out, STRIDE: tl.constexpr, IS_MAX: tl.c
     return best, where
 
 
-@triton.jit
+@jit
 def pool_fwd_tile(x_img, y_img, pid_p, C, H, W, HO, WO, STRIDE: tl.constexpr, IS_MAX: tl.constexpr,
                   BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_CO: tl.constexpr, ROUND_BF16: tl.constexpr):
     """Output tile ``pid_p`` of one image's slot (the tile :func:`.dwpw.fwd_tile` writes: ``BLOCK_P`` pixels ×
@@ -80,7 +79,7 @@ def pool_fwd_tile(x_img, y_img, pid_p, C, H, W, HO, WO, STRIDE: tl.constexpr, IS
     tl.store(y_img + offs_c[None, :] * (HO * WO) + offs_p[:, None], cast_out(out, y_img, ROUND_BF16), mask=mask)
 
 
-@triton.jit
+@jit
 def pool_bwd_tile(x_img, dy_img, dx_img, pid_q, pid_c, C, H, W, HO, WO, STRIDE: tl.constexpr, IS_MAX: tl.constexpr,
                   BLOCK_Q: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, ROUND_BF16: tl.constexpr):
     """Input tile ``pid_q`` × channel block ``pid_c`` of one image's slot (the tile :func:`.dwpw.bwd_dx_tile`

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from . import _common
-from ._common import cast_out
+from . import common
+from .common import cast_out, jit, launcher
 
 __all__ = ["sampled_reduce", "sampled_reduce_backward", "sampled_reduce_forward", "sampled_reduce_grads",
            "sampled_reduce_reference"]
@@ -41,7 +41,7 @@ _BLOCK_ELEMENTS = 4096
 """A program covers one slot of one image: all its channels × up to this many elements in all."""
 
 
-@triton.jit
+@jit
 def _program(G, C, W, HO, WO, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """A program's slot ``g`` (grid axis 1) of image ``n`` (axis 2) and tile of output pixels (axis 0): ``(g, pixel
     mask, offsets of the even input pixels in a plane, channel offsets, the slot's first plane, output offsets
@@ -55,7 +55,7 @@ def _program(G, C, W, HO, WO, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     return g, offs < HO * WO, even, ch, slot, (slot + ch[:, None]) * HO * WO + offs[None, :]
 
 
-@triton.jit
+@jit
 def _reduce_fwd_kernel(x_ptr, reduce_ptr, we_ptr, wo_ptr, base_ptr, y_ptr, G, C, HALF, H, W, HO, WO,
                        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ROUND_BF16: tl.constexpr):
     """Grid (output pixel tiles, G, N): slot g of image n, its factorized reduce or its ``base``."""
@@ -80,7 +80,7 @@ def _reduce_fwd_kernel(x_ptr, reduce_ptr, we_ptr, wo_ptr, base_ptr, y_ptr, G, C,
         tl.store(y_ptr + out, tl.load(base_ptr + out, mask=mask, other=0.0), mask=mask)
 
 
-@triton.jit
+@jit
 def _reduce_bwd_kernel(x_ptr, reduce_ptr, we_ptr, wo_ptr, dy_ptr, dx_ptr, dbase_ptr, dwe_ptr, dwo_ptr, G, C, HALF,
                        H, W, HO, WO, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
                        ROUND_BF16: tl.constexpr, WEIGHT_GRADS: tl.constexpr):
@@ -148,7 +148,7 @@ def _launch(kernel, x: torch.Tensor, g: int, c: int, tensors: tuple[torch.Tensor
     rows = triton.next_power_of_2(c)
     pixels = h // 2 * (w // 2)
     block_p = max(16, min(triton.next_power_of_2(pixels), _BLOCK_ELEMENTS // rows))
-    kernel[(triton.cdiv(pixels, block_p), g, n)](
+    launcher(kernel, x)[(triton.cdiv(pixels, block_p), g, n)](
         *tensors, g, c, c // 2, h, w, h // 2, w // 2, BLOCK_P=block_p, BLOCK_C=rows,
         ROUND_BF16=x.dtype == torch.bfloat16, **flags)
 
@@ -157,7 +157,7 @@ def sampled_reduce_forward(x: torch.Tensor, reduce: torch.Tensor, w_even: torch.
                            base: torch.Tensor) -> torch.Tensor:
     """The factorized reduce of every slot whose ``reduce`` flag is set, ``base`` in the others: one launch."""
     g, c = _check(x, reduce, w_even, w_odd, base)
-    _common.check_device(x, reduce, w_even, w_odd, base)
+    common.check_device(x, reduce, w_even, w_odd, base)
     x, base = x.contiguous(), base.contiguous()
     y = torch.empty_like(base)
     if y.numel():
@@ -173,11 +173,11 @@ def sampled_reduce_backward(dy: torch.Tensor, x: torch.Tensor, reduce: torch.Ten
     empty (no fill) without ``weight_grads``. Given ``grad_out`` (fp32, that size, zero) they are added into it
     (no fill), and it is the result."""
     g, c = _check(x, reduce, w_even, w_odd, dy)
-    _common.check_device(dy, x, reduce, w_even, w_odd)
+    common.check_device(dy, x, reduce, w_even, w_odd)
     x, dy = x.contiguous(), dy.contiguous()
     dx, dbase = torch.empty_like(x), torch.empty_like(dy)
     if weight_grads:
-        grads = _common.weight_gradient_buffer(grad_out, g * c * c, x.device).view(2, g * c // 2, c)
+        grads = common.weight_gradient_buffer(grad_out, g * c * c, x.device).view(2, g * c // 2, c)
     else:
         grads = torch.empty(0, device=x.device, dtype=torch.float32)
     if dy.numel():
@@ -238,7 +238,7 @@ def _reference_backward(dy: torch.Tensor, x: torch.Tensor, reduce: torch.Tensor,
 def _sampled_reduce_op(x: torch.Tensor, reduce: torch.Tensor, w_even: torch.Tensor, w_odd: torch.Tensor,
                        base: torch.Tensor, grad_out: torch.Tensor | None) -> torch.Tensor:
     """``grad_out`` is not read here: the backward pass adds the weight gradients into it."""
-    if _common.runs_on_triton(x):
+    if common.runs_on_triton(x):
         return sampled_reduce_forward(x, reduce, w_even, w_odd, base)
     return sampled_reduce_reference(x, reduce, w_even, w_odd, base).contiguous()
 
@@ -249,7 +249,7 @@ def _sampled_reduce_backward_op(dy: torch.Tensor, x: torch.Tensor, reduce: torch
                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``dx``, ``dbase`` and the weight gradients ``[2, G*C/2, C]`` (even, odd) in the weights' dtype; with
     ``grad_out`` those are added into it instead, and the third result is empty."""
-    if _common.runs_on_triton(x):
+    if common.runs_on_triton(x):
         dx, dbase, grads = sampled_reduce_backward(dy, x, reduce, w_even, w_odd, weight_grads, grad_out)
         return dx, dbase, grads.to(w_even.dtype) if grad_out is None else w_even.new_empty(0)
     dx, dbase, grads = _reference_backward(dy, x, reduce, w_even, w_odd, weight_grads)

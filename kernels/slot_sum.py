@@ -26,8 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common
-from ._common import cast_out
+from . import common
+from .common import cast_out, jit, launcher
 
 __all__ = ["FIRST", "NONE", "SECOND", "SKIP", "slot_sum", "slot_sum_backward", "slot_sum_forward",
            "slot_sum_reference"]
@@ -41,7 +41,7 @@ _BLOCK_ELEMENTS = 4096
 """... and up to this many elements in all (rows × pixels)."""
 
 
-@triton.jit
+@jit
 def _tile(pid_p, pid_r, N, C, HW, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr):
     """A program's ``[BLOCK_R, BLOCK_P]`` tile of rows (image n, channel c) × pixels: (n, c, pixel offsets,
     mask)."""
@@ -50,7 +50,7 @@ def _tile(pid_p, pid_r, N, C, HW, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr):
     return row // C, row % C, offs, (offs < HW) & (row < N * C)
 
 
-@triton.jit
+@jit
 def _slot_sum_fwd_kernel(first_ptr, second_ptr, skip_ptr, source_ptr, scale_ptr, base_ptr, out_ptr, N, G, C, HW,
                          HAS_SKIP: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BASE: tl.constexpr,
                          BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, ROUND_BF16: tl.constexpr):
@@ -76,7 +76,7 @@ def _slot_sum_fwd_kernel(first_ptr, second_ptr, skip_ptr, source_ptr, scale_ptr,
     tl.store(out_ptr + (n * C + c) * HW + offs, cast_out(acc, out_ptr, ROUND_BF16), mask=mask)
 
 
-@triton.jit
+@jit
 def _slot_sum_bwd_kernel(dout_ptr, first_ptr, second_ptr, skip_ptr, source_ptr, scale_ptr, dfirst_ptr,
                          dsecond_ptr, dskip_ptr, partial_ptr, N, G, C, HW, HAS_SKIP: tl.constexpr,
                          HAS_SCALE: tl.constexpr, SCALE_GRAD: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -145,14 +145,14 @@ def slot_sum_forward(first: torch.Tensor, second: torch.Tensor, skip: torch.Tens
     """``[N, C, H, W]``: the sum over the slots of each slot's ``source`` (scaled by ``scale``), plus ``base``:
     one launch."""
     n, g, c, h, w = _check(first, second, skip, source, scale, base)
-    _common.check_device(first, second, skip, source, scale, base)
+    common.check_device(first, second, skip, source, scale, base)
     first, second, source = first.contiguous(), second.contiguous(), source.contiguous()
     skip = skip.contiguous() if skip is not None else None
     base = base.contiguous() if base is not None else None
     out = torch.empty((n, c, h, w), device=first.device, dtype=_out_dtype(first, second, skip, scale, base))
     if out.numel():
         block_r, block_p = _blocks(n * c, h * w)
-        _slot_sum_fwd_kernel[(triton.cdiv(h * w, block_p), triton.cdiv(n * c, block_r))](
+        launcher(_slot_sum_fwd_kernel, first)[(triton.cdiv(h * w, block_p), triton.cdiv(n * c, block_r))](
             first, second, first if skip is None else skip, source, source if scale is None else scale,
             out if base is None else base, out, n, g, c, h * w, HAS_SKIP=skip is not None,
             HAS_SCALE=scale is not None, HAS_BASE=base is not None, BLOCK_P=block_p, BLOCK_R=block_r,
@@ -173,7 +173,7 @@ def slot_sum_backward(dout: torch.Tensor, source: torch.Tensor, scale: torch.Ten
     scale_grad = bool(sources)
     if scale_grad:
         _check(sources[0], sources[1], sources[2] if has_skip else None, source, scale)
-    _common.check_device(dout, source, scale, *sources)
+    common.check_device(dout, source, scale, *sources)
     dout, source = dout.contiguous(), source.contiguous()
     sources = tuple(t.contiguous() for t in sources)
     grads = [dout.new_empty((n, g * c, h, w)) for _ in range(2 + has_skip)]
@@ -185,7 +185,7 @@ def slot_sum_backward(dout: torch.Tensor, source: torch.Tensor, scale: torch.Ten
         first, second = sources[:2]
         skip = sources[2] if has_skip else dout
     if dout.numel():
-        _slot_sum_bwd_kernel[grid](
+        launcher(_slot_sum_bwd_kernel, dout)[grid](
             dout, first, second, skip, source, source if scale is None else scale, grads[0], grads[1], grads[-1],
             dout if partial is None else partial, n, g, c, h * w, HAS_SKIP=has_skip, HAS_SCALE=scale is not None,
             SCALE_GRAD=scale_grad, BLOCK_P=block_p, BLOCK_R=block_r, ROUND_BF16=dout.dtype == torch.bfloat16)
@@ -237,7 +237,7 @@ def _reference_backward(dout: torch.Tensor, source: torch.Tensor, scale: torch.T
 @torch.library.custom_op("sswp_fast::slot_sum", mutates_args=())
 def _slot_sum_op(first: torch.Tensor, second: torch.Tensor, skip: torch.Tensor | None, source: torch.Tensor,
                  scale: torch.Tensor | None, base: torch.Tensor | None) -> torch.Tensor:
-    if _common.runs_on_triton(first):
+    if common.runs_on_triton(first):
         return slot_sum_forward(first, second, skip, source, scale, base)
     return slot_sum_reference(first, second, skip, source, scale, base).contiguous()
 
@@ -245,7 +245,7 @@ def _slot_sum_op(first: torch.Tensor, second: torch.Tensor, skip: torch.Tensor |
 @torch.library.custom_op("sswp_fast::slot_sum_backward", mutates_args=())
 def _slot_sum_backward_op(dout: torch.Tensor, source: torch.Tensor, scale: torch.Tensor | None, has_skip: bool,
                           sources: list[torch.Tensor]) -> list[torch.Tensor]:
-    if _common.runs_on_triton(dout):
+    if common.runs_on_triton(dout):
         return slot_sum_backward(dout, source, scale, has_skip, tuple(sources))
     return [t.contiguous() for t in _reference_backward(dout, source, scale, has_skip, tuple(sources))]
 

@@ -42,8 +42,6 @@ stage 30 machine python -c "import torch, triton; print(torch.cuda.get_device_na
     'triton', triton.__version__, 'cuda', torch.version.cuda)"
 stage 240 gpu-tests python -m pytest -q -m gpu -rs
 stage 150 info-nce-bench python benchmarks/bench_info_nce.py --device cuda
-stage 240 kernel-bench-ops python -m pytest -q benchmarks/test_bench_kernels.py -k op_forward_backward \
-    --benchmark-only --benchmark-json="$results/kernels_ops_cuda.json" --benchmark-columns=mean,stddev,rounds
 stage 240 kernel-bench-steps python -m pytest -q benchmarks/test_bench_kernels.py -k search_step \
     --benchmark-only --benchmark-json="$results/kernels_steps_cuda.json" --benchmark-columns=mean,stddev,rounds
 stage 120 saved-activations python benchmarks/bench_saved_activations.py --device cuda

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 
-if not torch.cuda.is_available():  # Triton kernels run on CPU tensors only under the interpreter; it must be on
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any @triton.jit decorator runs
+with contextlib.suppress(ImportError):  # first, so that Triton's own library stays compiled, as in a process that
+    import triton  # noqa: F401  turns the interpreter on late (sswp_fast.kernels.common); triton is optional
+
+if not torch.cuda.is_available():  # Triton kernels run on CPU tensors only under the interpreter, which each launch
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # asks for (sswp_fast.kernels.common), whenever it was set
 
 import pytest  # noqa: E402
 

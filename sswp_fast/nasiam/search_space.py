@@ -128,7 +128,7 @@ def activate_and_mix(blocks: Sequence[torch.Tensor], activations: Sequence[str],
     from sswp_fast.search.executors.choice import triton_installed
 
     if blocks[0].is_cuda and triton_installed():
-        from sswp_fast.kernels._common import runs_on_triton
+        from sswp_fast.kernels.common import runs_on_triton
         from sswp_fast.kernels.mixed_activation import mixed_activation
 
         if runs_on_triton(blocks[0]):

@@ -54,10 +54,8 @@ class ReLUConvBN(nn.Module):
 
 
 class FusableConv(nn.Module):
-    """An op made of ReLU → depthwise → pointwise → BN halves, which the Triton backend runs fused
-    (``sswp_fast.kernels.fused_conv``); ``kernels`` is set for a whole network by :func:`use_kernels`."""
-
-    kernels = "torch"
+    """An op made of ReLU → depthwise → pointwise → BN halves, which the device executor runs as the fused
+    kernels of ``sswp_fast.kernels.sampled_dwpw`` from the modules' :meth:`halves`."""
 
     def halves(self) -> list[tuple[nn.Conv2d, nn.Conv2d, nn.BatchNorm2d]]:
         """(depthwise conv, pointwise conv, batch norm) of each half, in order."""
@@ -65,18 +63,7 @@ class FusableConv(nn.Module):
         return [(layers[i + 1], layers[i + 2], layers[i + 3]) for i in range(0, len(layers), 4)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernels == "triton":
-            from sswp_fast.kernels.fused_conv import fused_conv
-
-            return fused_conv(self.halves(), x)
         return self.op(x)
-
-
-def use_kernels(root: nn.Module, kernels: str) -> None:
-    """Run every separable / dilated convolution under ``root`` with ``kernels`` (``"triton"`` or ``"torch"``)."""
-    for module in root.modules():
-        if isinstance(module, FusableConv):
-            module.kernels = kernels
 
 
 class DilConv(FusableConv):

@@ -16,8 +16,6 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import importlib
-from sswp_fast.kernels import _common
-assert not _common.INTERPRETED
 module, kernels, dtypes, shared, ints, fp32 = json.loads(sys.argv[1])
 module = importlib.import_module(module)
 count = 0

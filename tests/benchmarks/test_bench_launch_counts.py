@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import bench_launch_counts  # noqa: E402
 from bench_launch_counts import Counts  # noqa: E402
 
-from sswp_fast.kernels import _common  # noqa: E402
+from sswp_fast.kernels import common  # noqa: E402
 from sswp_fast.kernels.sampled_reduce import sampled_reduce, sampled_reduce_reference  # noqa: E402
 
 
@@ -24,7 +24,7 @@ def test_one_of_our_ops_costs_the_launches_inside_it_not_one_more(monkeypatch) -
     w_even, w_odd = torch.randn(4, 4), torch.randn(4, 4)
     with Counts() as direct:
         sampled_reduce_reference(x, reduce, w_even, w_odd, base)
-    monkeypatch.setattr(_common, "INTERPRETED", False)
+    monkeypatch.setattr(common, "interpreter_on", lambda: False)
     with Counts() as op:
         sampled_reduce(x, reduce, w_even, w_odd, base)
     assert direct.compute > 2

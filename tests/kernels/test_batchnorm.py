@@ -6,7 +6,8 @@ and dbias in training and eval mode, affine on and off, C in {5, 12}, odd and ev
 (fp32: within 1e-4 abs + 1e-4 rel); multi-chunk / multi-block launch plans (shrunk interpreter plan); a bf16 and
 an fp16 case (error vs an fp64 reference no worse than 2× PyTorch's own + 1e-6); numerically sound statistics
 when |mean| >> std; that the autograd graph saves only x, the per-channel mean/rstd and the weight; the
-argument errors of ``F.batch_norm``; and the one-line error for CPU tensors without the interpreter.
+argument errors of ``F.batch_norm``; the one-line error for CPU tensors without the interpreter; and
+``torch.library.opcheck`` of the custom ops.
 Grids stay at a few dozen programs, so the file runs in a few seconds.
 """
 
@@ -20,7 +21,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sswp_fast.kernels import _common
 from sswp_fast.kernels import batchnorm as bn
 
 ATOL = RTOL = 1e-4
@@ -127,7 +127,7 @@ def test_banked_statistics_need_fitting_banks():
 def test_low_precision_no_worse_than_torch(dtype, param_dtype, training):
     """bf16/fp16 input (parameters and buffers fp32, or bf16 as after ``module.bfloat16()``): max error vs an fp64
     reference at most 2x PyTorch's own + 1e-6. For the big tensors (out, dx) also the mean error within 1.25x:
-    a truncating bf16 cast (the interpreter's own, see ``_common.cast_out``) doubles the mean but not the max error."""
+    a truncating bf16 cast (the interpreter's own, see ``common.cast_out``) doubles the mean but not the max error."""
     args = _inputs((2, 12, 8, 8), True, dtype=dtype, param_dtype=param_dtype)
     ours = _run(bn.batch_norm, *args, training)
     ref = _run(F.batch_norm, *args, training)
@@ -143,14 +143,16 @@ def test_low_precision_no_worse_than_torch(dtype, param_dtype, training):
 
 
 def test_statistics_sound_when_mean_dwarfs_std():
-    """Shifted lane Welford + Chan merge: rstd of data with mean 1e4 and std 0.5 as good as PyTorch's."""
+    """Shifted lane Welford + Chan merge: rstd (and the unbiased variance written to the running buffer, with
+    momentum 1) of data with mean 1e4 and std 0.5 as good as PyTorch's."""
     x = torch.randn(2, 5, 7, 7) * 0.5 + 1e4
-    mean, rstd, var_unbiased = bn.bn_stats(x)
+    running_var = torch.ones(5)
+    _, mean, rstd = bn.bn_train_forward(x, running_mean=torch.zeros(5), running_var=running_var, momentum=1.0)
     xd = x.double()
     var64, mean64 = torch.var_mean(xd, dim=(0, 2, 3), correction=0)
     torch.testing.assert_close(mean.double(), mean64, atol=2e-3, rtol=0)  # fp32 ulp at 1e4 is ~1e-3
     torch.testing.assert_close(rstd.double(), (var64 + 1e-5).rsqrt(), atol=0, rtol=1e-6)
-    torch.testing.assert_close(var_unbiased.double(), var64 * 98 / 97, atol=0, rtol=1e-5)
+    torch.testing.assert_close(running_var.double(), var64 * 98 / 97, atol=0, rtol=1e-5)
 
 
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
@@ -182,25 +184,45 @@ def test_saves_only_x_mean_rstd(affine):
 
 
 def test_functional_api_pieces():
-    """bn_stats / update_running_stats / bn_forward / bn_backward compose to F.batch_norm's training step."""
+    """bn_train_forward / bn_forward / bn_backward compose to F.batch_norm's training step."""
     x, weight, bias, (rm, rv), dout = _inputs((2, 12, 7, 7), True)
     rm_ref, rv_ref = rm.clone(), rv.clone()
-    mean, rstd, var_unbiased = bn.bn_stats(x)
-    bn.update_running_stats(rm, rv, mean, var_unbiased, momentum=0.1)
-    v = rm._version
+    version = rm._version
+    y, mean, rstd = bn.bn_train_forward(x, weight, bias, 1e-5, rm, rv, 0.1)
     out = bn.bn_forward(x, mean, rstd, weight, bias)
     xr = x.clone().requires_grad_(True)
     ref = F.batch_norm(xr, rm_ref, rv_ref, weight, bias, True, 0.1, 1e-5)
+    torch.testing.assert_close(y, ref, atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(out, ref, atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(rm, rm_ref, atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(rv, rv_ref, atol=ATOL, rtol=RTOL)
-    assert v > 0  # autograd is told that the kernel wrote the buffer
+    assert rm._version > version  # autograd is told that the kernel wrote the buffer
     dx, dw, db = bn.bn_backward(dout, x, mean, rstd, weight, training=True)
     torch.testing.assert_close(dx, torch.autograd.grad(ref, xr, dout)[0], atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(db, dout.sum((0, 2, 3)), atol=ATOL, rtol=RTOL)
     xhat = (x - mean[:, None, None]) * rstd[:, None, None]
     torch.testing.assert_close(dw, (dout * xhat).sum((0, 2, 3)), atol=ATOL, rtol=RTOL)
+    assert bn.bn_backward(dout, x, mean, rstd, None, training=False, need_dx=False) == (None, None, None)
     torch.testing.assert_close(bn.bn_reference(x, None, None, weight, bias, True), ref.detach())
+
+
+def test_custom_ops_pass_opcheck():
+    """The three ops' schemas (the training forward's in-place running buffers and count bank included), fake
+    kernels and autograd registration (``torch.library.opcheck``): plain and banked training forwards, the apply,
+    and the backward with and without each gradient."""
+    x, weight, bias, (rm, rv), dout = _inputs((2, 6, 3, 3), True)
+    ops = torch.ops.sswp_fast
+    torch.library.opcheck(ops.batch_norm_train.default, (x, weight, bias, 1e-5, rm, rv, 0.1, None, None))
+    torch.library.opcheck(ops.batch_norm_train.default, (x, None, None, 1e-5, None, None, 0.1, None, None))
+    banks = (torch.randn(4, 3, 2), torch.rand(4, 3, 2) + 0.5, torch.zeros(4, 3, dtype=torch.long))
+    rows = torch.tensor([1, -1, 0])
+    torch.library.opcheck(ops.batch_norm_train.default, (x, weight, bias, 1e-5, banks[0], banks[1], 0.1, rows,
+                                                         banks[2]))
+    _, mean, rstd = bn.bn_train_forward(x)
+    torch.library.opcheck(ops.batch_norm_apply.default, (x, mean, rstd, weight, bias))
+    for training, need_dx, need_param_grads in ((True, True, True), (False, False, True), (False, True, False)):
+        torch.library.opcheck(ops.batch_norm_backward.default,
+                              (dout, x, mean, rstd, weight, training, need_dx, need_param_grads))
 
 
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
@@ -232,7 +254,7 @@ def test_errors_like_f_batch_norm(monkeypatch):
         bn.batch_norm(torch.randn(2, 3, 4, 4), None, None, training=False)
     with pytest.raises(TypeError, match="float64"):
         bn.batch_norm(torch.randn(2, 3, 4, 4, dtype=torch.float64), None, None, training=True)
-    monkeypatch.setattr(_common, "INTERPRETED", False)  # as if imported without TRITON_INTERPRET=1
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         bn.batch_norm(torch.randn(2, 3, 4, 4), None, None, training=True)
 
@@ -242,21 +264,17 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from sswp_fast.kernels import batchnorm as bn
-from sswp_fast.kernels import _common
-assert not _common.INTERPRETED
 io = {"x_ptr": "*bf16", "y_ptr": "*bf16", "dy_ptr": "*bf16", "dx_ptr": "*bf16", "rm_ptr": "*bf16", "rv_ptr": "*bf16",
       "rows_ptr": "*i64", "count_ptr": "*i64"}
 cases = [
     (bn._bn_stats_partial_kernel, {"BLOCK": 1024}),
-    (bn._bn_stats_finalize_kernel, {"HAS_RUNNING": True, "BANKED": False, "RTNE_BF16": False, "BLOCK_C": 16,
-                                    "BLOCK_S": 256}),
-    (bn._bn_stats_finalize_kernel, {"HAS_RUNNING": True, "BANKED": True, "RTNE_BF16": False, "BLOCK_C": 16,
-                                    "BLOCK_S": 256}),  # the device executor's banked statistics
-    (bn._bn_running_update_kernel, {"RTNE_BF16": False, "BLOCK_C": 1024}),
     (bn._bn_apply_kernel, {"HAS_WEIGHT": True, "HAS_BIAS": True, "RTNE_BF16": False, "BLOCK": 1024}),
-    (bn._bn_finalize_apply_kernel, {"HAS_RUNNING": True, "BANKED": True, "RTNE_BF16_RUNNING": False,
+    (bn._bn_finalize_apply_kernel, {"HAS_RUNNING": True, "BANKED": False, "RTNE_BF16_RUNNING": False,
                                     "HAS_WEIGHT": True, "HAS_BIAS": True, "RTNE_BF16": False, "BLOCK": 1024,
                                     "BLOCK_S": 256}),
+    (bn._bn_finalize_apply_kernel, {"HAS_RUNNING": True, "BANKED": True, "RTNE_BF16_RUNNING": False,
+                                    "HAS_WEIGHT": True, "HAS_BIAS": True, "RTNE_BF16": False, "BLOCK": 1024,
+                                    "BLOCK_S": 256}),  # the device executor's banked statistics
     (bn._bn_bwd_reduce_kernel, {"BLOCK": 1024}),
     (bn._bn_bwd_dx_kernel, {"HAS_WEIGHT": True, "TRAINING": True, "RTNE_BF16": False, "BLOCK": 1024,
                             "BLOCK_S": 256}),

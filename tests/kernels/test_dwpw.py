@@ -14,12 +14,11 @@ import sys
 
 import pytest
 import torch
-import triton
 import triton.language as tl
 
-from sswp_fast.kernels import _common, dwpw
-from sswp_fast.kernels._common import cast_out
-from sswp_fast.kernels.dwpw import ReluDwPw, dwpw_backward, dwpw_forward, dwpw_reference, relu_dw_pw
+from sswp_fast.kernels import dwpw
+from sswp_fast.kernels.common import cast_out, jit, launcher
+from sswp_fast.kernels.dwpw import dwpw_backward, dwpw_forward, dwpw_reference, relu_dw_pw
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -76,7 +75,7 @@ def test_half_precision_error_at_most_twice_pytorch(dtype, k, padding, dilation,
         assert err <= 2 * torch_err + 1e-6, f"{name}: our error {err:.3g} vs PyTorch's {torch_err:.3g}"
 
 
-@triton.jit
+@jit
 def _store_rounded(x_ptr, y_ptr, N: tl.constexpr):
     offs = tl.arange(0, N)
     tl.store(y_ptr + offs, cast_out(tl.load(x_ptr + offs), y_ptr, True))
@@ -93,7 +92,7 @@ def test_bf16_output_rounding_is_round_to_nearest_even():
     x = torch.cat([bits.view(torch.float32), torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"),
                                                           3.3895e38, -3.3895e38, 1.0, -1.0] + [0.5] * 7)]).to(DEVICE)
     y = torch.empty_like(x, dtype=torch.bfloat16)
-    _store_rounded[(1,)](x, y, N=x.numel())
+    launcher(_store_rounded, x)[(1,)](x, y, N=x.numel())
     expected = x.to(torch.bfloat16)
     assert torch.equal(y.isnan(), expected.isnan())
     keep = ~expected.isnan()
@@ -147,14 +146,26 @@ def test_autograd_saves_only_input_and_weights():
     x, w_dw, w_pw = (t.requires_grad_() for t in make_inputs(5, 6, 7, 7, 3))
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        y = ReluDwPw.apply(x, w_dw, w_pw, 1, 1, 1)
+        y = relu_dw_pw(x, w_dw, w_pw, 1, 1, 1)
     assert [t.data_ptr() for t in saved] == [x.data_ptr(), w_dw.data_ptr(), w_pw.data_ptr()]
     y.sum().backward()
     assert x.grad is not None and w_dw.grad is not None and w_pw.grad is not None
 
 
+def test_custom_ops_pass_opcheck():
+    """The op and its backward op: schemas, fake kernels (output sizes at stride 2 and dilation 2) and autograd
+    registration (``torch.library.opcheck``), on a small input."""
+    x, w_dw, w_pw = make_inputs(5, 6, 7, 7, 3, n=1)
+    conv = (2, 2, 2)
+    torch.library.opcheck(torch.ops.sswp_fast.relu_dw_pw.default,
+                          (x.requires_grad_(), w_dw.requires_grad_(), w_pw.requires_grad_(), *conv))
+    dy = torch.randn_like(dwpw_reference(x, w_dw, w_pw, *conv)).detach()
+    torch.library.opcheck(torch.ops.sswp_fast.relu_dw_pw_backward.default,
+                          (dy, x.detach(), w_dw.detach(), w_pw.detach(), *conv))
+
+
 def test_cpu_tensors_without_interpreter_raise(monkeypatch):
-    monkeypatch.setattr(_common, "INTERPRETED", False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     x, w_dw, w_pw = make_inputs(5, 6, 7, 7, 3)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         dwpw_forward(x.cpu(), w_dw.cpu(), w_pw.cpu(), 1, 1, 1)
@@ -172,9 +183,7 @@ _COMPILE_SCRIPT = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from sswp_fast.kernels import _common, dwpw
-from sswp_fast.kernels._common import cast_out
-assert not _common.INTERPRETED
+from sswp_fast.kernels import dwpw
 shapes = [(36, 32, 3, 1, 1, 1), (144, 8, 5, 2, 4, 2)]  # the first CIFAR cell's sep_conv_3x3; dil_conv_5x5, C=144
 count = 0
 for c, size, k, stride, pad, dil in shapes:

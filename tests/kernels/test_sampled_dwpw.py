@@ -54,9 +54,7 @@ def test_pytorch_kernel_of_the_op_outside_the_interpreter(monkeypatch, layout):
     """CPU tensors without the interpreter take the op's PyTorch kernel (explicit convolution gradients, as a
     custom op's kernel runs below autograd): equal to the reference, and consistent with the op's fake kernel,
     schema and autograd registration (``torch.library.opcheck``), channels-last inputs included."""
-    from sswp_fast.kernels import _common
-
-    monkeypatch.setattr(_common, "INTERPRETED", False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     torch.manual_seed(0)
     x, banks = make(FIRST_HALVES, 5, 3, 8, 8, dtype=torch.float64, n=2)
     x = x.cpu().contiguous(memory_format=layout)
@@ -76,9 +74,7 @@ def test_pytorch_kernel_of_the_op_outside_the_interpreter(monkeypatch, layout):
 def test_detached_banks_get_no_weight_gradient_and_the_same_input_gradient(monkeypatch, interpreted):
     """An arch step differentiates the gates only, so its banks are detached: the backward op is then asked for
     no weight gradient (the kernel skips them, and the flat buffer's fill) and gives the same ``dx``."""
-    from sswp_fast.kernels import _common
-
-    monkeypatch.setattr(_common, "INTERPRETED", interpreted)
+    monkeypatch.setenv("TRITON_INTERPRET", "1" if interpreted else "0")
     device = DEVICE if interpreted else "cpu"
     torch.manual_seed(4)
     x, banks = make(FIRST_HALVES, 3, 4, 6, 6)
@@ -208,9 +204,7 @@ def test_idle_slots_take_the_given_input_gradient(monkeypatch, interpreted):
     slot group's input gets from its skip or factorized reduce), written by the input-gradient launch; the other
     slots' ``dx`` and every weight gradient are those of a backward pass without it. The op's schema and fake
     kernel take it (``opcheck``)."""
-    from sswp_fast.kernels import _common
-
-    monkeypatch.setattr(_common, "INTERPRETED", interpreted)
+    monkeypatch.setenv("TRITON_INTERPRET", "1" if interpreted else "0")
     device = DEVICE if interpreted else "cpu"
     torch.manual_seed(7)
     x, banks = make(FIRST_HALVES, 5, 3, 6, 6)

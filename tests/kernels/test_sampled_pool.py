@@ -61,15 +61,13 @@ def test_the_reference_and_the_op_outside_the_interpreter_agree_with_the_kernels
     """The PyTorch reference and the op's PyTorch kernel, which CPU tensors take outside the interpreter
     (explicit pooling gradients), against the Triton kernels; the fake kernel, schema and autograd registration
     with ``pool`` checked by ``torch.library.opcheck``."""
-    from sswp_fast.kernels import _common
-
     torch.manual_seed(1)
     pool = torch.tensor(POOL, device=DEVICE)
     x, banks = make(FIRST_HALVES, len(POOL), 2, 6, 6)
     dy = torch.randn(2, 2 * len(POOL), 3, 3, device=DEVICE)
     kernels = _output_and_grads(sampled_dwpw, x, banks, dy, 2, pool)
     reference = _output_and_grads(sampled_dwpw_reference, x, banks, dy, 2, pool)
-    monkeypatch.setattr(_common, "INTERPRETED", False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     x, dy, pool = x.cpu().double(), dy.cpu().double(), pool.cpu()
     banks = [bank.cpu().double() for bank in banks]
     op = _output_and_grads(sampled_dwpw, x, banks, dy, 2, pool)

@@ -53,15 +53,13 @@ def test_the_reference_and_the_op_outside_the_interpreter_agree_with_the_kernels
     """The op's PyTorch kernels, which CPU tensors take outside the interpreter (explicit gradients), in float64
     against the Triton kernels; the fake kernels, schema and autograd registration checked by
     ``torch.library.opcheck``."""
-    from sswp_fast.kernels import _common
-
     torch.manual_seed(1)
     source = torch.tensor([SKIP, NONE, FIRST, SECOND], device=DEVICE)
     first, second, x = (torch.randn(2, 8, 3, 3, device=DEVICE) for _ in range(3))
     gates = torch.rand(4, device=DEVICE)
     dout = torch.randn(2, 2, 3, 3, device=DEVICE)
     kernels = _outputs_and_grads(lambda a, b, s, k: slot_sum(a, b, s, source, k), [first, second, x, gates], dout)
-    monkeypatch.setattr(_common, "INTERPRETED", False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     cpu = [t.cpu().double() for t in (first, second, x, gates)]
     op = _outputs_and_grads(lambda a, b, s, k: slot_sum(a, b, s, source.cpu(), k), cpu, dout.cpu().double())
     for a, b in zip(kernels, op, strict=True):

@@ -62,8 +62,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from sswp_fast.kernels._common import runs_on_triton
 from sswp_fast.kernels.batchnorm import batch_norm, bn_backward, bn_banked_reference, bn_forward, bn_train_forward
+from sswp_fast.kernels.common import runs_on_triton
 from sswp_fast.kernels.sampled_dwpw import Variant, sampled_dwpw, sampled_dwpw_grads
 from sswp_fast.kernels.sampled_reduce import sampled_reduce, sampled_reduce_grads
 from sswp_fast.kernels.slot_sum import slot_sum

@@ -12,7 +12,7 @@ import torch
 from sswp_fast import SearchConfig, SearchEngine
 from sswp_fast.cli import build_parser, config_from_args
 from sswp_fast.errors import ConfigError
-from sswp_fast.kernels import _common
+from sswp_fast.kernels import common
 from sswp_fast.runtime.checkpoint import load_checkpoint
 from sswp_fast.runtime.distributed import World
 from sswp_fast.search.executors import compiled as step_compiler
@@ -120,7 +120,7 @@ def test_compiled_search_follows_the_eager_search_with_a_bounded_number_of_graph
     dynamo configuration as they were. The ``aot_eager`` backend traces the same graphs as inductor without its
     code generation (minutes per graph on this CPU); inductor itself is exercised by
     ``benchmarks/bench_compile.py``."""
-    monkeypatch.setattr(_common, "INTERPRETED", False)  # the PyTorch kernels, as on a CPU outside the tests
+    monkeypatch.setattr(common, "interpreter_on", lambda: False)  # the PyTorch kernels, as on a CPU outside the tests
     limit = torch._dynamo.config.recompile_limit
     environment = dict(os.environ)  # after importing torch._dynamo, which sets $TORCHINDUCTOR_CACHE_DIR if unset
     torch.set_default_dtype(torch.float64)

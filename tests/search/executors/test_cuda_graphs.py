@@ -95,7 +95,7 @@ def pytorch_kernels(monkeypatch, one_torch_thread):
 
     from sswp_fast.search.executors import device as dispatch
 
-    monkeypatch.setitem(dispatch.runs_on_triton.__globals__, "INTERPRETED", False)
+    monkeypatch.setitem(dispatch.runs_on_triton.__globals__, "interpreter_on", lambda: False)
     supported = adam._get_capturable_supported_devices
     monkeypatch.setattr(adam, "_get_capturable_supported_devices", lambda **kw: [*supported(**kw), "cpu"])
 

@@ -28,7 +28,7 @@ TORCH = Executor("torch", False, "test: the PyTorch executor")
 def float64(monkeypatch, one_torch_thread):
     from sswp_fast.search.executors import device as dispatch
 
-    monkeypatch.setitem(dispatch.runs_on_triton.__globals__, "INTERPRETED", False)
+    monkeypatch.setitem(dispatch.runs_on_triton.__globals__, "interpreter_on", lambda: False)
     before = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     yield
@@ -153,7 +153,7 @@ def test_a_step_is_capturable_no_sync_and_the_same_launches_whatever_was_sampled
     kernels themselves are traced at cell level in the interpreter (tests/test_dispatch.py)."""
     from sswp_fast.search.executors import device as dispatch
 
-    monkeypatch.setitem(dispatch.runs_on_triton.__globals__, "INTERPRETED", False)
+    monkeypatch.setitem(dispatch.runs_on_triton.__globals__, "interpreter_on", lambda: False)
     from _support.op_trace import OpTrace
 
     engine = _engine(DEVICE)

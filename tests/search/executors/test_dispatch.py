@@ -404,7 +404,7 @@ def test_an_arch_step_asks_our_kernels_for_no_weight_gradient(recompute, one_tor
     from sswp_fast.search.executors import device as dispatch
     from sswp_fast.search.executors.choice import Executor
 
-    monkeypatch.setitem(dispatch.runs_on_triton.__globals__, "INTERPRETED", False)
+    monkeypatch.setitem(dispatch.runs_on_triton.__globals__, "interpreter_on", lambda: False)
     torch.manual_seed(0)
     engine = SearchEngine(tiny_config(recompute=recompute), 10,
                           executor=Executor("triton", True, "test: the device executor"))
