@@ -165,7 +165,7 @@ def doctor_report() -> list[tuple[str, str]]:
 
         active = "used on CUDA by --kernels auto where the run allows it (see a run's executor line)" if cuda else (
             "active on CPU tensors (TRITON_INTERPRET=1)" if interpreter_on() else "idle here (no CUDA device)")
-        triton_state = f"{triton.__version__}: fused sep/dil conv kernels, {active}"
+        triton_state = f"{triton.__version__}: the device executor's kernels, {active}"
     except ImportError:
         triton_state = "not installed"
     return [

@@ -7,8 +7,8 @@ the ``SSWP_FAST_KERNELS`` environment variable.
 executor otherwise, and says why. ``--compile`` runs the device executor's steps under ``torch.compile``; with a
 feature those compiled steps lack (:data:`COMPILED_STEP_LIMITS`) it is a one-line error.
 ``SSWP_FAST_KERNELS`` stands in for ``--kernels auto`` only: an explicit flag wins. Triton on CPU tensors runs only
-under the Triton interpreter (``TRITON_INTERPRET=1``, exported before the process starts): far too slow for real
-runs, it is how CI checks the kernels.
+under the Triton interpreter (``TRITON_INTERPRET=1``, read when a kernel launches): far too slow for real runs,
+it is how CI checks the kernels.
 """
 
 from __future__ import annotations
@@ -35,8 +35,13 @@ def triton_installed() -> bool:
 
 
 def interpreter_on() -> bool:
-    """True when Triton kernels run in the interpreter (on CPU tensors)."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    """True when Triton kernels would run on CPU tensors, in the interpreter: ``TRITON_INTERPRET`` as Triton reads
+    it (:func:`sswp_fast.kernels.common.interpreter_on`), now."""
+    if not triton_installed():
+        return False
+    from sswp_fast.kernels.common import interpreter_on as kernels_interpreted
+
+    return kernels_interpreted()
 
 
 @dataclass(frozen=True)
