@@ -47,7 +47,7 @@ from sswp_fast.runtime import run_folder
 from sswp_fast.runtime.checkpoint import atomic_save, load_checkpoint
 from sswp_fast.runtime.devices import describe as describe_device
 from sswp_fast.runtime.devices import pick_device, pick_memory_format, require_present
-from sswp_fast.runtime.epoch_run import EpochRun
+from sswp_fast.runtime.epoch_run import EpochRun, read_resume_checkpoint
 from sswp_fast.runtime.lr_schedule import cosine_lr, set_lr
 from sswp_fast.runtime.plan import Plan
 from sswp_fast.runtime.run_state import cycle
@@ -138,15 +138,6 @@ class NasiamPlan:
         return Plan(f"sswp-fast nasiam {c.command}", items, notes)
 
 
-def _resume_state(config: NasiamConfig, run_dir: Path) -> dict:
-    path = run_dir / CHECKPOINT
-    state = load_checkpoint(path)
-    if state.get("format") != FORMAT:
-        raise SSWPError(f"{path} is not an sswp-fast NASiam checkpoint; start without --resume")
-    run_folder.refuse_changed_config(config.differences(state["config"]), state["config"], config.to_dict())
-    return state
-
-
 def plan_nasiam(config: NasiamConfig, root: Path | str = ".", run: bool = True) -> NasiamPlan:
     """Check every input of a NASiam command (flags, device, dataset, the weight/arch split, the genotype, the
     pretrained backbone, run folder, resume checkpoint) without writing or allocating anything on the device."""
@@ -169,7 +160,7 @@ def plan_nasiam(config: NasiamConfig, root: Path | str = ".", run: bool = True) 
     run_dir = run_folder.run_dir_for(root, config.exp_group, f"nasiam-{config.framework}-{config.command}",
                                      config.note)
     run_folder.prepare_run_dir(run_dir, config.resume, config.force, create=False, resume_file=CHECKPOINT)
-    resume_state = _resume_state(config, run_dir) if config.resume else None
+    resume_state = read_resume_checkpoint(run_dir / CHECKPOINT, FORMAT, "NASiam", config) if config.resume else None
     return NasiamPlan(config, device, dataset, run_dir, resume_state, detail)
 
 

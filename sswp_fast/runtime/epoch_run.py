@@ -8,8 +8,9 @@ What the scaffold does for all three:
   run while the others wait;
 - the log (``log.txt``, rank 0 only; the other ranks get a silent one), ``metrics.jsonl`` and the progress
   bar;
-- the resume checkpoint: written atomically after every epoch with the RNG states (CPU and every CUDA
-  device) beside the driver's own state, and restored, with a one-line error when it does not fit;
+- the resume checkpoint: read and checked when the run is planned (:func:`read_resume_checkpoint`), written
+  atomically after every epoch with the RNG states (CPU and every CUDA device) beside the driver's own state,
+  and restored, with a one-line error when it does not fit;
 - the epoch loop, which closes the log and the progress bar however it ends.
 """
 
@@ -22,10 +23,20 @@ from typing import Any, ClassVar
 
 from sswp_fast.errors import CheckpointError
 from sswp_fast.runtime import distributed, run_folder
-from sswp_fast.runtime.checkpoint import atomic_save
+from sswp_fast.runtime.checkpoint import atomic_save, load_checkpoint
 from sswp_fast.runtime.reporting import MetricsFile, Progress, Silent, close_log, open_log, quiet_log
-from sswp_fast.runtime.run_folder import RunOptions
+from sswp_fast.runtime.run_folder import RunOptions, refuse_changed_config
 from sswp_fast.runtime.run_state import restore_rng_state, rng_state
+
+
+def read_resume_checkpoint(path: Path, resume_format: str, kind: str, config: RunOptions) -> dict[str, Any]:
+    """The resume checkpoint at ``path``, refused in one line unless it is an sswp-fast ``kind`` checkpoint
+    (``format`` is ``resume_format``) of the same result-relevant configuration as ``config``."""
+    state = load_checkpoint(path)
+    if state.get("format") != resume_format:
+        raise CheckpointError(f"{path} is not an sswp-fast {kind} checkpoint; start without --resume")
+    refuse_changed_config(config.differences(state["config"]), state["config"], config.to_dict())
+    return state
 
 
 class EpochRun(ABC):

@@ -23,10 +23,9 @@ import torch
 from sswp_fast.data import load_dataset
 from sswp_fast.data.datasets import FolderDataset, ImageDataset
 from sswp_fast.data.loader import search_split
-from sswp_fast.errors import CheckpointError
 from sswp_fast.runtime import devices, distributed, run_folder
-from sswp_fast.runtime.checkpoint import load_checkpoint
 from sswp_fast.runtime.devices import GB, pick_memory_format
+from sswp_fast.runtime.epoch_run import read_resume_checkpoint
 from sswp_fast.runtime.plan import Plan, process_count
 from sswp_fast.runtime.precision import amp_dtype, precision_text
 from sswp_fast.search.config import SearchConfig
@@ -171,15 +170,6 @@ class SearchPlan:
         return Plan("sswp-fast search", items, notes)
 
 
-def _resume_state(config: SearchConfig, run_dir: Path) -> dict:
-    path = run_dir / run_folder.RESUME_FILE
-    state = load_checkpoint(path)
-    if state.get("format") != RESUME_FORMAT:
-        raise CheckpointError(f"{path} is not an sswp-fast resume checkpoint; start without --resume")
-    run_folder.refuse_changed_config(config.differences(state["config"]), state["config"], config.to_dict())
-    return state
-
-
 def plan_search(config: SearchConfig, root: Path | str = ".", world: distributed.World | None = None,
                 run: bool = True) -> SearchPlan:
     """Check every input of a search and resolve its choices (see the module docstring); a one-line
@@ -200,7 +190,8 @@ def plan_search(config: SearchConfig, root: Path | str = ".", world: distributed
                         config.compatible_mode)
     run_dir = run_folder.run_dir_for(root, config.exp_group, "search", config.note)
     run_folder.prepare_run_dir(run_dir, config.resume, config.force, create=False)
-    resume_state = _resume_state(config, run_dir) if config.resume else None
+    resume_state = (read_resume_checkpoint(run_dir / run_folder.RESUME_FILE, RESUME_FORMAT, "resume", config)
+                    if config.resume else None)
     predicted = modelled_peaks(config, dataset.num_classes, dataset.image_size, config.batch_size // world.size,
                                executor)
     resident = dataset.resident_bytes() / GB if isinstance(dataset, ImageDataset) and device.type == "cuda" else 0.0

@@ -43,7 +43,7 @@ from sswp_fast.runtime import distributed, run_folder
 from sswp_fast.runtime.checkpoint import atomic_save, load_checkpoint
 from sswp_fast.runtime.devices import describe as describe_device
 from sswp_fast.runtime.devices import pick_device, require_present
-from sswp_fast.runtime.epoch_run import EpochRun
+from sswp_fast.runtime.epoch_run import EpochRun, read_resume_checkpoint
 from sswp_fast.runtime.lr_schedule import set_lr, warmup_cosine_lr
 from sswp_fast.runtime.plan import Plan, process_count
 from sswp_fast.runtime.precision import amp_dtype, autocast, precision_text
@@ -131,15 +131,6 @@ class StagePlan:
         return item, f"{self.run_dir} ({folder}); {start}"
 
 
-def _stage_resume_state(config: DownstreamConfig, run_dir: Path) -> dict:
-    path = run_dir / run_folder.RESUME_FILE
-    state = load_checkpoint(path)
-    if state.get("format") != FORMAT:
-        raise SSWPError(f"{path} is not an sswp-fast {config.stage} checkpoint; start without --resume")
-    run_folder.refuse_changed_config(config.differences(state["config"]), state["config"], config.to_dict())
-    return state
-
-
 def plan_stage_run(config: DownstreamConfig, arch_name: str, arch: Arch, root: Path | str = ".",
                    world: distributed.World | None = None, run: bool = True) -> StagePlan:
     """Check every input of one stage run: flags, device, process count, dataset, labelled fraction, the start
@@ -167,7 +158,8 @@ def plan_stage_run(config: DownstreamConfig, arch_name: str, arch: Arch, root: P
             start = load_start_weights(model, config, arch_name)
     run_dir = run_folder.run_dir_for(root, config.exp_group, config.folder_stage, f"{config.note}_{arch_name}")
     run_folder.prepare_run_dir(run_dir, config.resume, config.force, create=False)
-    resume_state = _stage_resume_state(config, run_dir) if config.resume else None
+    resume_state = (read_resume_checkpoint(run_dir / run_folder.RESUME_FILE, FORMAT, config.stage, config)
+                    if config.resume else None)
     return StagePlan(config, arch_name, arch, device, world, dataset, labelled, model, start, run_dir, resume_state)
 
 

@@ -11,7 +11,7 @@ import torch
 
 from sswp_fast.errors import CheckpointError, ConfigError
 from sswp_fast.runtime.checkpoint import load_checkpoint
-from sswp_fast.runtime.epoch_run import EpochRun
+from sswp_fast.runtime.epoch_run import EpochRun, read_resume_checkpoint
 from sswp_fast.search.config import SearchConfig
 
 
@@ -91,3 +91,14 @@ def test_an_existing_folder_is_never_overwritten_unless_asked(tmp_path):
     with pytest.raises(ConfigError, match="already exists; pass --resume"):
         CountingRun(tmp_path / "run", _config())
     CountingRun(tmp_path / "run", _config(force=True)).run()
+
+
+def test_a_resume_checkpoint_is_read_only_with_its_format_and_the_same_configuration(tmp_path):
+    run = CountingRun(tmp_path / "run", _config())
+    run.run()
+    path = tmp_path / "run" / "state.pth.tar"
+    assert read_resume_checkpoint(path, "test-run/1", "test", _config(resume=True))["count"] == 6
+    with pytest.raises(CheckpointError, match=r"is not an sswp-fast test checkpoint; start without --resume$"):
+        read_resume_checkpoint(path, "test-run/2", "test", _config(resume=True))
+    with pytest.raises(ConfigError, match=r"--resume with a different configuration \(--lr 0.025 → 0.1\)"):
+        read_resume_checkpoint(path, "test-run/1", "test", _config(resume=True, lr=0.1))
