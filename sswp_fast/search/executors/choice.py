@@ -36,12 +36,12 @@ def triton_installed() -> bool:
 
 def interpreter_on() -> bool:
     """True when Triton kernels would run on CPU tensors, in the interpreter: ``TRITON_INTERPRET`` as Triton reads
-    it (:func:`sswp_fast.kernels.common.interpreter_on`), now."""
+    it now (its ``knobs.runtime.interpret``, as the kernels' launchers do)."""
     if not triton_installed():
         return False
-    from sswp_fast.kernels.common import interpreter_on as kernels_interpreted
+    import triton
 
-    return kernels_interpreted()
+    return bool(triton.knobs.runtime.interpret)
 
 
 @dataclass(frozen=True)
