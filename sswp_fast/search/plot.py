@@ -2,7 +2,10 @@
 
 For every cell it draws (a) ``alpha_cellNN``: the softmax of the cell's architecture logits over the recorded
 epochs, one heat-map panel (ops × epochs) per edge, laid out like the cell (a row per intermediate node, a
-column per input), with the edges kept by the exported genotype outlined; and (b) ``genotype_cellNN``: the
+column per input), with the edges kept by the exported genotype outlined. The colours show what moved: white is
+the uniform 1/7, red above it, blue below, and full red is the largest probability of the run but never less
+than 1/7 + :data:`MIN_CONTRAST`, so a run that barely moved stays pale and a decided edge is saturated; each
+title gives the edge's entropy as a fraction of ``ln 7``; and (b) ``genotype_cellNN``: the
 exported genotype (the last line of ``net.config``) as a small DAG. Inputs are ``alpha_history.npz``
 (``epochs`` [E], ``alpha`` [E, L, 14, 7] logits) and ``net.config``. matplotlib is an optional dependency,
 imported only here; figures are drawn on Agg canvases without pyplot, so no global backend is changed.
@@ -23,6 +26,8 @@ ALPHA_HISTORY = "alpha_history.npz"
 FORMATS = ("png", "svg", "pdf")
 _INPUT_NAMES = ("c_{k-2}", "c_{k-1}", "0", "1", "2", "3")
 _INPUT_LABELS = ("$c_{k-2}$", "$c_{k-1}$", "node 0", "node 1", "node 2", "node 3")
+MIN_CONTRAST = 0.1
+"""The smallest rise above uniform that the colour scale spans (noise of a few thousandths stays near white)."""
 _OP_COLORS = ("#7f7f7f", "#1f77b4", "#17becf", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd")
 
 
@@ -96,8 +101,22 @@ def _epoch_edges(epochs: np.ndarray) -> np.ndarray:
     return np.concatenate([[2 * centers[0] - mids[0]], mids, [2 * centers[-1] - mids[-1]]])
 
 
+def contrast_norm(probs: np.ndarray) -> Any:
+    """The colour scale of the heat-maps of a run's ``probs`` (any shape, last axis the 7 ops): white at the uniform
+    1/7, down to 0 and up to the run's largest probability, at least 1/7 + :data:`MIN_CONTRAST`."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    uniform = 1.0 / len(CANDIDATES)
+    return TwoSlopeNorm(vcenter=uniform, vmin=0.0, vmax=max(float(probs.max()), uniform + MIN_CONTRAST))
+
+
+def relative_entropy(probs: np.ndarray) -> np.ndarray:
+    """The entropy of each distribution over the last axis as a fraction of ``ln 7``: 1 uniform, 0 decided."""
+    return -(probs * np.log(np.clip(probs, 1e-30, None))).sum(-1) / np.log(len(CANDIDATES))
+
+
 def _plot_alpha(probs: np.ndarray, epochs: np.ndarray, cell: int, cells: int,
-                cell_arch: list[tuple[str, int]], arch_name: str, path: str) -> None:
+                cell_arch: list[tuple[str, int]], arch_name: str, path: str, norm: Any) -> None:
     """``probs`` is [E, 14, 7]: one panel (ops × epochs) per edge, in a node × input grid."""
     from matplotlib.ticker import MaxNLocator
 
@@ -114,7 +133,7 @@ def _plot_alpha(probs: np.ndarray, epochs: np.ndarray, cell: int, cells: int,
                 ax.set_axis_off()
                 continue
             edge = edges[col]
-            image = ax.pcolormesh(x_edges, y_edges, probs[:, edge, :].T, cmap="viridis", vmin=0.0, vmax=1.0)
+            image = ax.pcolormesh(x_edges, y_edges, probs[:, edge, :].T, cmap="RdBu_r", norm=norm)
             ax.set_ylim(y_edges[-1], y_edges[0])  # first op on top
             ax.set_yticks(range(len(CANDIDATES)))
             ax.set_yticklabels(CANDIDATES if col == 0 else [], fontsize=8)
@@ -122,7 +141,7 @@ def _plot_alpha(probs: np.ndarray, epochs: np.ndarray, cell: int, cells: int,
             ax.tick_params(axis="x", labelsize=8)
             if node == len(NODE_EDGES) - 1 or col == len(edges) - 1:
                 ax.set_xlabel("epoch", fontsize=8)
-            title = f"edge {edge}: {_INPUT_LABELS[col]} → node {node}"
+            title = f"edge {edge}: {_INPUT_LABELS[col]} → node {node}, H/ln7 {relative_entropy(probs[-1, edge]):.3f}"
             if edge in kept:
                 title += "\nkept: " + ", ".join(kept[edge])
                 for spine in ax.spines.values():
@@ -131,11 +150,11 @@ def _plot_alpha(probs: np.ndarray, epochs: np.ndarray, cell: int, cells: int,
                 ax.set_title(title, fontsize=9, color="#d62728", fontweight="bold")
             else:
                 ax.set_title(title + "\n", fontsize=9)
-    fig.suptitle(f"cell {cell} ({_cell_kind(cell, cells)}): softmax(alpha) per edge over epochs "
-                 f"(red: edges kept in {arch_name})", fontsize=12)
+    fig.suptitle(f"cell {cell} ({_cell_kind(cell, cells)}): softmax(alpha) per edge over epochs, white = uniform "
+                 f"1/7 (outlined: edges kept in {arch_name}; H: entropy at the last epoch)", fontsize=12)
     fig.tight_layout(rect=(0, 0, 0.93, 0.96))
     bar_axes = fig.add_axes((0.94, 0.1, 0.015, 0.8))
-    fig.colorbar(image, cax=bar_axes, label="probability")
+    fig.colorbar(image, cax=bar_axes, label="probability (white: uniform 1/7)")
     fig.savefig(path)
 
 
@@ -256,11 +275,12 @@ def plot_run(run_dir: str, out_dir: str | None = None, fmt: str = "png") -> list
     except OSError as exc:
         raise SSWPError(f"cannot create {out} ({exc.strerror or exc}); pass a writable --out folder") from None
     probs = _softmax(alpha)
+    norm = contrast_norm(probs)
     written: list[str] = []
     width = max(2, len(str(cells - 1)))
     for cell in range(cells):
         heat = os.path.join(out, f"alpha_cell{cell:0{width}d}.{fmt}")
-        _plot_alpha(probs[:, cell], epochs, cell, cells, arch[cell], arch_name, heat)
+        _plot_alpha(probs[:, cell], epochs, cell, cells, arch[cell], arch_name, heat, norm)
         graph = os.path.join(out, f"genotype_cell{cell:0{width}d}.{fmt}")
         _plot_genotype(arch[cell], cell, cells, arch_name, graph)
         written += [heat, graph]

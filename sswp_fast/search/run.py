@@ -37,6 +37,7 @@ from sswp_fast.search.executors.compiled import DEFAULT_BACKEND, cache_dir, comp
 from sswp_fast.search.export import append_net_config, derive_architecture
 from sswp_fast.search.memory_budget import PeakMeter, RecomputeChoice, choose_recompute
 from sswp_fast.search.plan import RESUME_FORMAT, plan_search
+from sswp_fast.search.sampling import mean_edge_entropy
 from sswp_fast.search.schedule import EpochPlan, Schedule
 
 RESUME_FILE = run_folder.RESUME_FILE
@@ -328,7 +329,8 @@ class SearchRun(EpochRun):
                 for idx, cell in enumerate(arch):
                     self.log.info("Epoch_%d_%s_Cell%d:%s", epoch, tag, idx, cell)
         seconds = time.monotonic() - started
-        record.update(frozen_cells=self.engine.frozen_cells(), seconds=seconds)
+        record.update(frozen_cells=self.engine.frozen_cells(), seconds=seconds,
+                      alpha_entropy=mean_edge_entropy(self.engine.net.arch_alpha))
         if cfg.compile != "off":
             record["compiled_graphs"] = compiled_graphs()
         self.metrics.write(record)

@@ -11,7 +11,7 @@ import torch
 
 from sswp_fast.errors import SSWPError
 from sswp_fast.search.export import append_net_config, derive_architecture
-from sswp_fast.search.plot import plot_run
+from sswp_fast.search.plot import contrast_norm, plot_run, relative_entropy
 
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 needs_matplotlib = pytest.mark.skipif(not HAVE_MATPLOTLIB,
@@ -89,3 +89,18 @@ def test_without_matplotlib_gives_install_hint(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(SSWPError, match=r"pip install 'sswp-fast\[plot\]'"):
         plot_run(str(tmp_path))
+
+
+@needs_matplotlib
+def test_the_colour_scale_shows_what_moved_and_a_near_uniform_run_stays_pale() -> None:
+    uniform = np.full((5, 2, 14, 7), 1 / 7)
+    noise = uniform + np.random.default_rng(0).uniform(-0.003, 0.003, uniform.shape)  # the README demo's alphas
+    norm = contrast_norm(noise)
+    assert norm(1 / 7) == pytest.approx(0.5)  # uniform: the white middle of the diverging map
+    assert np.abs(norm(noise) - 0.5).max() < 0.02  # noise of a few thousandths stays within 2% of white
+    decided = uniform.copy()
+    decided[-1, 0, 3] = [0.01, 0.01, 0.01, 0.94, 0.01, 0.01, 0.01]
+    norm = contrast_norm(decided)
+    assert norm(0.94) == pytest.approx(1.0) and norm(0.0) == pytest.approx(0.0)
+    entropy = relative_entropy(decided[-1, 0])
+    assert entropy[3] < 0.2 and entropy[2] == pytest.approx(1.0)

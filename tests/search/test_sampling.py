@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
 
 from sswp_fast import sample_paths
+from sswp_fast.search.sampling import mean_edge_entropy
 
 POOLS = {1, 2}
 
@@ -118,3 +120,13 @@ def test_same_generator_state_gives_same_paths_and_bad_input_is_rejected() -> No
         sample_paths(torch.zeros(3, 6))
     with pytest.raises(ValueError):
         sample_paths(torch.zeros(3, 7), mode="three")
+
+
+def test_mean_edge_entropy_is_ln7_while_uniform_and_falls_as_edges_decide():
+    assert mean_edge_entropy(torch.zeros(3, 14, 7)) == pytest.approx(math.log(7))
+    decided = torch.zeros(2, 14, 7)
+    decided[..., 4] = 50.0
+    assert mean_edge_entropy(decided) == pytest.approx(0.0, abs=1e-12)
+    half = torch.zeros(2, 14, 7)
+    half[0, :, 4] = 50.0  # one cell decided, one uniform: the mean over the edges
+    assert mean_edge_entropy(half) == pytest.approx(math.log(7) / 2)

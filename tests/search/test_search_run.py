@@ -14,6 +14,7 @@ from sswp_fast.cli import main
 from sswp_fast.runtime.checkpoint import load_checkpoint
 from sswp_fast.search.export import read_net_config
 from sswp_fast.search.run import SearchRun
+from sswp_fast.search.sampling import mean_edge_entropy
 from sswp_fast.search.supernet import SearchNetwork
 
 from _support.fake_data import write_random_image_folder
@@ -50,6 +51,10 @@ def test_search_writes_the_reference_artifacts(tmp_path, monkeypatch, capsys) ->
     assert metrics[-1]["frozen_cells"] == [0, 1, 2]
     assert all(math.isfinite(m["train_loss"]) and m["seconds"] > 0 for m in metrics)
     assert [m["lr"] for m in metrics] == pytest.approx([0.025 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)])
+    alphas = np.load(run / "alpha_history.npz")["alpha"]  # each epoch's alpha entropy is that of its logits
+    assert [m["alpha_entropy"] for m in metrics] == pytest.approx(
+        [mean_edge_entropy(torch.from_numpy(a)) for a in alphas])
+    assert all(0 < m["alpha_entropy"] <= math.log(7) + 1e-12 for m in metrics)
     with np.load(run / "alpha_history.npz") as history:
         assert history["alpha"].shape == (4, 3, 14, 7)
         assert history["epochs"].tolist() == [0, 1, 2, 3]
