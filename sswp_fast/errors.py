@@ -20,3 +20,9 @@ class ConfigError(SSWPError):
 
 class CheckpointError(SSWPError):
     """A checkpoint is missing, corrupt or does not match the run."""
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` (one line naming the problem and the fix) unless ``condition``."""
+    if not condition:
+        raise ConfigError(message)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from sswp_fast.errors import ConfigError
+from sswp_fast.errors import ConfigError, require
 from sswp_fast.nasiam.backbones import ARCHS
 from sswp_fast.nasiam.models import FRAMEWORKS
 from sswp_fast.runtime.flags import PROGRESS_MODES, flag
@@ -71,24 +71,21 @@ class NasiamConfig(RunOptions):
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` with a one-line fix for any invalid value or refused combination."""
-        def need(cond: bool, message: str) -> None:
-            if not cond:
-                raise ConfigError(message)
-
-        need(self.command in COMMANDS, f"unknown nasiam command {self.command!r}; use one of {', '.join(COMMANDS)}")
+        require(self.command in COMMANDS, f"unknown nasiam command {self.command!r}; use one of {', '.join(COMMANDS)}")
         self.check_flags()
-        need(self.epochs >= 1 and self.batch_size >= 2, "--epochs must be at least 1 and --batch-size at least 2")
-        need(0 < self.train_portion < 1, f"--train_portion must be strictly between 0 and 1, got {self.train_portion}")
-        need(self.lr > 0 and self.search_lr >= 0, "--lr must be positive and --search_lr non-negative")
-        need(self.k >= 1 and self.temperature > 0 and self.moco_t > 0,
+        require(self.epochs >= 1 and self.batch_size >= 2, "--epochs must be at least 1 and --batch-size at least 2")
+        require(0 < self.train_portion < 1,
+                f"--train_portion must be strictly between 0 and 1, got {self.train_portion}")
+        require(self.lr > 0 and self.search_lr >= 0, "--lr must be positive and --search_lr non-negative")
+        require(self.k >= 1 and self.temperature > 0 and self.moco_t > 0,
              "--k, --temperature and --moco-t must be positive")
-        need(0 <= self.moco_m < 1, f"--moco-m must be in [0, 1), got {self.moco_m}")
-        need(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "--steps_per_epoch must be at least 1")
+        require(0 <= self.moco_m < 1, f"--moco-m must be in [0, 1), got {self.moco_m}")
+        require(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "--steps_per_epoch must be at least 1")
         if self.command == "pretrain":
-            need(self.genotype is not None, "pretrain builds the heads of a genotype: pass -g NAME (a published "
+            require(self.genotype is not None, "pretrain builds the heads of a genotype: pass -g NAME (a published "
                  "genotype such as cifar10_resnet18) or -g PATH (a search's .txt file)")
         if self.command == "lincls":
-            need(self.pretrained is not None, "lincls needs --pretrained CHECKPOINT (a pretrain run's "
+            require(self.pretrained is not None, "lincls needs --pretrained CHECKPOINT (a pretrain run's "
                  "pretrained_model_best.pth.tar)")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from sswp_fast.errors import ConfigError
+from sswp_fast.errors import require
 from sswp_fast.runtime.flags import PROGRESS_MODES, Combination, flag
 from sswp_fast.runtime.precision import AMP_MODES
 from sswp_fast.runtime.run_folder import RESUME_OR_FORCE, RunOptions
@@ -198,41 +198,37 @@ class SearchConfig(RunOptions):
     def validate(self) -> None:
         """Raise :class:`ConfigError` with a one-line fix for any invalid value or refused combination
         (:data:`COMBINATIONS`)."""
-        def need(cond: bool, message: str) -> None:
-            if not cond:
-                raise ConfigError(message)
-
         self.check_flags()
-        need(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
+        require(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
         parse_epoch_ratios(self.epoch_ratios)
-        need(self.min_warmup is not None and self.min_warmup >= 0,
+        require(self.min_warmup is not None and self.min_warmup >= 0,
              f"--min_warmup must be non-negative, got {self.min_warmup}")
-        need(self.batch_size is not None and self.batch_size >= 1,
+        require(self.batch_size is not None and self.batch_size >= 1,
              f"--batch_size must be at least 1, got {self.batch_size}")
         if self.data_mode in ("SimCLR", "byol"):
-            need(self.batch_size >= 2, f"--data_mode {self.data_mode} needs --batch_size of at least 2 "
+            require(self.batch_size >= 2, f"--data_mode {self.data_mode} needs --batch_size of at least 2 "
                  f"(contrastive and BYOL losses compare samples), got {self.batch_size}")
-        need(self.layers is not None and self.layers >= 3, f"--layers must be at least 3, got {self.layers}")
-        need(self.init_channels is not None and self.init_channels >= 2 and self.init_channels % 2 == 0,
+        require(self.layers is not None and self.layers >= 3, f"--layers must be at least 3, got {self.layers}")
+        require(self.init_channels is not None and self.init_channels >= 2 and self.init_channels % 2 == 0,
              f"--init_channels must be an even number of at least 2, got {self.init_channels}")
-        need(0 < self.train_ratio < 1, f"--train_ratio must be strictly between 0 and 1 (the rest feeds "
+        require(0 < self.train_ratio < 1, f"--train_ratio must be strictly between 0 and 1 (the rest feeds "
              f"the arch steps), got {self.train_ratio}")
         for name in ("weight_skip_drop_prob", "weight_pool_drop_prob", "arch_skip_drop_prob",
                      "arch_pool_drop_prob"):
             value = getattr(self, name)
-            need(0 <= value <= 1, f"--{name} must be a probability in [0, 1], got {value}")
-        need(self.skip_r_num >= 0 and self.pool_r_num >= 0, "--skip_r_num and --pool_r_num must be >= 0")
-        need(self.update_arch_every >= 1, f"--update_arch_every must be at least 1, got {self.update_arch_every}")
-        need(self.arch_update_steps >= 0, f"--arch_update_steps must be >= 0, got {self.arch_update_steps}")
-        need(self.report_freq >= 1, f"--report_freq must be at least 1, got {self.report_freq}")
-        need(self.valid_freq >= 1, f"--valid_freq must be at least 1, got {self.valid_freq}")
-        need(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
-        need(0 <= self.byol_decay < 1, f"--byol_decay must be in [0, 1), got {self.byol_decay}")
-        need(self.lr > 0 and self.arch_lr >= 0, "--lr must be positive and --arch_lr non-negative")
-        need(0 <= self.arch_adam_beta1 < 1 and 0 <= self.arch_adam_beta2 < 1,
+            require(0 <= value <= 1, f"--{name} must be a probability in [0, 1], got {value}")
+        require(self.skip_r_num >= 0 and self.pool_r_num >= 0, "--skip_r_num and --pool_r_num must be >= 0")
+        require(self.update_arch_every >= 1, f"--update_arch_every must be at least 1, got {self.update_arch_every}")
+        require(self.arch_update_steps >= 0, f"--arch_update_steps must be >= 0, got {self.arch_update_steps}")
+        require(self.report_freq >= 1, f"--report_freq must be at least 1, got {self.report_freq}")
+        require(self.valid_freq >= 1, f"--valid_freq must be at least 1, got {self.valid_freq}")
+        require(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
+        require(0 <= self.byol_decay < 1, f"--byol_decay must be in [0, 1), got {self.byol_decay}")
+        require(self.lr > 0 and self.arch_lr >= 0, "--lr must be positive and --arch_lr non-negative")
+        require(0 <= self.arch_adam_beta1 < 1 and 0 <= self.arch_adam_beta2 < 1,
              "--arch_adam_beta1/--arch_adam_beta2 must be in [0, 1)")
-        need(self.grad_clip > 0, f"--grad_clip must be positive, got {self.grad_clip}")
-        need(self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+        require(self.grad_clip > 0, f"--grad_clip must be positive, got {self.grad_clip}")
+        require(self.steps_per_epoch is None or self.steps_per_epoch >= 1,
              f"--steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
-        need(self.max_memory is None or self.max_memory > 0,
+        require(self.max_memory is None or self.max_memory > 0,
              f"--max_memory is in GB and must be positive, got {self.max_memory}")

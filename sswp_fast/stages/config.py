@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from sswp_fast.errors import ConfigError
+from sswp_fast.errors import ConfigError, require
 from sswp_fast.runtime.flags import PROGRESS_MODES, flag
 from sswp_fast.runtime.precision import AMP_MODES
 from sswp_fast.runtime.run_folder import RunOptions
@@ -110,33 +110,29 @@ class DownstreamConfig(RunOptions):
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` with a one-line fix for any invalid value or refused combination."""
-        def need(cond: bool, message: str) -> None:
-            if not cond:
-                raise ConfigError(message)
-
-        need(self.stage in STAGES, f"unknown stage {self.stage!r}; use one of {', '.join(STAGES)}")
+        require(self.stage in STAGES, f"unknown stage {self.stage!r}; use one of {', '.join(STAGES)}")
         self.check_flags()
         mode = "SimCLR" if self.stage == "pretrain" else "supervised"
-        need(self.data_mode == mode, f"{self.stage} trains with --data_mode {mode}, got {self.data_mode!r}; "
+        require(self.data_mode == mode, f"{self.stage} trains with --data_mode {mode}, got {self.data_mode!r}; "
              f"drop the flag")
-        need(self.warmup_epochs >= 0 and self.train_epochs >= 1 and self.epochs >= 1,
+        require(self.warmup_epochs >= 0 and self.train_epochs >= 1 and self.epochs >= 1,
              "--warmup_epochs must be >= 0 and --train_epochs / --epochs at least 1")
-        need(0 < self.train_ratio <= 1, f"--train_ratio must be in (0, 1], got {self.train_ratio}")
-        need(self.batch_size >= (2 if self.stage == "pretrain" else 1),
+        require(0 < self.train_ratio <= 1, f"--train_ratio must be in (0, 1], got {self.train_ratio}")
+        require(self.batch_size >= (2 if self.stage == "pretrain" else 1),
              f"--batch_size must be at least {2 if self.stage == 'pretrain' else 1}, got {self.batch_size}")
-        need(self.init_channels >= 2 and self.init_channels % 2 == 0,
+        require(self.init_channels >= 2 and self.init_channels % 2 == 0,
              f"--init_channels must be an even number of at least 2, got {self.init_channels}")
-        need(0 <= self.drop_path_prob < 1, f"--drop_path_prob must be in [0, 1), got {self.drop_path_prob}")
-        need(0 <= self.label_smooth < 1, f"--label_smooth must be in [0, 1), got {self.label_smooth}")
-        need(self.cutout_length >= 0, f"--cutout_length must be >= 0, got {self.cutout_length}")
-        need(self.lr > 0 and self.lr_min >= 0, "--lr must be positive and --lr_min non-negative")
-        need(self.grad_clip > 0, f"--grad_clip must be positive, got {self.grad_clip}")
-        need(self.report_freq >= 1 and self.valid_freq >= 1, "--report_freq and --valid_freq must be at least 1")
-        need(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
-        need(self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+        require(0 <= self.drop_path_prob < 1, f"--drop_path_prob must be in [0, 1), got {self.drop_path_prob}")
+        require(0 <= self.label_smooth < 1, f"--label_smooth must be in [0, 1), got {self.label_smooth}")
+        require(self.cutout_length >= 0, f"--cutout_length must be >= 0, got {self.cutout_length}")
+        require(self.lr > 0 and self.lr_min >= 0, "--lr must be positive and --lr_min non-negative")
+        require(self.grad_clip > 0, f"--grad_clip must be positive, got {self.grad_clip}")
+        require(self.report_freq >= 1 and self.valid_freq >= 1, "--report_freq and --valid_freq must be at least 1")
+        require(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
+        require(self.steps_per_epoch is None or self.steps_per_epoch >= 1,
              f"--steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
         if self.stage in ("finetune", "linear-eval") or (self.stage == "pretrain" and self.preserve_weight):
-            need(self.path is not None, f"{self.stage} starts from search weights: pass --path, the search folder "
+            require(self.path is not None, f"{self.stage} starts from search weights: pass --path, the search folder "
                  "holding net.config and {arch_name}.pth.tar")
 
 
